@@ -1,0 +1,207 @@
+"""Typed project configuration: one ``loopml.toml``, per-environment profiles, env overrides.
+
+Precedence (last wins): built-in defaults < ``loopml.toml`` < ``[profiles.<name>]`` selected by
+``LOOPML_PROFILE`` (or ``--profile``) < environment variables ``LOOPML__SECTION__KEY=value``
+(double underscores separate levels; values are parsed as JSON when they parse, else strings).
+
+Unknown keys are errors that name the key and the file. Backend options are validated against the
+options model of the chosen backend when the workspace opens, so a typo fails at start-up, not
+half-way through a flow. Credentials belong in options declared as ``SecretStr``; they are
+masked in every dump, log line and error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loopml.errors import ConfigError
+
+CONFIG_FILE = "loopml.toml"
+ENV_PREFIX = "LOOPML__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    """Where artifacts live: a local path, or a URI whose scheme picks the store (``s3://b/p``)."""
+
+    uri: str = "artifacts"
+    backend: str | None = Field(default=None, description="force a backend instead of the scheme")
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class BackendChoice(_Strict):
+    """One backend of a kind, by name, with its options."""
+
+    backend: str
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class ColumnConfig(_Strict):
+    type: str
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = None
+
+
+class DatasetConfig(_Strict):
+    """A named dataset: where it comes from and the schema it must satisfy."""
+
+    source: str | None = None
+    columns: dict[str, ColumnConfig] = Field(default_factory=dict)
+
+
+class LoopmlConfig(_Strict):
+    """The whole project configuration, validated."""
+
+    project: str = "loopml"
+    home: Path = Path(".loopml")
+    plugins: list[str] = Field(default_factory=list)
+    storage: StorageConfig = StorageConfig()
+    registry: BackendChoice = BackendChoice(backend="sqlite")
+    trackers: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {}}, repr=False)
+    feature_store: BackendChoice = BackendChoice(backend="local")
+    serving: BackendChoice = BackendChoice(backend="builtin")
+    monitors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"drift-log": {}}, repr=False)
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    pipeline: dict[str, Any] = Field(default_factory=dict)
+
+    # Set by the loader, not by users.
+    root: Path = Field(default=Path("."), exclude=True)
+    source_file: Path | None = Field(default=None, exclude=True)
+    profile: str | None = Field(default=None, exclude=True)
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home if self.home.is_absolute() else (self.root / self.home)
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """``$LOOPML_CONFIG``, else ``loopml.toml`` in ``start`` or its parents."""
+    env = os.environ.get("LOOPML_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"LOOPML_CONFIG points at {env!r}, which is not a file")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return result
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration in {where}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key; remove it or check its spelling")
+        elif err["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing")
+        elif "options" in err["loc"]:  # may hold credentials: never echo the value
+            lines.append(f"  - {key}: {err['msg']}")
+        else:
+            lines.append(f"  - {key}: {err['msg']} (got {str(err.get('input'))[:80]!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoopmlConfig:
+    """Load, merge and validate the configuration. Raises :class:`ConfigError` naming the key."""
+    environ = os.environ if environ is None else environ
+    file = Path(path) if path is not None else find_config_file()
+    raw: dict[str, Any] = {}
+    if file is not None:
+        if file.is_dir():
+            file = file / CONFIG_FILE
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {str(file)!r} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    profiles = raw.pop("profiles", {})
+    profile = profile or environ.get("LOOPML_PROFILE") or None
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "(none defined)"
+            raise ConfigError(
+                f"profile {profile!r} is not defined in {file or 'the config'}; "
+                f"defined profiles: {known}. Add a [profiles.{profile}] table or unset LOOPML_PROFILE"
+            )
+        raw = _deep_merge(raw, profiles[profile])
+    raw = _deep_merge(raw, _env_overrides(environ))
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    root = file.parent.resolve() if file is not None else Path.cwd().resolve()
+    where = str(file) if file else "defaults"
+    if profile:
+        where += f" (profile {profile!r})"
+    try:
+        config = LoopmlConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, where)) from None
+    return config.model_copy(update={"root": root, "source_file": file, "profile": profile})
+
+
+def validate_options(model: type[BaseModel], options: Mapping[str, Any], where: str) -> BaseModel:
+    """Validate backend options; errors name the config key (secrets are never echoed)."""
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        lines = [f"invalid options for {where}:"]
+        for err in exc.errors():
+            key = ".".join([where, *(str(p) for p in err["loc"])])
+            if err["type"] == "extra_forbidden":
+                allowed = ", ".join(sorted(model.model_fields)) or "(none)"
+                lines.append(f"  - {key}: unknown option; allowed: {allowed}")
+            else:
+                lines.append(f"  - {key}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

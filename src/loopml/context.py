@@ -1,0 +1,180 @@
+"""The workspace: config + plugins + the backends they select, built lazily and validated early."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from loopml.config import LoopmlConfig, load_config, validate_options
+from loopml.datasets import DatasetCatalog, rules_from_config
+from loopml.errors import ConfigError
+from loopml.plugins import LoopmlPluginManager, get_plugin_manager
+from loopml.records import HookFailure
+from loopml.specs import BackendKind, BackendSpec
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from loopml.protocols import (
+        ArtifactStore,
+        FeatureStore,
+        ModelRegistry,
+        Monitor,
+        ServingBackend,
+        Tracker,
+    )
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend factory may know about the project besides its own options."""
+
+    project: str
+    root: Path
+    home: Path
+
+    def resolve(self, path: Path | str | None, default: str) -> Path:
+        """A path option: absolute as given, relative to the project root, or ``home/default``."""
+        if path is None:
+            return self.home / default
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
+
+@dataclass(frozen=True)
+class SelectedBackend:
+    kind: BackendKind
+    config_key: str
+    spec: BackendSpec
+    options: BaseModel
+
+
+def current_actor() -> str:
+    """Who is acting, for registry history: ``$LOOPML_ACTOR`` or ``user@host``."""
+    env = os.environ.get("LOOPML_ACTOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+class Workspace:
+    """One project: its config, its plugins and its backends.
+
+    ``Workspace.open()`` validates every selected backend's options at once, so a misspelled
+    backend or option fails before any work starts. Backends are built on first use.
+    """
+
+    def __init__(self, config: LoopmlConfig, manager: LoopmlPluginManager | None = None) -> None:
+        self.config = config
+        self.manager = manager or get_plugin_manager(tuple(config.plugins))
+        self.context = BackendContext(config.project, config.root, config.home_dir)
+        self.selected = self._select_all()
+
+    @classmethod
+    def open(cls, path: Path | str | None = None, *, profile: str | None = None,
+             overrides: Mapping[str, Any] | None = None,
+             manager: LoopmlPluginManager | None = None) -> Workspace:
+        return cls(load_config(path, profile=profile, overrides=overrides), manager)
+
+    # ------------------------------------------------------------ selection
+    def _select(self, kind: BackendKind, name: str, options: Mapping[str, Any], key: str) -> SelectedBackend:
+        spec = self.manager.backend(kind, name)
+        return SelectedBackend(kind, key, spec, validate_options(spec.options_model, options, key))
+
+    def _select_all(self) -> dict[str, SelectedBackend | list[SelectedBackend]]:
+        cfg = self.config
+        storage_opts = {"uri": self._storage_uri(), **cfg.storage.options}
+        if cfg.storage.backend:
+            store = self._select("artifact_store", cfg.storage.backend, storage_opts, "storage")
+        else:
+            scheme = urlparse(cfg.storage.uri).scheme if "://" in cfg.storage.uri else "file"
+            spec = self.manager.store_for_scheme(scheme)
+            store = SelectedBackend("artifact_store", "storage", spec,
+                                    validate_options(spec.options_model, storage_opts, "storage.options"))
+        return {
+            "artifact_store": store,
+            "registry": self._select("registry", cfg.registry.backend, cfg.registry.options,
+                                     "registry.options"),
+            "feature_store": self._select("feature_store", cfg.feature_store.backend,
+                                          cfg.feature_store.options, "feature_store.options"),
+            "serving": self._select("serving", cfg.serving.backend, cfg.serving.options,
+                                    "serving.options"),
+            "tracker": [self._select("tracker", n, o or {}, f"trackers.{n}")
+                        for n, o in cfg.trackers.items()],
+            "monitor": [self._select("monitor", n, o or {}, f"monitors.{n}")
+                        for n, o in cfg.monitors.items()],
+        }
+
+    def _storage_uri(self) -> str:
+        uri = self.config.storage.uri
+        if "://" in uri:
+            return uri
+        path = Path(uri)
+        return str(path if path.is_absolute() else self.config.home_dir / path)
+
+    def _build(self, selected: SelectedBackend) -> Any:
+        try:
+            return selected.spec.factory(selected.options, self.context)
+        except ImportError as exc:
+            raise ConfigError(
+                f"{selected.config_key}: backend {selected.spec.name!r} needs a package that is not "
+                f"installed ({exc.name or exc}); install its extra, e.g. pip install "
+                f"'loopml[{selected.spec.name}]'"
+            ) from exc
+
+    # ------------------------------------------------------------ backends
+    @functools.cached_property
+    def store(self) -> ArtifactStore:
+        return self._build(self.selected["artifact_store"])  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def registry(self) -> ModelRegistry:
+        return self._build(self.selected["registry"])  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def feature_store(self) -> FeatureStore:
+        return self._build(self.selected["feature_store"])  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def serving(self) -> ServingBackend:
+        return self._build(self.selected["serving"])  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def trackers(self) -> list[Tracker]:
+        return [self._build(s) for s in self.selected["tracker"]]  # type: ignore[union-attr]
+
+    @functools.cached_property
+    def monitors(self) -> list[Monitor]:
+        return [self._build(s) for s in self.selected["monitor"]]  # type: ignore[union-attr]
+
+    @functools.cached_property
+    def datasets(self) -> DatasetCatalog:
+        return DatasetCatalog(self.store)
+
+    def dataset_rules(self, name: str):  # noqa: ANN201 - tuple[ColumnRule, ...] | None
+        cfg = self.config.datasets.get(name)
+        return rules_from_config(cfg.columns) if cfg and cfg.columns else None
+
+    def notify(self, hook: str, **kwargs: Any) -> list[HookFailure]:
+        return self.manager.notify(hook, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """Selected backends and their validated options, secrets masked (for `loopml config`)."""
+        def one(s: SelectedBackend) -> dict[str, Any]:
+            return {"backend": s.spec.name, "options": s.options.model_dump(mode="json")}
+        out: dict[str, Any] = {"project": self.config.project, "root": str(self.config.root),
+                               "profile": self.config.profile}
+        for key, value in self.selected.items():
+            out[key] = [one(v) for v in value] if isinstance(value, list) else one(value)
+        return out

@@ -1,0 +1,282 @@
+"""The loopml plugin contract: every hook a plugin may implement.
+
+Two shapes of hooks:
+
+* **Registration hooks** (``loopml_<kind>s``) declare backends. Each returns a list of
+  :class:`loopml.specs.BackendSpec`. The core collects them from every plugin; config picks one
+  (or, for trackers and monitors, several) by name. Two plugins declaring one name is an error that
+  names both. A registration hook that raises is reported naming the plugin; in strict mode
+  (``LOOPML_STRICT_PLUGINS=1``) it is an error, otherwise the plugin's backends are skipped.
+* **Lifecycle hooks** (``loopml_after_*``, ``loopml_on_*``) observe the loop. Every
+  implementation is called (results are ignored). One that raises is recorded as a
+  :class:`loopml.records.HookFailure`, logged with plugin and hook name, and the other plugins and
+  the flow carry on: a notification must never break training or promotion.
+
+Implement hooks with ``loopml.hookimpl``::
+
+    from loopml.plugins import hookimpl
+
+    @hookimpl
+    def loopml_after_promotion(event):
+        notify_team(f"{event.name} v{event.to_version} is now {event.alias}")
+
+A misspelled hook name (``loopml_after_promoton``) is rejected when the plugin loads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from loopml.records import (
+        DatasetVersion,
+        DriftReport,
+        GateReport,
+        ModelVersion,
+        PromotionEvent,
+        RunInfo,
+    )
+    from loopml.specs import BackendSpec
+
+PROJECT = "loopml"
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------------------------
+# Registration hooks: declare backends
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def loopml_artifact_stores() -> list[BackendSpec]:
+    """Declare artifact store backends (where datasets, models and reports are kept).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs; ``uri_schemes`` (e.g. ``("s3",)``) lets ``storage.uri = "s3://b/p"`` pick it.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's stores with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_artifact_stores():
+            return [BackendSpec("gcs", make_gcs_store, GcsOptions, uri_schemes=("gs",))]
+    """
+
+
+@hookspec
+def loopml_trackers() -> list[BackendSpec]:
+    """Declare experiment trackers (many may be enabled at once, e.g. local + mlflow + wandb).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a :class:`loopml.protocols.Tracker`.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's trackers with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_trackers():
+            return [BackendSpec("neptune", make_neptune_tracker, NeptuneOptions)]
+    """
+
+
+@hookspec
+def loopml_registries() -> list[BackendSpec]:
+    """Declare model registries (exactly one is active).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a :class:`loopml.protocols.ModelRegistry`; the backend
+    must implement ``set_alias`` as an atomic compare-and-set.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's registries with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_registries():
+            return [BackendSpec("postgres", make_pg_registry, PgOptions)]
+    """
+
+
+@hookspec
+def loopml_feature_stores() -> list[BackendSpec]:
+    """Declare feature stores (exactly one is active).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a :class:`loopml.protocols.FeatureStore` that serves the
+    same definitions offline (point-in-time) and online.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's feature stores with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_feature_stores():
+            return [BackendSpec("feast", make_feast_store, FeastOptions)]
+    """
+
+
+@hookspec
+def loopml_serving_backends() -> list[BackendSpec]:
+    """Declare serving backends (exactly one is active).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a :class:`loopml.protocols.ServingBackend`.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's backends with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_serving_backends():
+            return [BackendSpec("torchserve", make_torchserve, TorchServeOptions)]
+    """
+
+
+@hookspec
+def loopml_monitors() -> list[BackendSpec]:
+    """Declare monitors (many may be enabled: drift log, Prometheus, Grafana, alerting).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a :class:`loopml.protocols.Monitor`.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's monitors with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_monitors():
+            return [BackendSpec("prometheus", make_prom_monitor, PromOptions)]
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle hooks: observe the loop
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def loopml_after_dataset_versioned(dataset: DatasetVersion, created: bool) -> None:
+    """A dataset was ingested and stored (or found unchanged).
+
+    When: after the manifest is written, i.e. the version is complete and visible.
+    Args: ``dataset`` the version; ``created`` False when identical data already existed.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
+    Example::
+
+        @hookimpl
+        def loopml_after_dataset_versioned(dataset, created):
+            if created: catalog.publish(dataset.ref, dataset.row_count)
+    """
+
+
+@hookspec
+def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[str, float]) -> None:
+    """A model finished training and its artifact is stored.
+
+    When: after training, before validation. Args: ``run`` the tracked run; ``artifact_key`` the
+    store key of the model artifact; ``metrics`` final training metrics.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
+    Example::
+
+        @hookimpl
+        def loopml_after_model_trained(run, artifact_key, metrics):
+            log.info("run %s trained: %s", run.run_id, metrics)
+    """
+
+
+@hookspec
+def loopml_after_validation(report: GateReport) -> None:
+    """A candidate was validated against the current production model.
+
+    When: after every gate ran and the report was stored, whether it passed or not.
+    Args: ``report`` the gates with their values, thresholds, verdicts and reasons.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
+    Example::
+
+        @hookimpl
+        def loopml_after_validation(report):
+            if not report.passed: chat.post(report.failed_checks[0].reason)
+    """
+
+
+@hookspec
+def loopml_after_model_registered(model: ModelVersion) -> None:
+    """A model version was added to the registry (status candidate, approved or rejected).
+
+    When: after the registry transaction committed. Args: ``model`` the new version.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
+    Example::
+
+        @hookimpl
+        def loopml_after_model_registered(model):
+            audit.write(model.ref, model.dataset_version, model.git_commit)
+    """
+
+
+@hookspec
+def loopml_after_promotion(event: PromotionEvent) -> None:
+    """An alias (e.g. ``production``) moved to another version, by promotion or rollback.
+
+    When: after the compare-and-set committed and history was appended.
+    Args: ``event`` with model name, alias, from/to version, action, actor and reason.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded as a HookFailure and logged; the alias stays moved.
+    Example::
+
+        @hookimpl
+        def loopml_after_promotion(event):
+            grafana.annotate(f"{event.name} {event.action} to v{event.to_version}")
+    """
+
+
+@hookspec
+def loopml_on_drift(report: DriftReport) -> None:
+    """Drift was confirmed on live inputs (enough samples, corrected p-values).
+
+    When: after the drift report is stored, before retraining is triggered.
+    Args: ``report`` per-feature statistics and the verdict.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded as a HookFailure and logged; retraining still triggers.
+    Example::
+
+        @hookimpl
+        def loopml_on_drift(report):
+            pager.alert(f"drift on {', '.join(report.drifted_features)}")
+    """
+
+
+@hookspec
+def loopml_on_error(stage: str, error: BaseException) -> None:
+    """A stage of the loop failed.
+
+    When: a flow stage raised, before the error propagates to Prefect.
+    Args: ``stage`` e.g. ``"ingest"`` or ``"train"``; ``error`` the exception.
+    Returns: nothing. Call semantics: every implementation is called.
+    Failure policy: a raise is recorded and logged; the original error still propagates.
+    Example::
+
+        @hookimpl
+        def loopml_on_error(stage, error):
+            sentry_sdk.capture_exception(error)
+    """
+
+
+REGISTRATION_HOOKS: dict[str, str] = {
+    "loopml_artifact_stores": "artifact_store",
+    "loopml_trackers": "tracker",
+    "loopml_registries": "registry",
+    "loopml_feature_stores": "feature_store",
+    "loopml_serving_backends": "serving",
+    "loopml_monitors": "monitor",
+}
+LIFECYCLE_HOOKS: tuple[str, ...] = (
+    "loopml_after_dataset_versioned",
+    "loopml_after_model_trained",
+    "loopml_after_validation",
+    "loopml_after_model_registered",
+    "loopml_after_promotion",
+    "loopml_on_drift",
+    "loopml_on_error",
+)

@@ -1,0 +1,134 @@
+"""The verbs of each backend kind. Plugins implement these; the core only calls these."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from loopml.records import (
+        DriftReport,
+        HistoryEntry,
+        ModelStatus,
+        ModelVersion,
+        ObjectInfo,
+        PromotionEvent,
+        RunInfo,
+        RunRecord,
+    )
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Immutable objects under validated keys, verified by sha256 on read.
+
+    Writes are create-only: putting different bytes under an existing key raises
+    ``ObjectExistsError``; putting the same bytes again is a no-op returning the same info.
+    """
+
+    uri: str
+
+    def put(
+        self, key: str, data: bytes | BinaryIO | Path, *, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo: ...
+    def get(self, key: str) -> bytes: ...
+    def download(self, key: str, dest: Path) -> ObjectInfo: ...
+    def info(self, key: str) -> ObjectInfo: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def delete(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Receives a run's params, metrics, tags and artifacts. Many trackers run at once.
+
+    loopml owns the run id, so one run is logged under the same id to every tracker. Every verb
+    must be idempotent for the same arguments (retries after transient errors are safe).
+    """
+
+    name: str
+
+    def start_run(self, run: RunInfo) -> None: ...
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None: ...
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
+    def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> None: ...
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
+
+
+@runtime_checkable
+class QueryableTracker(Tracker, Protocol):
+    """A tracker that can read runs back (the local tracker; MLflow)."""
+
+    def get_run(self, run_id: str) -> RunRecord: ...
+    def list_runs(self, experiment: str | None = None) -> list[RunRecord]: ...
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """Model versions with lineage, aliases moved by compare-and-set, append-only history."""
+
+    def register(
+        self,
+        name: str,
+        *,
+        artifact_key: str,
+        artifact_sha256: str,
+        status: ModelStatus = "candidate",
+        actor: str,
+        reason: str = "",
+        **lineage: Any,
+    ) -> ModelVersion: ...
+    def get(self, name: str, version: int | None = None, *, alias: str | None = None) -> ModelVersion: ...
+    def list_versions(self, name: str | None = None) -> list[ModelVersion]: ...
+    def aliases(self, name: str) -> dict[str, int]: ...
+    def set_status(self, name: str, version: int, status: ModelStatus, *, actor: str, reason: str) -> ModelVersion: ...
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        expected: int | None,
+        actor: str,
+        reason: str,
+        evidence_sha256: str | None = None,
+    ) -> PromotionEvent: ...
+    def rollback(self, name: str, alias: str, *, actor: str, reason: str) -> PromotionEvent: ...
+    def history(self, name: str) -> list[HistoryEntry]: ...
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """One set of feature definitions for training (point-in-time) and serving (online)."""
+
+    def apply(self, definitions: Any) -> None: ...
+    def historical_features(self, entities: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame: ...
+    def materialize(self, end: Any) -> int: ...
+    def online_features(self, entity_ids: Sequence[Any], features: Sequence[str]) -> pd.DataFrame: ...
+
+
+@runtime_checkable
+class ServingBackend(Protocol):
+    """Serves registered model versions over HTTP with traffic split and zero-downtime swap."""
+
+    def deploy(self, model: ModelVersion, artifact_path: Path) -> str: ...
+    def set_traffic(self, weights: Mapping[int, float]) -> None: ...
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
+    def undeploy(self, version: int | None = None) -> None: ...
+
+
+@runtime_checkable
+class Monitor(Protocol):
+    """Observes live predictions and reacts to drift and promotions. Many monitors run at once."""
+
+    name: str
+
+    def observe(self, model: str, version: int, inputs: pd.DataFrame, outputs: Sequence[float], latency_ms: Sequence[float]) -> None: ...
+    def on_drift(self, report: DriftReport) -> None: ...
+    def on_promotion(self, event: PromotionEvent) -> None: ...

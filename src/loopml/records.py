@@ -1,0 +1,222 @@
+"""Typed, frozen records that cross module and plugin boundaries.
+
+Plugins receive and return these; nothing mutable is shared between the core and a plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+ModelStatus = Literal["candidate", "approved", "rejected", "archived"]
+RunStatus = Literal["RUNNING", "FINISHED", "FAILED"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key, content hash and size."""
+
+    key: str
+    sha256: str
+    size: int
+    created_at: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ColumnSchema:
+    """A column of a dataset: name, logical type and whether nulls are allowed."""
+
+    name: str
+    type: str  # int | float | string | bool | timestamp | category
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """An immutable, content-addressed dataset version.
+
+    ``id`` is the sha256 of the canonical Parquet bytes; the same rows and schema give the same id.
+    """
+
+    name: str
+    id: str
+    row_count: int
+    columns: tuple[ColumnSchema, ...]
+    profile: Mapping[str, Mapping[str, Any]]
+    source: Mapping[str, Any]
+    created_at: datetime
+    data_key: str
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def ref(self) -> str:
+        """``name@shortid``: how humans, tags and lineage refer to this version."""
+        return f"{self.name}@{self.short_id}"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every tracker is told when a run starts. loopml owns the run id."""
+
+    run_id: str
+    experiment: str
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    value: float
+    step: int
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as read back from a tracker that supports queries."""
+
+    run_id: str
+    experiment: str
+    name: str
+    status: RunStatus
+    started_at: datetime
+    ended_at: datetime | None
+    params: Mapping[str, str]
+    metrics: Mapping[str, tuple[MetricPoint, ...]]
+    tags: Mapping[str, str]
+    artifacts: tuple[str, ...]
+
+    def latest_metrics(self) -> dict[str, float]:
+        return {k: pts[-1].value for k, pts in self.metrics.items() if pts}
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version and its lineage."""
+
+    name: str
+    version: int
+    status: ModelStatus
+    artifact_key: str
+    artifact_sha256: str
+    created_at: datetime
+    created_by: str
+    dataset_version: str | None = None
+    git_commit: str | None = None
+    run_id: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One append-only registry history row: who did what, when and why."""
+
+    id: int
+    name: str
+    action: str  # register | promote | rollback | status
+    alias: str | None
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    evidence_sha256: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    """An alias moved (promotion or rollback)."""
+
+    name: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    action: Literal["promote", "rollback"]
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One validation gate: measured value, threshold, verdict and a one-line reason."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """All gates of one candidate against the current production model."""
+
+    model_name: str
+    candidate: str
+    baseline: str | None
+    checks: tuple[GateCheck, ...]
+    html_key: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed_checks(self) -> tuple[GateCheck, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    feature: str
+    kind: Literal["numeric", "categorical"]
+    statistic: float
+    p_value: float
+    p_adjusted: float
+    drifted: bool
+    n_reference: int
+    n_current: int
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Per-feature drift of a window of live inputs against the training reference."""
+
+    model: str
+    reference: str
+    window_start: datetime | None
+    window_end: datetime | None
+    features: tuple[FeatureDrift, ...]
+    drift_detected: bool
+    reason: str
+    html_key: str | None = None
+
+    @property
+    def drifted_features(self) -> tuple[str, ...]:
+        return tuple(f.feature for f in self.features if f.drifted)
+
+
+@dataclass(frozen=True)
+class HookFailure:
+    """A lifecycle hook implementation that raised; recorded, never propagated."""
+
+    plugin: str
+    hook: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} failed in {self.hook}: {type(self.error).__name__}: {self.error}"
