@@ -1,0 +1,358 @@
+"""The ``loopml`` command line. Every error prints one clear message and exits non-zero."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from loopml.errors import LoopmlError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="loopml: version data, train, validate, register, serve and monitor models.")
+plugins_app = typer.Typer(no_args_is_help=True, help="Inspect and check installed plugins.")
+data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect dataset versions.")
+models_app = typer.Typer(no_args_is_help=True, help="Registered models: list, show, promote, roll back.")
+runs_app = typer.Typer(no_args_is_help=True, help="Tracked training runs.")
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Path to loopml.toml "
+                      "(default: ./loopml.toml or a parent's, or $LOOPML_CONFIG).")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Config profile "
+                       "(default: $LOOPML_PROFILE).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _workspace(config: Path | None, profile: str | None):  # noqa: ANN202
+    from loopml.context import Workspace
+
+    return Workspace.open(config, profile=profile)
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------- plugins
+@plugins_app.command("list")
+def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """List loaded plugins, where they come from, their hooks and the backends they provide."""
+    from loopml.config import load_config
+    from loopml.plugins import get_plugin_manager
+
+    cfg = load_config(config)
+    manager = get_plugin_manager(tuple(cfg.plugins))
+    infos = manager.plugins()
+    if as_json:
+        _print_json({"plugins": infos, "problems": manager.problems})
+        return
+    table = Table(title="loopml plugins")
+    for col in ("plugin", "source", "distribution", "backends", "hooks"):
+        table.add_column(col)
+    for p in infos:
+        dist = f"{p.distribution} {p.version}" if p.distribution else "-"
+        table.add_row(p.name, p.source, dist, "\n".join(p.backends) or "-",
+                      "\n".join(h for h in p.hooks if not h.endswith("s")) or "-")
+    out.print(table)
+    for problem in manager.problems:
+        err.print(f"[yellow]warning:[/] {problem.error}")
+
+
+@plugins_app.command("check")
+def plugins_check(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Load every plugin strictly and validate the project's backend selection and options."""
+    import importlib.util
+
+    from loopml.config import load_config
+    from loopml.context import Workspace
+    from loopml.plugins import build_plugin_manager
+
+    cfg = load_config(config, profile=profile)
+    manager = build_plugin_manager(tuple(cfg.plugins), strict=True)
+    manager.catalogue()
+    ws = Workspace(cfg, manager)
+    missing = []
+    for selected in ws.selected.values():
+        for s in selected if isinstance(selected, list) else [selected]:
+            missing += [f"{s.config_key}: backend {s.spec.name!r} needs module {mod!r}"
+                        for mod in s.spec.requires if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise LoopmlError("missing packages:\n  " + "\n  ".join(missing))
+    n = len(manager.plugins())
+    out.print(f"[green]ok[/]: {n} plugin(s) loaded, configuration valid")
+    out.print_json(json.dumps(ws.describe(), default=str))
+
+
+# ---------------------------------------------------------------------------- data
+@data_app.command("ingest")
+def data_ingest(
+    source: Annotated[str, typer.Argument(help="A CSV/Parquet file, a directory or a glob.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Dataset name.")],
+    config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Validate SOURCE against the dataset's schema and store it as a content-addressed version."""
+    ws = _workspace(config, profile)
+    with out.status(f"ingesting {source} …"):
+        version, created = ws.datasets.ingest(name, source, columns=ws.dataset_rules(name))
+    ws.notify("loopml_after_dataset_versioned", dataset=version, created=created)
+    if as_json:
+        _print_json({"version": version, "created": created})
+        return
+    verb = "stored new version" if created else "unchanged, existing version"
+    out.print(f"{verb} [bold]{version.ref}[/] ({version.row_count} rows, "
+              f"{len(version.columns)} columns)")
+
+
+@data_app.command("list")
+def data_list(name: Annotated[str | None, typer.Argument()] = None, config: ConfigOpt = None,
+              profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """List datasets, or the versions of NAME (oldest first)."""
+    ws = _workspace(config, profile)
+    versions = ws.datasets.versions(name) if name else list(ws.datasets.iter_all())
+    if as_json:
+        _print_json(versions)
+        return
+    table = Table()
+    for col in ("dataset", "version", "rows", "columns", "created"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(v.name, v.short_id, str(v.row_count), str(len(v.columns)),
+                      v.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+@data_app.command("show")
+def data_show(ref: Annotated[str, typer.Argument(help="NAME, NAME@latest or NAME@<id prefix>.")],
+              config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one dataset version: schema, row count, profile and source files."""
+    version = _workspace(config, profile).datasets.get(ref)
+    if as_json:
+        _print_json(version)
+        return
+    out.print(f"[bold]{version.ref}[/]  id {version.id}\nrows {version.row_count}, created "
+              f"{version.created_at.isoformat()}")
+    table = Table()
+    for col in ("column", "type", "nullable", "nulls", "summary"):
+        table.add_column(col)
+    for c in version.columns:
+        prof = dict(version.profile.get(c.name, {}))
+        nulls = prof.pop("nulls", 0)
+        prof.pop("type", None)
+        summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in prof.items())
+        table.add_row(c.name, c.type, str(c.nullable), str(nulls), summary[:80])
+    out.print(table)
+    for f in version.source.get("files", []):
+        out.print(f"source {f['path']} ({f['rows']} rows, sha256 {f['sha256'][:12]})")
+
+
+# ---------------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list(name: Annotated[str | None, typer.Argument()] = None, config: ConfigOpt = None,
+                profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered model versions with their status and aliases."""
+    ws = _workspace(config, profile)
+    versions = ws.registry.list_versions(name)
+    aliases: dict[tuple[str, int], list[str]] = {}
+    for model in {v.name for v in versions}:
+        for alias, ver in ws.registry.aliases(model).items():
+            aliases.setdefault((model, ver), []).append(alias)
+    if as_json:
+        _print_json([{**_jsonable(v), "aliases": aliases.get((v.name, v.version), [])}
+                     for v in versions])
+        return
+    table = Table()
+    for col in ("model", "version", "status", "aliases", "dataset", "created"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(v.name, str(v.version), v.status, ", ".join(aliases.get((v.name, v.version), [])),
+                      v.dataset_version or "-", v.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+def _parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """``name``, ``name:3`` / ``name:v3`` or ``name@alias``."""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, None, alias
+    if ":" in ref:
+        name, ver = ref.split(":", 1)
+        try:
+            return name, int(ver.lstrip("v")), None
+        except ValueError:
+            raise LoopmlError(f"model reference {ref!r}: version must be a number, e.g. {name}:3")
+    return ref, None, None
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+                config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one model version with its full lineage."""
+    name, version, alias = _parse_model_ref(ref)
+    model = _workspace(config, profile).registry.get(name, version, alias=alias)
+    if as_json:
+        _print_json(model)
+        return
+    out.print_json(json.dumps(_jsonable(model), default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to promote.")],
+    alias: Annotated[str, typer.Option("--alias", "-a")] = "production",
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (kept in history).")] = "manual promotion",
+    expected: Annotated[int | None, typer.Option(help="Version the alias must point at now "
+                        "(compare-and-set); default: whatever it points at when read.")] = None,
+    config: ConfigOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Move ALIAS to a version, atomically (compare-and-set)."""
+    from loopml.context import current_actor
+    from loopml.errors import ModelNotFoundError
+
+    name, version, _ = _parse_model_ref(ref)
+    if version is None:
+        raise LoopmlError(f"say which version to promote, e.g. {name}:3")
+    ws = _workspace(config, profile)
+    if expected is None:
+        try:
+            expected = ws.registry.get(name, alias=alias).version
+        except ModelNotFoundError:
+            expected = None
+    event = ws.registry.set_alias(name, alias, version, expected=expected, actor=current_actor(),
+                                  reason=reason)
+    ws.notify("loopml_after_promotion", event=event)
+    out.print(f"{name}@{alias}: v{event.from_version or '-'} -> v{event.to_version}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument()],
+    alias: Annotated[str, typer.Option("--alias", "-a")] = "production",
+    reason: Annotated[str, typer.Option("--reason", "-r")] = "manual rollback",
+    config: ConfigOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Point ALIAS back at the version it held before."""
+    from loopml.context import current_actor
+
+    ws = _workspace(config, profile)
+    event = ws.registry.rollback(name, alias, actor=current_actor(), reason=reason)
+    ws.notify("loopml_after_promotion", event=event)
+    out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback)")
+
+
+@models_app.command("history")
+def models_history(name: Annotated[str, typer.Argument()], config: ConfigOpt = None,
+                   profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """The append-only history of a model: registrations, promotions, rollbacks."""
+    entries = _workspace(config, profile).registry.history(name)
+    if as_json:
+        _print_json(entries)
+        return
+    table = Table()
+    for col in ("#", "when", "action", "alias", "from", "to", "who", "why"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.action, e.alias or "-",
+                      str(e.from_version or "-"), str(e.to_version or "-"), e.actor, e.reason)
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------- runs
+def _queryable_tracker(ws):  # noqa: ANN001, ANN202
+    for tracker in ws.trackers:
+        if hasattr(tracker, "get_run") and hasattr(tracker, "list_runs"):
+            return tracker
+    raise LoopmlError("no configured tracker can be queried; enable the local tracker: "
+                      "[trackers.local] in loopml.toml")
+
+
+@runs_app.command("list")
+def runs_list(experiment: Annotated[str | None, typer.Option("--experiment", "-e")] = None,
+              config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """List tracked runs, newest first."""
+    runs = _queryable_tracker(_workspace(config, profile)).list_runs(experiment)
+    if as_json:
+        _print_json(runs)
+        return
+    table = Table()
+    for col in ("run", "experiment", "name", "status", "started", "metrics"):
+        table.add_column(col)
+    for r in runs:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.latest_metrics().items())[:4])
+        table.add_row(r.run_id, r.experiment, r.name, r.status,
+                      r.started_at.strftime("%Y-%m-%d %H:%M:%S"), metrics)
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None,
+              profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a run's params, metric series, tags and artifacts."""
+    run = _queryable_tracker(_workspace(config, profile)).get_run(run_id)
+    if as_json:
+        _print_json(run)
+        return
+    out.print(f"[bold]{run.run_id}[/] {run.experiment}/{run.name} {run.status}")
+    out.print_json(json.dumps({"params": run.params, "tags": run.tags,
+                               "latest_metrics": run.latest_metrics(),
+                               "artifacts": run.artifacts}))
+
+
+@app.command("config")
+def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Print the resolved configuration (backends and validated options, secrets masked)."""
+    out.print_json(json.dumps(_workspace(config, profile).describe(), default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning loopml errors into one red line and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except LoopmlError as exc:
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Kit for plugin authors: fresh plugin managers, in-process registration, a hook recorder, and a
+conformance suite per backend kind.
+
+A plugin's tests subclass the suite of its kind and provide one fixture::
+
+    from loopml.testing import ArtifactStoreSuite
+
+    class TestGcsStore(ArtifactStoreSuite):
+        @pytest.fixture
+        def store(self, gcs_bucket):
+            return GcsStore(gcs_bucket)
+
+The pytest plugin ``loopml.testing.pytest_plugin`` (auto-loaded) adds the fixtures
+``loopml_plugins`` (a fresh manager with built-ins only) and ``loopml_hook_recorder``.
+"""
+
+from loopml.testing.kit import HookRecorder, fresh_plugin_manager, registered_plugin
+from loopml.testing.suites import (
+    ArtifactStoreSuite,
+    RegistrySuite,
+    TrackerSuite,
+)
+
+__all__ = [
+    "ArtifactStoreSuite",
+    "HookRecorder",
+    "RegistrySuite",
+    "TrackerSuite",
+    "fresh_plugin_manager",
+    "registered_plugin",
+]

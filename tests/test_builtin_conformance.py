@@ -1,0 +1,34 @@
+"""The embedded backends pass the same conformance suites a plugin author uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loopml.backends.local_store import LocalArtifactStore
+from loopml.backends.local_tracker import LocalTracker
+from loopml.backends.sqlite_registry import SqliteRegistry
+from loopml.testing import ArtifactStoreSuite, RegistrySuite, TrackerSuite
+
+
+class TestLocalArtifactStore(ArtifactStoreSuite):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> LocalArtifactStore:
+        return LocalArtifactStore(tmp_path / "store")
+
+    def corrupt(self, store: LocalArtifactStore, key: str) -> None:
+        blob = store._blob_path(store.info(key).sha256)
+        blob.write_bytes(b"tampered" + blob.read_bytes()[8:])
+
+
+class TestLocalTracker(TrackerSuite):
+    @pytest.fixture
+    def tracker(self, tmp_path: Path) -> LocalTracker:
+        return LocalTracker(tmp_path / "runs")
+
+
+class TestSqliteRegistry(RegistrySuite):
+    @pytest.fixture
+    def registry(self, tmp_path: Path) -> SqliteRegistry:
+        return SqliteRegistry(tmp_path / "registry.db")

@@ -1,0 +1,42 @@
+"""The contract file itself: every hook documented to the template, and every one reachable."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from loopml import hookspecs
+from loopml.testing import HookRecorder, fresh_plugin_manager
+
+ALL_HOOKS = sorted(n for n in dir(hookspecs) if n.startswith("loopml_"))
+
+
+def test_every_hook_is_prefixed_and_classified() -> None:
+    assert set(ALL_HOOKS) == set(hookspecs.REGISTRATION_HOOKS) | set(hookspecs.LIFECYCLE_HOOKS)
+
+
+@pytest.mark.parametrize("hook", ALL_HOOKS)
+def test_every_hook_docstring_follows_the_template(hook: str) -> None:
+    doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+    for part in ("When:", "Args:", "Returns:", "Call semantics:", "Failure policy:", "Example::"):
+        assert part in doc, f"{hook} docstring lacks {part!r}"
+
+
+def test_registration_hooks_are_all_collected() -> None:
+    catalogue = fresh_plugin_manager().catalogue()
+    assert set(catalogue) == set(hookspecs.REGISTRATION_HOOKS.values())
+
+
+@pytest.mark.parametrize("hook", hookspecs.LIFECYCLE_HOOKS)
+def test_every_lifecycle_hook_reaches_plugins(hook: str) -> None:
+    recorder = HookRecorder()
+    manager = fresh_plugin_manager(recorder)
+    argnames = inspect.signature(getattr(hookspecs, hook)).parameters
+    kwargs = {name: f"value-of-{name}" for name in argnames}
+    assert manager.notify(hook, **kwargs) == []
+    assert recorder.named(hook) == [kwargs]
+
+
+def test_hook_recorder_covers_every_lifecycle_hook() -> None:
+    assert {n for n in dir(HookRecorder) if n.startswith("loopml_")} == set(hookspecs.LIFECYCLE_HOOKS)

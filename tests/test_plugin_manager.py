@@ -1,0 +1,167 @@
+"""Plugin loading rules: entry points, switches, strictness, clashes, misspellings, isolation."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from fake_dists import install_fake_dist
+
+from loopml.errors import PluginError, UnknownBackendError
+from loopml.plugins import build_plugin_manager, get_plugin_manager, hookimpl, reset_plugin_manager
+from loopml.specs import BackendSpec
+from loopml.testing import HookRecorder, fresh_plugin_manager, registered_plugin
+
+GOOD = """
+from loopml.plugins import hookimpl
+from loopml.specs import BackendSpec
+
+def make(options, ctx):
+    return "acme-store"
+
+@hookimpl
+def loopml_artifact_stores():
+    return [BackendSpec("acme", make, uri_schemes=("acme",))]
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    site = tmp_path / "site"
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield site
+    for name in ("acme_plugin", "broken_plugin", "other_plugin"):
+        sys.modules.pop(name, None)
+
+
+def test_builtin_backends_are_listed_with_their_plugin() -> None:
+    manager = fresh_plugin_manager()
+    builtin = manager.plugins()[0]
+    assert builtin.name == "loopml" and builtin.source == "builtin"
+    assert {"artifact_store:local", "tracker:local", "registry:sqlite"} <= set(builtin.backends)
+
+
+def test_entry_point_plugin_is_loaded_with_its_distribution(site: Path) -> None:
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    manager = build_plugin_manager()
+    info = {p.name: p for p in manager.plugins()}["acme"]
+    assert (info.source, info.distribution, info.version) == ("entrypoint", "acme-loopml", "1.0")
+    assert manager.store_for_scheme("acme").name == "acme"
+
+
+def test_load_and_disable_switches(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    monkeypatch.setenv("LOOPML_DISABLE_PLUGINS", "acme")
+    assert "acme" not in {p.name for p in build_plugin_manager().plugins()}
+    monkeypatch.delenv("LOOPML_DISABLE_PLUGINS")
+    monkeypatch.setenv("LOOPML_LOAD_PLUGINS", "")
+    assert "acme" not in {p.name for p in build_plugin_manager().plugins()}
+    monkeypatch.setenv("LOOPML_LOAD_PLUGINS", "acme")
+    assert "acme" in {p.name for p in build_plugin_manager().plugins()}
+
+
+def test_plugin_that_fails_to_import_warns_naming_its_distribution_or_fails_in_strict_mode(
+    site: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_fake_dist(site, "broken-dist", {"broken_plugin": "import not_a_real_module_xyz\n"},
+                      {"broken": "broken_plugin"})
+    with caplog.at_level(logging.WARNING):
+        manager = build_plugin_manager()
+    assert "broken-dist" in caplog.text and "LOOPML_DISABLE_PLUGINS=broken" in caplog.text
+    assert manager.problems[0].distribution == "broken-dist"
+    assert "loopml" in {p.name for p in manager.plugins()}  # the rest still works
+    monkeypatch.setenv("LOOPML_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="broken-dist"):
+        build_plugin_manager()
+
+
+def test_two_plugins_claiming_one_backend_name_is_an_error_naming_both(site: Path) -> None:
+    other = GOOD.replace('uri_schemes=("acme",)', 'uri_schemes=("acme2",)')
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    install_fake_dist(site / "2", "other-loopml", {"other_plugin": other}, {"other": "other_plugin"})
+    manager = build_plugin_manager()
+    with pytest.raises(PluginError, match=r"'acme'.*'other'|'other'.*'acme'") as info:
+        manager.catalogue()
+    assert "artifact_store backend 'acme'" in str(info.value)
+
+
+def test_misspelled_hook_is_rejected_naming_plugin_hook_and_fix() -> None:
+    class Typo:
+        @hookimpl
+        def loopml_after_promoton(self, event):  # noqa: ANN001, ANN201
+            pass
+
+    with pytest.raises(PluginError) as info:
+        fresh_plugin_manager(Typo())
+    msg = str(info.value)
+    assert "'Typo'" in msg and "loopml_after_promoton" in msg and "loopml_after_promotion" in msg
+
+
+def test_hook_with_wrong_arguments_is_rejected() -> None:
+    class BadArgs:
+        @hookimpl
+        def loopml_after_promotion(self, evnt):  # noqa: ANN001, ANN201
+            pass
+
+    with pytest.raises(PluginError, match="BadArgs"):
+        fresh_plugin_manager(BadArgs())
+
+
+def test_a_raising_lifecycle_hook_is_recorded_and_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Exploding:
+        @hookimpl
+        def loopml_after_promotion(self, event):  # noqa: ANN001, ANN201
+            raise RuntimeError("chat service down")
+
+    recorder = HookRecorder()
+    manager = fresh_plugin_manager(recorder, Exploding())
+    with caplog.at_level(logging.WARNING):
+        failures = manager.notify("loopml_after_promotion", event="E")
+    assert recorder.named("loopml_after_promotion") == [{"event": "E"}]
+    assert len(failures) == 1 and failures[0].plugin == "Exploding"
+    assert "chat service down" in caplog.text and "loopml_after_promotion" in caplog.text
+
+
+def test_registration_hook_that_raises_is_skipped_with_a_warning_or_fails_strictly() -> None:
+    class BadRegistration:
+        @staticmethod
+        @hookimpl
+        def loopml_trackers():  # noqa: ANN205
+            raise RuntimeError("boom")
+
+    lenient = fresh_plugin_manager(BadRegistration(), strict=False)
+    assert "local" in lenient.catalogue()["tracker"]
+    assert "BadRegistration" in lenient.problems[0].error
+    with pytest.raises(PluginError, match="BadRegistration.*loopml_trackers"):
+        fresh_plugin_manager(BadRegistration(), strict=True).catalogue()
+
+
+def test_unknown_backend_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownBackendError, match=r"unknown tracker 'locl' \(did you mean 'local'\?\); "
+                       r"choose one of: local"):
+        fresh_plugin_manager().backend("tracker", "locl")
+
+
+def test_in_process_registration_and_cache() -> None:
+    class InHouse:
+        @hookimpl
+        def loopml_trackers(self):  # noqa: ANN201
+            return [BackendSpec("inhouse", lambda o, c: object())]
+
+    manager = get_plugin_manager()
+    assert manager is get_plugin_manager()  # cached
+    with registered_plugin(manager, InHouse(), "inhouse"):
+        assert manager.backend("tracker", "inhouse").name == "inhouse"
+    with pytest.raises(UnknownBackendError):
+        manager.backend("tracker", "inhouse")
+    reset_plugin_manager()
+    assert get_plugin_manager() is not manager
+
+
+def test_notify_rejects_non_lifecycle_hooks() -> None:
+    with pytest.raises(PluginError, match="not a lifecycle hook"):
+        fresh_plugin_manager().notify("loopml_trackers")
