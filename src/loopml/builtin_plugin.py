@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loopml.backends.local_features import LocalFeatureStoreOptions
 from loopml.backends.local_store import LocalStoreOptions
 from loopml.backends.local_tracker import LocalTrackerOptions
+from loopml.backends.log_monitor import LogMonitorOptions
 from loopml.backends.sqlite_registry import SqliteRegistryOptions
 from loopml.plugins import hookimpl
 from loopml.specs import BackendSpec
@@ -35,6 +37,31 @@ def _sqlite_registry(options: Any, ctx: Any) -> Any:
     return SqliteRegistry(ctx.resolve(options.path, "registry.db"), timeout=options.timeout)
 
 
+def _local_features(options: Any, ctx: Any) -> Any:
+    from loopml.backends.local_features import LocalFeatureStore
+
+    return LocalFeatureStore(ctx.resolve(options.root, "features"))
+
+
+def _builtin_serving(options: Any, ctx: Any) -> Any:
+    from loopml.serving import BuiltinServing
+
+    return BuiltinServing(options, ctx.resolve(options.log_dir, "predictions"))
+
+
+def _log_monitor(options: Any, ctx: Any) -> Any:
+    from loopml.backends.log_monitor import LogMonitor
+
+    return LogMonitor(ctx.resolve(options.path, "monitoring/events.jsonl"))
+
+
+def _serving_options() -> Any:
+    # serving.py imports the model loader; its options model is small, so define the spec lazily.
+    from loopml.serving import BuiltinServingOptions
+
+    return BuiltinServingOptions
+
+
 @hookimpl
 def loopml_artifact_stores() -> list[BackendSpec]:
     return [BackendSpec("local", _local_store, LocalStoreOptions,
@@ -51,3 +78,21 @@ def loopml_trackers() -> list[BackendSpec]:
 def loopml_registries() -> list[BackendSpec]:
     return [BackendSpec("sqlite", _sqlite_registry, SqliteRegistryOptions,
                         "SQLite file with compare-and-set aliases and append-only history")]
+
+
+@hookimpl
+def loopml_feature_stores() -> list[BackendSpec]:
+    return [BackendSpec("local", _local_features, LocalFeatureStoreOptions,
+                        "point-in-time joins in pandas, online values in SQLite")]
+
+
+@hookimpl
+def loopml_serving_backends() -> list[BackendSpec]:
+    return [BackendSpec("builtin", _builtin_serving, _serving_options(),
+                        "threaded JSON HTTP server on 127.0.0.1 with canary routing and hot swap")]
+
+
+@hookimpl
+def loopml_monitors() -> list[BackendSpec]:
+    return [BackendSpec("drift-log", _log_monitor, LogMonitorOptions,
+                        "JSONL log of observations, drift reports and promotions")]

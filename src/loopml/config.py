@@ -62,6 +62,58 @@ class DatasetConfig(_Strict):
     columns: dict[str, ColumnConfig] = Field(default_factory=dict)
 
 
+class FeaturesConfig(_Strict):
+    """One feature view: entity-keyed, timestamped rows from a dataset."""
+
+    view: str = "features"
+    dataset: str = Field(description="dataset whose versions feed this view")
+    timestamp: str = "event_timestamp"
+    ttl_days: float | None = Field(default=None, description="older feature rows are not joined")
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+
+class TrainingConfig(_Strict):
+    seed: int = 7
+    epochs: int = 25
+    batch_size: int = 256
+    learning_rate: float = 0.01
+    hidden_units: int = 32
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+
+class GatesConfig(_Strict):
+    min_auc: float = 0.70
+    regression_margin: float = Field(default=0.01, description="allowed AUC drop (noise margin)")
+    bootstrap_samples: int = 300
+    confidence: float = 0.95
+    max_fairness_gap: float = Field(default=0.10, description="max AUC gap between slices")
+    min_slice_rows: int = 50
+    latency_p99_ms: float = 25.0
+    latency_samples: int = 200
+
+
+class DriftConfig(_Strict):
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="family-wise false-alarm rate")
+    min_samples: int = 200
+    cooldown_minutes: float = 60.0
+
+
+class PipelineConfig(_Strict):
+    """What the example loop trains: labels, features, training, gates and drift settings."""
+
+    model_name: str
+    entity: str
+    labels_dataset: str
+    label: str
+    label_timestamp: str
+    sensitive_attribute: str | None = None
+    features: FeaturesConfig
+    training: TrainingConfig = TrainingConfig()
+    gates: GatesConfig = GatesConfig()
+    drift: DriftConfig = DriftConfig()
+
+
 class LoopmlConfig(_Strict):
     """The whole project configuration, validated."""
 
@@ -75,7 +127,7 @@ class LoopmlConfig(_Strict):
     serving: BackendChoice = BackendChoice(backend="builtin")
     monitors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"drift-log": {}}, repr=False)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
-    pipeline: dict[str, Any] = Field(default_factory=dict)
+    pipeline: PipelineConfig | None = None
 
     # Set by the loader, not by users.
     root: Path = Field(default=Path("."), exclude=True)

@@ -1,0 +1,115 @@
+"""The embedded feature store: offline rows as Parquet, online values in SQLite.
+
+``apply`` stores a view's definition and its source rows; ``historical_features`` is the
+point-in-time join of :mod:`loopml.features`; ``materialize`` writes each entity's latest row
+(within the TTL, as of ``end``) to SQLite; ``online_features`` reads them back by entity id.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from loopml.errors import DataValidationError
+from loopml.features import FeatureView, point_in_time_join
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class LocalFeatureStoreOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    root: Path | None = None  # default: <home>/features
+
+
+class LocalFeatureStore:
+    """Point-in-time correct offline store and SQLite online store, with no server."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.online_path = self.root / "online.db"
+
+    def _view(self, name: str) -> FeatureView:
+        path = self.root / f"{name}.view.json"
+        if not path.is_file():
+            raise DataValidationError(f"feature view {name!r} is not applied; run the features flow")
+        raw = json.loads(path.read_text())
+        from datetime import timedelta
+
+        return FeatureView(raw["name"], raw["entity"], raw["timestamp"], tuple(raw["numeric"]),
+                           tuple(raw["categorical"]),
+                           timedelta(seconds=raw["ttl"]) if raw["ttl"] is not None else None)
+
+    def apply(self, view: FeatureView, source: pd.DataFrame) -> None:
+        view.check_source(source)
+        body = asdict(view)
+        body["ttl"] = view.ttl.total_seconds() if view.ttl else None
+        tmp = self.root / f".{view.name}.parquet.tmp"
+        source.to_parquet(tmp, index=False)
+        tmp.replace(self.root / f"{view.name}.parquet")
+        tmp_def = self.root / f".{view.name}.view.json.tmp"
+        tmp_def.write_text(json.dumps(body, indent=2))
+        tmp_def.replace(self.root / f"{view.name}.view.json")
+
+    def _source(self, name: str) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(self.root / f"{name}.parquet")
+
+    def historical_features(self, view_name: str, entities: pd.DataFrame,
+                            timestamp_column: str) -> pd.DataFrame:
+        view = self._view(view_name)
+        return point_in_time_join(entities, timestamp_column, self._source(view_name), view)
+
+    def materialize(self, view_name: str, end: datetime) -> int:
+        import pandas as pd
+
+        view = self._view(view_name)
+        source = self._source(view_name)
+        entities = pd.DataFrame({view.entity: source[view.entity].drop_duplicates().to_numpy()})
+        entities["__as_of"] = pd.Timestamp(end)
+        latest = point_in_time_join(entities, "__as_of", source, view).drop(columns="__as_of")
+        stamp = f"{view.name}__event_timestamp"
+        latest = latest[latest[stamp].notna()]
+        rows = [(str(r[view.entity]), str(r[stamp]),
+                 json.dumps({f: _plain(r[f]) for f in view.features}))
+                for r in latest.to_dict("records")]
+        with sqlite3.connect(self.online_path) as db:
+            db.execute(f'CREATE TABLE IF NOT EXISTS "{view.name}" (entity TEXT PRIMARY KEY, '
+                       "event_timestamp TEXT NOT NULL, features TEXT NOT NULL)")
+            db.execute(f'DELETE FROM "{view.name}"')
+            db.executemany(f'INSERT INTO "{view.name}" VALUES (?,?,?)', rows)
+        return len(rows)
+
+    def online_features(self, view_name: str, entity_ids: Sequence[Any]) -> pd.DataFrame:
+        import pandas as pd
+
+        view = self._view(view_name)
+        found: dict[str, dict[str, Any]] = {}
+        if self.online_path.is_file():
+            with sqlite3.connect(self.online_path) as db:
+                keys = [str(e) for e in entity_ids]
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i:i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for entity, features in db.execute(
+                            f'SELECT entity, features FROM "{view.name}" WHERE entity IN ({marks})', chunk):
+                        found[entity] = json.loads(features)
+        rows = [{view.entity: e, **found.get(str(e), dict.fromkeys(view.features))} for e in entity_ids]
+        return pd.DataFrame(rows, columns=[view.entity, *view.features])
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -1,0 +1,326 @@
+"""The steps of the loop, as plain functions over a :class:`Workspace`.
+
+Prefect flows in ``flows/`` call these and add orchestration (retries, logs, artifacts, events);
+they hold no logic of their own, so every step is also usable from a notebook or a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loopml import __version__
+from loopml.context import Workspace, current_actor
+from loopml.errors import ConfigError, ModelNotFoundError, ObjectExistsError, StaleAliasError
+from loopml.features import FeatureView
+from loopml.records import DatasetVersion, DriftReport, GateReport, ModelVersion, PromotionEvent, RunInfo
+from loopml.tracking import TrackingSession
+from loopml.training import holdout_mask, training_fingerprint, training_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from loopml.config import PipelineConfig
+    from loopml.validation import Evaluation
+
+log = logging.getLogger(__name__)
+PRODUCTION = "production"
+
+
+def pipeline_config(ws: Workspace) -> PipelineConfig:
+    if ws.config.pipeline is None:
+        raise ConfigError(f"{ws.config.source_file or 'loopml.toml'} has no [pipeline] table; "
+                          "create an example project with `loopml init --example churn`")
+    return ws.config.pipeline
+
+
+def view_of(ws: Workspace) -> FeatureView:
+    cfg = pipeline_config(ws)
+    return FeatureView.from_config(cfg.features, cfg.entity)
+
+
+# ---------------------------------------------------------------------------- data
+def ingest(ws: Workspace, name: str, source: str | Path | None = None) -> tuple[DatasetVersion, bool]:
+    """Validate and version one dataset; fires ``loopml_after_dataset_versioned``."""
+    if source is None:
+        cfg = ws.config.datasets.get(name)
+        if cfg is None or cfg.source is None:
+            raise ConfigError(f"dataset {name!r} has no source: pass one or set "
+                              f"[datasets.{name}] source = '…' in loopml.toml")
+        source = cfg.source
+    path = Path(source)
+    if not path.is_absolute() and "://" not in str(source):
+        source = ws.config.root / path
+    version, created = ws.datasets.ingest(name, source, columns=ws.dataset_rules(name))
+    ws.notify("loopml_after_dataset_versioned", dataset=version, created=created)
+    return version, created
+
+
+def apply_features(ws: Workspace, features: DatasetVersion) -> int:
+    """Register the feature view with its source rows and materialize the online store."""
+    view = view_of(ws)
+    frame = ws.datasets.load(features)
+    ws.feature_store.apply(view, frame)
+    end = frame[view.timestamp].max().to_pydatetime()
+    return ws.feature_store.materialize(view.name, end)
+
+
+def frames(ws: Workspace, labels: DatasetVersion) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout): point-in-time training rows, split by a stable hash of the entity."""
+    cfg = pipeline_config(ws)
+    frame = training_frame(ws.datasets.load(labels), ws.feature_store, view_of(ws), cfg)
+    mask = holdout_mask(frame[cfg.entity], cfg.training.holdout_fraction)
+    return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class Candidate:
+    """A trained model artifact in the store, and where it came from."""
+
+    model_name: str
+    fingerprint: str
+    artifact_key: str
+    artifact_sha256: str
+    run_id: str
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    dataset_versions: dict[str, str]
+    skipped: bool
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "loopml": __version__,
+            "platform": platform.platform()}
+
+
+def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train_frame: pd.DataFrame,
+          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Candidate:
+    """Train a candidate, or reuse the one already trained from the same inputs.
+
+    The cache key is a content hash of both dataset versions, the training and feature config
+    and the model code, so a rerun with unchanged inputs skips training (``skipped=True``).
+    """
+    from loopml import modeling
+
+    cfg = pipeline_config(ws)
+    code = hashlib.sha256(Path(modeling.__file__).read_bytes()).hexdigest()
+    params = {**cfg.training.model_dump(), "features": list(view_of(ws).features)}
+    fingerprint = training_fingerprint(labels.id, features.id, json.dumps(params, sort_keys=True),
+                                       cfg.features.model_dump_json(), code)
+    base = f"models/{cfg.model_name}/{fingerprint[:16]}/"
+    datasets = {"labels": labels.ref, "features": features.ref}
+    if ws.store.exists(base + "train.json"):
+        meta = json.loads(ws.store.get(base + "train.json"))
+        return Candidate(cfg.model_name, fingerprint, base + "model.pt", meta["sha256"], meta["run_id"],
+                         meta["metrics"], meta["params"], datasets, skipped=True)
+
+    run = RunInfo(uuid.uuid4().hex, experiment=cfg.model_name, name=f"train-{fingerprint[:8]}",
+                  tags={"loopml.dataset.labels": labels.ref, "loopml.dataset.features": features.ref,
+                        "loopml.git_commit": git_commit(ws.config.root),
+                        "loopml.fingerprint": fingerprint})
+    session = TrackingSession(ws.trackers, run)
+    session.log_params(params)
+    try:
+        def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
+            session.log_metrics(metrics, step=epoch)
+            if on_epoch:
+                on_epoch(epoch, metrics)
+
+        view = view_of(ws)
+        trained = modeling.train(train_frame, cfg.label, view, cfg.training, on_epoch=epoch_done)
+    except BaseException:
+        session.end("FAILED")
+        raise
+    info = ws.store.put(base + "model.pt", trained.artifact, metadata={"run_id": run.run_id})
+    metrics = trained.history[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp) / "model.pt"
+        model_file.write_bytes(trained.artifact)
+        session.log_artifact(model_file)
+    session.set_tags({"loopml.artifact_sha256": info.sha256})
+    session.end("FINISHED")
+    meta = {"sha256": info.sha256, "run_id": run.run_id, "metrics": metrics, "params": params,
+            "tracker_failures": session.failures}
+    try:
+        ws.store.put(base + "train.json", json.dumps(meta, sort_keys=True, default=str).encode())
+    except ObjectExistsError:  # a concurrent identical run finished first: same model, keep theirs
+        pass
+    ws.notify("loopml_after_model_trained", run=run, artifact_key=base + "model.pt", metrics=metrics)
+    return Candidate(cfg.model_name, fingerprint, base + "model.pt", info.sha256, run.run_id, metrics,
+                     params, datasets, skipped=False)
+
+
+# ---------------------------------------------------------------------------- validation
+def production_model(ws: Workspace, name: str) -> ModelVersion | None:
+    try:
+        return ws.registry.get(name, alias=PRODUCTION)
+    except ModelNotFoundError:
+        return None
+
+
+def validate(ws: Workspace, candidate: Candidate, holdout: pd.DataFrame) -> tuple[Evaluation, str, str]:
+    """Run every gate; store the HTML report. Returns (evaluation, report key, html)."""
+    from loopml import validation
+    from loopml.modeling import Predictor
+
+    cfg = pipeline_config(ws)
+    artifact = ws.store.get(candidate.artifact_key)
+    cand = Predictor.from_bytes(artifact)
+    prod = production_model(ws, cfg.model_name)
+    baseline = Predictor.from_bytes(ws.store.get(prod.artifact_key)) if prod else None
+    sample = holdout[list(view_of(ws).features)].head(5).to_dict("records")
+    evaluation = validation.evaluate(
+        model_name=cfg.model_name, candidate_ref=f"candidate {candidate.fingerprint[:8]}",
+        candidate=cand, baseline_ref=prod.ref if prod else None, baseline=baseline, holdout=holdout,
+        label=cfg.label, sensitive=cfg.sensitive_attribute, gates=cfg.gates,
+        servability=lambda: ws.serving.smoke_test(artifact, sample),
+    )
+    html = validation.render_html(evaluation)
+    key = f"reports/{cfg.model_name}/{candidate.fingerprint[:16]}/validation-{_stamp()}.html"
+    ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
+    return evaluation, key, html
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# ---------------------------------------------------------------------------- registry
+def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport,
+                         report_key: str, baseline_version: int | None) -> tuple[ModelVersion, PromotionEvent | None]:
+    """Register the candidate (approved or rejected); move production only if every gate passed.
+
+    The move is a compare-and-set against the production version the candidate was validated
+    against: if someone promoted meanwhile, the candidate stays approved but production does not
+    move, since the comparison it won is stale.
+    """
+    cfg = pipeline_config(ws)
+    info = ws.store.info(candidate.artifact_key)  # the registry only points at stored, hashed bytes
+    if info.sha256 != candidate.artifact_sha256:
+        raise ConfigError(f"artifact {candidate.artifact_key} changed since training")
+    report_sha = hashlib.sha256(ws.store.get(report_key)).hexdigest()
+    status = "approved" if report.passed else "rejected"
+    reason = ("all gates passed" if report.passed else
+              "rejected: " + "; ".join(f"{c.name}: {c.reason}" for c in report.failed_checks))
+    model = ws.registry.register(
+        cfg.model_name, artifact_key=candidate.artifact_key, artifact_sha256=candidate.artifact_sha256,
+        status=status, actor=current_actor(), reason=reason,
+        dataset_version=candidate.dataset_versions["labels"], git_commit=git_commit(ws.config.root),
+        run_id=candidate.run_id, params=candidate.params, metrics=candidate.metrics,
+        environment=environment(),
+        lineage={"datasets": candidate.dataset_versions, "fingerprint": candidate.fingerprint,
+                 "feature_view": cfg.features.view, "features": list(view_of(ws).features),
+                 "entity": cfg.entity, "validation_report": report_key,
+                 "validation_report_sha256": report_sha,
+                 "gates": {c.name: {"passed": c.passed, "value": c.value} for c in report.checks}},
+    )
+    ws.notify("loopml_after_model_registered", model=model)
+    if not report.passed:
+        return model, None
+    try:
+        event = ws.registry.set_alias(cfg.model_name, PRODUCTION, model.version, expected=baseline_version,
+                                      actor=current_actor(), reason=reason, evidence_sha256=report_sha)
+    except StaleAliasError as exc:
+        log.warning("not promoting %s: %s", model.ref, exc)
+        return model, None
+    ws.notify("loopml_after_promotion", event=event)
+    for monitor in ws.monitors:
+        _safely(monitor.on_promotion, event)
+    return model, event
+
+
+def _safely(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("monitor call %s failed: %s", getattr(fn, "__qualname__", fn), exc)
+
+
+# ---------------------------------------------------------------------------- serving
+def artifact_file(ws: Workspace, model: ModelVersion) -> Path:
+    """The model artifact on local disk (downloaded once, verified by sha256)."""
+    path = ws.context.home / "cache" / "models" / model.name / f"v{model.version}-{model.artifact_sha256[:12]}.pt"
+    if not path.is_file():
+        ws.store.download(model.artifact_key, path)
+    return path
+
+
+def rollout(ws: Workspace, model: ModelVersion, *, canary_fraction: float = 0.1,
+            during_canary: Callable[[], None] | None = None) -> str:
+    """Deploy ``model`` next to what is served, send it a canary share, then all traffic.
+
+    ``during_canary`` runs while both versions serve (e.g. a smoke load). The old version is
+    removed only after the new one takes all traffic, so no request is dropped.
+    """
+    serving = ws.serving
+    before = serving.status()
+    old_versions = [int(v) for v, w in before.get("traffic", {}).items() if w > 0]
+    url = serving.deploy(model, artifact_file(ws, model))
+    if old_versions and model.version not in old_versions:
+        rest = (1 - canary_fraction) / len(old_versions)
+        serving.set_traffic({**dict.fromkeys(old_versions, rest), model.version: canary_fraction})
+        if during_canary:
+            during_canary()
+    serving.set_traffic({model.version: 1.0})
+    for v in old_versions:
+        if v != model.version:
+            serving.undeploy(v)
+    return url
+
+
+# ---------------------------------------------------------------------------- monitoring
+def prediction_window(ws: Workspace, model_name: str, since: float) -> pd.DataFrame:
+    """Inputs the built-in server logged since ``since`` (unix seconds)."""
+    import pandas as pd
+
+    path = ws.context.home / "predictions" / f"{model_name}.jsonl"
+    rows = []
+    if path.is_file():
+        with open(path, encoding="utf-8") as src:
+            for line in src:
+                rec = json.loads(line)
+                if rec["ts"] >= since:
+                    rows.append(rec["inputs"])
+    return pd.DataFrame(rows)
+
+
+def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame,
+                reference_ref: str) -> tuple[DriftReport, str]:
+    """Compare live inputs with the training reference; store the HTML report."""
+    from loopml import drift
+
+    cfg = pipeline_config(ws)
+    view = view_of(ws)
+    report = drift.detect_drift(reference, current, numeric=view.numeric, categorical=view.categorical,
+                                alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
+                                model=cfg.model_name, reference_ref=reference_ref)
+    html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
+    key = f"reports/{cfg.model_name}/drift/drift-{_stamp()}.html"
+    ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
+    if report.drift_detected:
+        ws.notify("loopml_on_drift", report=report)
+        for monitor in ws.monitors:
+            _safely(monitor.on_drift, report)
+    return report, key
