@@ -328,6 +328,61 @@ def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None
                                "artifacts": run.artifacts}))
 
 
+@app.command("init")
+def init(folder: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+         example: Annotated[str, typer.Option(help="Example to create (only 'churn' so far).")] = "churn",
+         customers: Annotated[int, typer.Option(help="How many customers to generate.")] = 4000) -> None:
+    """Create an example project: loopml.toml plus generated data."""
+    from loopml.examples import churn
+
+    if example != "churn":
+        raise LoopmlError(f"unknown example {example!r}; choose one of: churn")
+    if (folder / "loopml.toml").exists():
+        raise LoopmlError(f"{folder / 'loopml.toml'} exists already; choose an empty folder")
+    path = churn.init_project(folder, n_customers=customers)
+    out.print(f"created {path}; next: cd {folder} && loopml run")
+
+
+def _flows_importable() -> None:
+    try:
+        import flows  # noqa: F401
+    except ImportError:
+        raise LoopmlError("the flows package is not importable; install loopml with its "
+                          "'loop' extra from a source checkout (make install)") from None
+
+
+@app.command("run")
+def run(config: ConfigOpt = None, profile: ProfileOpt = None,
+        no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Stop after registering.")] = False) -> None:
+    """Run the pipeline flow once: ingest, features, train, validate, register, deploy."""
+    _flows_importable()
+    from flows.pipeline import pipeline
+
+    result = pipeline(config=str(config) if config else None, profile=profile,
+                      deploy_model=not no_deploy)
+    out.print(result)
+
+
+@app.command("demo")
+def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if missing).")] = Path("loopml-demo"),
+         customers: Annotated[int, typer.Option(help="Customers in the example data.")] = 4000,
+         requests: Annotated[int, typer.Option(help="Requests per traffic phase.")] = 400,
+         profile: ProfileOpt = None) -> None:
+    """The whole loop on embedded defaults: train, serve, drift, retrain, promote. No servers to set up."""
+    _flows_importable()
+    from flows.demo import demo as demo_flow
+
+    summary = demo_flow(folder=str(folder), n_customers=customers, requests=requests, profile=profile)
+    table = Table(title=f"loopml demo in {summary.project}")
+    table.add_column("step")
+    table.add_column("outcome")
+    for step, outcome in summary.steps:
+        table.add_row(step, outcome)
+    out.print(table)
+    for path in summary.reports:
+        out.print(f"report: {path}")
+
+
 @app.command("config")
 def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Print the resolved configuration (backends and validated options, secrets masked)."""

@@ -154,6 +154,7 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
         session.end("FAILED")
         raise
     info = ws.store.put(base + "model.pt", trained.artifact, metadata={"run_id": run.run_id})
+    ws.store.put(base + "reference.parquet", _reference_sample(train_frame, view_of(ws)))
     metrics = trained.history[-1]
     with tempfile.TemporaryDirectory() as tmp:
         model_file = Path(tmp) / "model.pt"
@@ -170,6 +171,31 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     ws.notify("loopml_after_model_trained", run=run, artifact_key=base + "model.pt", metrics=metrics)
     return Candidate(cfg.model_name, fingerprint, base + "model.pt", info.sha256, run.run_id, metrics,
                      params, datasets, skipped=False)
+
+
+REFERENCE_ROWS = 50_000
+
+
+def _reference_sample(frame: pd.DataFrame, view: FeatureView) -> bytes:
+    """The training inputs that drift is measured against (a seeded sample if large)."""
+    import io
+
+    sample = frame[list(view.features)]
+    if len(sample) > REFERENCE_ROWS:
+        sample = sample.sample(REFERENCE_ROWS, random_state=0)
+    buf = io.BytesIO()
+    sample.reset_index(drop=True).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def drift_reference(ws: Workspace, model: ModelVersion) -> pd.DataFrame:
+    """The inputs ``model`` was trained on, as stored next to its artifact."""
+    import io
+
+    import pandas as pd
+
+    key = model.artifact_key.rsplit("/", 1)[0] + "/reference.parquet"
+    return pd.read_parquet(io.BytesIO(ws.store.get(key)))
 
 
 # ---------------------------------------------------------------------------- validation
@@ -324,3 +350,24 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame,
         for monitor in ws.monitors:
             _safely(monitor.on_drift, report)
     return report, key
+
+
+def registered_version_of(ws: Workspace, candidate: Candidate) -> ModelVersion | None:
+    """The registry version already holding this exact artifact, if any."""
+    for model in ws.registry.list_versions(candidate.model_name):
+        if model.artifact_sha256 == candidate.artifact_sha256:
+            return model
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What one pass of the pipeline did."""
+
+    model: str  # e.g. churn:v2
+    status: str  # approved | rejected | candidate
+    promoted: bool
+    skipped_training: bool
+    report_path: str | None
+    failed_checks: tuple[str, ...]
+    serving_url: str | None

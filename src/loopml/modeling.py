@@ -54,13 +54,11 @@ def _build_module(n_numeric: int, vocabs: list[list[str]], hidden: int, mean: np
     from torch import nn
 
     class TabularMLP(nn.Module):
-        vocab_sizes: list[int]
-        lookups: list[dict[str, int]]
-
         def __init__(self) -> None:
             super().__init__()
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+            # Types are inferred by TorchScript from the values (List[int], List[Dict[str, int]]).
             self.vocab_sizes = [len(v) + 1 for v in vocabs]
             self.lookups = [{w: i + 1 for i, w in enumerate(v)} for v in vocabs]
             width = n_numeric + sum(self.vocab_sizes)

@@ -80,6 +80,19 @@ def generate(n_customers: int = 4000, *, seed: int = 0, drift: float = 0.0,
     return ChurnData(activity.reset_index(drop=True), labels)
 
 
+def request_rows(data: ChurnData, features: tuple[str, ...]) -> list[dict]:
+    """What a client sends at prediction time: each customer's features as known at its label
+    time (the same point in time training used), as JSON-ready rows."""
+    from loopml.features import FeatureView, point_in_time_join
+
+    view = FeatureView("activity", "customer_id", "event_timestamp",
+                       ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
+    joined = point_in_time_join(data.labels, "label_timestamp", data.activity, view)
+    joined = joined[joined["activity__event_timestamp"].notna()]
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in joined[list(features)].to_dict("records")]
+
+
 def write(data: ChurnData, folder: Path) -> tuple[Path, Path]:
     """Write ``activity.csv`` and ``labels.csv`` (ISO 8601 UTC timestamps)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,47 @@
+"""Shared orchestration helpers: opening the workspace, task defaults, report artifacts."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from loopml.context import Workspace
+from loopml.records import GateReport
+
+# loopml caches by content hash itself (see loopml.loop.train), so Prefect's input hashing of
+# workspace objects is switched off; retries are only for steps that do I/O that can flake.
+TASK_DEFAULTS = {"cache_policy": NO_CACHE}
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2}
+
+
+@functools.lru_cache(maxsize=8)
+def workspace(config: str | None = None, profile: str | None = None) -> Workspace:
+    """One workspace per (config, profile) per process, so the served model outlives a flow."""
+    return Workspace.open(config, profile=profile)
+
+
+def save_report(ws: Workspace, key: str, html: str) -> Path:
+    """Copy a stored HTML report to ``<home>/reports/`` so a person can open it."""
+    path = ws.context.home / "reports" / Path(key).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def gate_markdown(report: GateReport, path: Path) -> str:
+    lines = [f"# Validation of {report.model_name}: {'PASSED' if report.passed else 'REJECTED'}",
+             f"candidate **{report.candidate}** vs production **{report.baseline or 'none'}**", "",
+             "| check | value | threshold | verdict | reason |", "|---|---|---|---|---|"]
+    for c in report.checks:
+        value = "-" if c.value is None else f"{c.value:.4g}"
+        threshold = "-" if c.threshold is None else f"{c.threshold:.4g}"
+        lines.append(f"| {c.name} | {value} | {threshold} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
+    lines += ["", f"Full report with plots: `{path}`"]
+    return "\n".join(lines)
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(key=key, markdown=markdown, description=description)

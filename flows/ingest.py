@@ -1,0 +1,26 @@
+"""Ingest: validate and version every configured dataset."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from flows.common import IO_RETRIES, TASK_DEFAULTS, workspace
+from loopml import loop
+from loopml.records import DatasetVersion
+
+
+@task(**TASK_DEFAULTS, **IO_RETRIES)
+def ingest_dataset(config: str | None, profile: str | None, name: str) -> DatasetVersion:
+    version, created = loop.ingest(workspace(config, profile), name)
+    get_run_logger().info("%s %s (%d rows)", "stored new version" if created else "unchanged:",
+                          version.ref, version.row_count)
+    return version
+
+
+@flow(name="loopml-ingest")
+def ingest(config: str | None = None, profile: str | None = None,
+           datasets: list[str] | None = None) -> dict[str, DatasetVersion]:
+    """Validate and version the configured datasets (or those named)."""
+    ws = workspace(config, profile)
+    names = datasets or sorted(ws.config.datasets)
+    return {name: ingest_dataset(config, profile, name) for name in names}

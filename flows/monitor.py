@@ -1,0 +1,40 @@
+"""Monitor: drift of live inputs against the training reference; emits loopml.drift.detected."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.events import emit_event
+
+from flows.common import publish_markdown, save_report, workspace
+from loopml import loop
+from loopml.records import DriftReport
+
+
+@flow(name="loopml-monitor")
+def monitor(since: float = 0.0, config: str | None = None,
+            profile: str | None = None) -> tuple[DriftReport, str]:
+    """Check the prediction log since ``since`` (unix time). Returns (report, local HTML path)."""
+    logger = get_run_logger()
+    ws = workspace(config, profile)
+    cfg = loop.pipeline_config(ws)
+    model = loop.production_model(ws, cfg.model_name)
+    if model is None:
+        raise RuntimeError("no production model to monitor yet; run the pipeline first")
+    reference = loop.drift_reference(ws, model)
+    current = loop.prediction_window(ws, cfg.model_name, since)
+    report, key = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}")
+    path = save_report(ws, key, ws.store.get(key).decode())
+    logger.info("drift check over %d rows: %s", len(current), report.reason)
+    rows = "\n".join(f"| {f.feature} | {f.kind} | {f.statistic:.4g} | {f.p_adjusted:.3g} | "
+                     f"{'**DRIFT**' if f.drifted else 'ok'} |" for f in report.features)
+    publish_markdown(f"{cfg.model_name}-drift",
+                     f"# Drift check: {report.reason}\n\n| feature | test | statistic | Holm p | verdict |"
+                     f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
+                     "drift of live inputs vs training data")
+    if report.drift_detected:
+        emit_event(event="loopml.drift.detected",
+                   resource={"prefect.resource.id": f"loopml.model.{cfg.model_name}",
+                             "prefect.resource.name": cfg.model_name},
+                   payload={"features": list(report.drifted_features), "reason": report.reason,
+                            "production_version": model.version, "report": key})
+    return report, str(path)

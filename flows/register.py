@@ -1,0 +1,23 @@
+"""Register: record the candidate with lineage; promote it through compare-and-set if it passed."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import workspace
+from loopml import loop
+from loopml.records import GateReport, ModelVersion, PromotionEvent
+
+
+@flow(name="loopml-register")
+def register(candidate: loop.Candidate, report: GateReport, report_key: str,
+             baseline_version: int | None, config: str | None = None,
+             profile: str | None = None) -> tuple[ModelVersion, PromotionEvent | None]:
+    logger = get_run_logger()
+    model, event = loop.register_and_promote(workspace(config, profile), candidate, report,
+                                             report_key, baseline_version)
+    if event:
+        logger.info("%s is now production (was v%s)", model.ref, event.from_version or "-")
+    else:
+        logger.warning("%s registered as %s; production unchanged", model.ref, model.status)
+    return model, event

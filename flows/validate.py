@@ -1,0 +1,27 @@
+"""Validate: every gate, candidate vs production on the same holdout rows."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import gate_markdown, publish_markdown, save_report, workspace
+from loopml import loop
+from loopml.records import DatasetVersion, GateReport
+
+
+@flow(name="loopml-validate")
+def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | None = None,
+             profile: str | None = None) -> tuple[GateReport, str, str]:
+    """Returns (report, report key in the store, local HTML path)."""
+    logger = get_run_logger()
+    ws = workspace(config, profile)
+    _, holdout = loop.frames(ws, labels)
+    evaluation, key, html = loop.validate(ws, candidate, holdout)
+    report = evaluation.report
+    path = save_report(ws, key, html)
+    for check in report.checks:
+        logger.info("%s %s: %s", "PASS" if check.passed else "FAIL", check.name, check.reason)
+    publish_markdown(f"{report.model_name}-validation", gate_markdown(report, path),
+                     f"gates for {report.candidate}")
+    ws.notify("loopml_after_validation", report=report)
+    return report, key, str(path)
