@@ -1,0 +1,104 @@
+"""The `loopml` command line, as a newcomer uses it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loopml.backends.local_tracker import LocalTracker
+from loopml.backends.sqlite_registry import SqliteRegistry
+from loopml.cli import main
+from loopml.records import RunInfo
+
+CSV = "id,amount\n1,2.5\n2,3.5\n"
+
+
+def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_command_group() -> None:
+    result = subprocess.run([sys.executable, "-m", "loopml.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for group in ("plugins", "data", "models", "runs", "demo", "run", "init"):
+        assert group in result.stdout
+
+
+def test_plugins_list_json_names_the_builtin_backends(project: Path, capsys) -> None:
+    code, out, _ = run(capsys, "plugins", "list", "--json")
+    assert code == 0
+    builtin = json.loads(out)["plugins"][0]
+    assert builtin["name"] == "loopml"
+    assert set(builtin["backends"]) >= {"artifact_store:local", "tracker:local", "registry:sqlite",
+                                        "feature_store:local", "serving:builtin", "monitor:drift-log"}
+
+
+def test_plugins_check_validates_the_project(project: Path, capsys) -> None:
+    code, out, _ = run(capsys, "plugins", "check")
+    assert code == 0 and "configuration valid" in out
+    (project / "loopml.toml").write_text('[serving]\nbackend = "torchserv"\n')
+    code, _, err = run(capsys, "plugins", "check")
+    assert code == 2 and "unknown serving 'torchserv'" in err
+
+
+def test_data_ingest_list_show(project: Path, capsys) -> None:
+    (project / "d.csv").write_text(CSV)
+    code, out, _ = run(capsys, "data", "ingest", "d.csv", "--name", "orders", "--json")
+    assert code == 0
+    ref = json.loads(out)["version"]["id"][:12]
+    code, out, _ = run(capsys, "data", "ingest", "d.csv", "--name", "orders")
+    assert "unchanged" in out and ref in out
+    code, out, _ = run(capsys, "data", "list", "--json")
+    assert [v["name"] for v in json.loads(out)] == ["orders"]
+    code, out, _ = run(capsys, "data", "show", "orders")
+    assert code == 0 and "amount" in out and "2 " in out
+
+
+def test_bad_data_exits_2_with_a_message_naming_file_and_column(project: Path, capsys) -> None:
+    (project / "loopml.toml").write_text('[datasets.orders.columns]\nid = { type = "int" }\n'
+                                         'amount = { type = "float" }\n')
+    (project / "bad.csv").write_text("id,amount\n1,lots\n")
+    code, _, err = run(capsys, "data", "ingest", "bad.csv", "--name", "orders")
+    assert code == 2
+    assert "bad.csv" in err and "'amount'" in err and "lots" in err
+
+
+def test_models_promote_rollback_and_history(project: Path, capsys) -> None:
+    registry = SqliteRegistry(project / ".loopml" / "registry.db")
+    for _ in range(2):
+        registry.register("churn", artifact_key="models/x", artifact_sha256="c" * 64, actor="t",
+                          dataset_version="orders@abc")
+    assert run(capsys, "models", "promote", "churn:1", "--reason", "first")[0] == 0
+    code, out, _ = run(capsys, "models", "promote", "churn:v2")
+    assert code == 0 and "v1 -> v2" in out
+    code, _, err = run(capsys, "models", "promote", "churn:1", "--expected", "1")
+    assert code == 2 and "points at v2, not v1" in err  # stale compare-and-set refused
+    code, out, _ = run(capsys, "models", "rollback", "churn", "--reason", "latency")
+    assert code == 0 and "v2 -> v1" in out
+    code, out, _ = run(capsys, "models", "history", "churn", "--json")
+    assert [e["action"] for e in json.loads(out)] == ["register", "register", "promote", "promote", "rollback"]
+    code, out, _ = run(capsys, "models", "list", "--json")
+    assert {v["version"]: v["aliases"] for v in json.loads(out)} == {1: ["production"], 2: []}
+    code, out, _ = run(capsys, "models", "show", "churn@production", "--json")
+    assert json.loads(out)["dataset_version"] == "orders@abc"
+    code, _, err = run(capsys, "models", "show", "churn:9")
+    assert code == 2 and "no version 9" in err
+
+
+def test_runs_list_and_show(project: Path, capsys) -> None:
+    tracker = LocalTracker(project / ".loopml" / "runs")
+    tracker.start_run(RunInfo("r1", "churn", "train"))
+    tracker.log_metrics("r1", {"auc": 0.8}, step=0)
+    tracker.end_run("r1")
+    code, out, _ = run(capsys, "runs", "list", "--json")
+    assert [r["run_id"] for r in json.loads(out)] == ["r1"]
+    code, out, _ = run(capsys, "runs", "show", "r1")
+    assert code == 0 and "0.8" in out
+    code, _, err = run(capsys, "runs", "show", "nope")
+    assert code == 2 and "no run 'nope'" in err

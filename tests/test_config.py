@@ -1,0 +1,117 @@
+"""Typed configuration: errors name the key and the fix; profiles and env overrides; secrets masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from loopml.cli import main
+from loopml.config import load_config
+from loopml.context import Workspace
+from loopml.errors import ConfigError, UnknownBackendError
+from loopml.plugins import get_plugin_manager, hookimpl
+from loopml.specs import BackendSpec
+
+CANARY = "canary-s3cr3t-7f1d"
+
+
+class VaultOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str
+    api_key: SecretStr
+    retries: int = 3
+
+
+class VaultPlugin:
+    @hookimpl
+    def loopml_trackers(self):  # noqa: ANN201
+        return [BackendSpec("vault", lambda options, ctx: options, VaultOptions)]
+
+
+def write(project: Path, text: str) -> Path:
+    path = project / "loopml.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config()
+    assert cfg.registry.backend == "sqlite" and list(cfg.trackers) == ["local"]
+    assert cfg.home_dir == tmp_path.resolve() / ".loopml"
+
+
+def test_unknown_key_names_key_and_file(project: Path) -> None:
+    write(project, '[storage]\nuri = "x"\nbucket = "y"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "storage.bucket: unknown key" in str(info.value)
+    assert str(project / "loopml.toml") in str(info.value)
+
+
+def test_wrong_type_names_key_and_value(project: Path) -> None:
+    write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
+                   'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n'
+                   '[pipeline.training]\nepochs = "many"\n')
+    with pytest.raises(ConfigError, match=r"pipeline\.training\.epochs: .*'many'"):
+        load_config()
+
+
+def test_invalid_toml_is_reported_with_the_file(project: Path) -> None:
+    write(project, "project = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config()
+
+
+def test_profile_and_environment_overrides(project: Path) -> None:
+    write(project, 'project = "p"\n[storage]\nuri = "base"\n[profiles.prod.storage]\nuri = "s3://b/prod"\n')
+    assert load_config().storage.uri == "base"
+    assert load_config(profile="prod").storage.uri == "s3://b/prod"
+    assert load_config(environ={"LOOPML_PROFILE": "prod"}).storage.uri == "s3://b/prod"
+    env = {"LOOPML_PROFILE": "prod", "LOOPML__STORAGE__URI": "env-wins",
+           "LOOPML__PIPELINE__TRAINING__EPOCHS": "3"}
+    with pytest.raises(ConfigError, match="pipeline"):  # partial pipeline table is incomplete
+        load_config(environ=env)
+    env.pop("LOOPML__PIPELINE__TRAINING__EPOCHS")
+    assert load_config(environ=env).storage.uri == "env-wins"
+
+
+def test_unknown_profile_lists_the_defined_ones(project: Path) -> None:
+    write(project, '[profiles.staging]\nproject = "s"\n[profiles.prod]\nproject = "p"\n')
+    with pytest.raises(ConfigError, match="profile 'prdo' is not defined.*prod, staging"):
+        load_config(profile="prdo")
+
+
+def test_unknown_backend_lists_choices_at_startup(project: Path) -> None:
+    write(project, '[trackers.mlfow]\n')
+    with pytest.raises(UnknownBackendError, match="unknown tracker 'mlfow'.*choose one of: local"):
+        Workspace.open()
+
+
+def test_misspelled_backend_option_names_the_key_and_allowed_options(project: Path) -> None:
+    write(project, '[registry]\nbackend = "sqlite"\n[registry.options]\npaht = "r.db"\n')
+    with pytest.raises(ConfigError, match=r"registry\.options\.paht: unknown option; allowed: path, timeout"):
+        Workspace.open()
+
+
+def test_secrets_never_appear_in_dumps_errors_or_logs(project: Path, capsys, caplog) -> None:
+    get_plugin_manager().register(VaultPlugin(), "vault-plugin")
+    write(project, f'[trackers.vault]\nurl = "https://vault"\napi_key = "{CANARY}"\n')
+    caplog.set_level(logging.DEBUG)
+    ws = Workspace.open()
+    assert ws.trackers[0].api_key.get_secret_value() == CANARY  # the backend gets the real value
+    assert CANARY not in json.dumps(ws.describe())
+    assert CANARY not in repr(ws.config) and CANARY not in str(ws.selected)
+    assert main(["config"]) == 0
+    # A bad option next to the secret: the error names the key but never echoes values.
+    write(project, f'[trackers.vault]\nurl = "https://vault"\napi_key = "{CANARY}"\nretries = "{CANARY}"\n')
+    with pytest.raises(ConfigError) as info:
+        Workspace.open()
+    assert "trackers.vault.retries" in str(info.value) and CANARY not in str(info.value)
+    assert main(["config"]) == 2
+    captured = capsys.readouterr()
+    assert CANARY not in captured.out + captured.err + caplog.text
