@@ -28,7 +28,7 @@ class VaultOptions(BaseModel):
 
 class VaultPlugin:
     @hookimpl
-    def loopml_trackers(self):  # noqa: ANN201
+    def loopml_trackers(self):
         return [BackendSpec("vault", lambda options, ctx: options, VaultOptions)]
 
 
@@ -63,7 +63,7 @@ def test_wrong_type_names_key_and_value(project: Path) -> None:
 
 def test_invalid_toml_is_reported_with_the_file(project: Path) -> None:
     write(project, "project = \n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_config()
 
 
@@ -74,7 +74,7 @@ def test_profile_and_environment_overrides(project: Path) -> None:
     assert load_config(environ={"LOOPML_PROFILE": "prod"}).storage.uri == "s3://b/prod"
     env = {"LOOPML_PROFILE": "prod", "LOOPML__STORAGE__URI": "env-wins",
            "LOOPML__PIPELINE__TRAINING__EPOCHS": "3"}
-    with pytest.raises(ConfigError, match="pipeline"):  # partial pipeline table is incomplete
+    with pytest.raises(ConfigError, match=r"pipeline"):  # partial pipeline table is incomplete
         load_config(environ=env)
     env.pop("LOOPML__PIPELINE__TRAINING__EPOCHS")
     assert load_config(environ=env).storage.uri == "env-wins"
@@ -82,13 +82,13 @@ def test_profile_and_environment_overrides(project: Path) -> None:
 
 def test_unknown_profile_lists_the_defined_ones(project: Path) -> None:
     write(project, '[profiles.staging]\nproject = "s"\n[profiles.prod]\nproject = "p"\n')
-    with pytest.raises(ConfigError, match="profile 'prdo' is not defined.*prod, staging"):
+    with pytest.raises(ConfigError, match=r"profile 'prdo' is not defined.*prod, staging"):
         load_config(profile="prdo")
 
 
 def test_unknown_backend_lists_choices_at_startup(project: Path) -> None:
     write(project, '[trackers.mlfow]\n')
-    with pytest.raises(UnknownBackendError, match="unknown tracker 'mlfow'.*choose one of: local"):
+    with pytest.raises(UnknownBackendError, match=r"unknown tracker 'mlfow'.*choose one of: local"):
         Workspace.open()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from loopml.backends.local_store import LocalArtifactStore
 from loopml.datasets import ColumnRule, DatasetCatalog
-from loopml.errors import DataValidationError, DatasetNotFoundError
+from loopml.errors import DatasetNotFoundError, DataValidationError
 
 RULES = (ColumnRule("id", "int", nullable=False), ColumnRule("ts", "timestamp", nullable=False),
          ColumnRule("amount", "float", min=0), ColumnRule("plan", "category", allowed=("a", "b")))
@@ -102,7 +102,7 @@ def test_a_bad_file_among_good_ones_stores_nothing(catalog, tmp_path) -> None:
 def test_corrupt_parquet_is_rejected(catalog, tmp_path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(DataValidationError, match="broken.parquet.*not readable PARQUET"):
+    with pytest.raises(DataValidationError, match=r"broken.parquet.*not readable PARQUET"):
         catalog.ingest("orders", path)
 
 
@@ -113,7 +113,7 @@ def test_schema_is_inferred_when_not_declared(catalog, tmp_path) -> None:
 
 def test_unknown_dataset_reference_lists_known_ones(catalog, tmp_path) -> None:
     catalog.ingest("orders", _write(tmp_path, "o.csv", CSV), columns=RULES)
-    with pytest.raises(DatasetNotFoundError, match="known datasets: orders"):
+    with pytest.raises(DatasetNotFoundError, match=r"known datasets: orders"):
         catalog.get("ordrs")
-    with pytest.raises(DatasetNotFoundError, match="matches no version"):
+    with pytest.raises(DatasetNotFoundError, match=r"matches no version"):
         catalog.get("orders@ffffffff")

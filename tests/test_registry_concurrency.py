@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -65,6 +66,6 @@ def test_parallel_promoters_keep_one_production_version_and_a_consistent_history
     assert len(promotions) == sum(r["won"] for r in results)
     assert sum(r["stale"] for r in results) > 0  # the race really happened and stale CAS was refused
     # Linearizable: each promotion starts from where the previous one ended.
-    for before, after in zip(promotions, promotions[1:], strict=False):
+    for before, after in itertools.pairwise(promotions):
         assert after.from_version == before.to_version
     assert reg.get("churn", alias="production").version == promotions[-1].to_version

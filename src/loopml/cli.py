@@ -37,7 +37,7 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Config 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _workspace(config: Path | None, profile: str | None):  # noqa: ANN202
+def _workspace(config: Path | None, profile: str | None):
     from loopml.context import Workspace
 
     return Workspace.open(config, profile=profile)
@@ -210,7 +210,7 @@ def _parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
         try:
             return name, int(ver.lstrip("v")), None
         except ValueError:
-            raise LoopmlError(f"model reference {ref!r}: version must be a number, e.g. {name}:3")
+            raise LoopmlError(f"model reference {ref!r}: version must be a number, e.g. {name}:3") from None
     return ref, None, None
 
 
@@ -288,7 +288,7 @@ def models_history(name: Annotated[str, typer.Argument()], config: ConfigOpt = N
 
 
 # ---------------------------------------------------------------------------- runs
-def _queryable_tracker(ws):  # noqa: ANN001, ANN202
+def _queryable_tracker(ws):
     for tracker in ws.trackers:
         if hasattr(tracker, "get_run") and hasattr(tracker, "list_runs"):
             return tracker

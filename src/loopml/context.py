@@ -162,7 +162,7 @@ class Workspace:
     def datasets(self) -> DatasetCatalog:
         return DatasetCatalog(self.store)
 
-    def dataset_rules(self, name: str):  # noqa: ANN201 - tuple[ColumnRule, ...] | None
+    def dataset_rules(self, name: str):
         cfg = self.config.datasets.get(name)
         return rules_from_config(cfg.columns) if cfg and cfg.columns else None
 

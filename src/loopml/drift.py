@@ -122,7 +122,7 @@ def render_html(report: DriftReport, reference: pd.DataFrame, current: pd.DataFr
                 table(["feature", "test", "statistic", "p", "Holm p", "verdict"], rows,
                       ["fail" if f.drifted else "pass" for f in report.features])]
     for f in report.features:
-        def draw(ax, f=f):  # noqa: ANN001, ANN202
+        def draw(ax, f=f):
             if f.kind == "numeric":
                 ref = reference[f.feature].dropna().to_numpy(dtype=float)
                 cur = current[f.feature].dropna().to_numpy(dtype=float)

@@ -6,6 +6,7 @@ they hold no logic of their own, so every step is also usable from a notebook or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,14 @@ from loopml import __version__
 from loopml.context import Workspace, current_actor
 from loopml.errors import ConfigError, ModelNotFoundError, ObjectExistsError, StaleAliasError
 from loopml.features import FeatureView
-from loopml.records import DatasetVersion, DriftReport, GateReport, ModelVersion, PromotionEvent, RunInfo
+from loopml.records import (
+    DatasetVersion,
+    DriftReport,
+    GateReport,
+    ModelVersion,
+    PromotionEvent,
+    RunInfo,
+)
 from loopml.tracking import TrackingSession
 from loopml.training import holdout_mask, training_fingerprint, training_frame
 
@@ -164,10 +172,9 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     session.end("FINISHED")
     meta = {"sha256": info.sha256, "run_id": run.run_id, "metrics": metrics, "params": params,
             "tracker_failures": session.failures}
-    try:
+    # A concurrent identical run may have finished first: same model, keep theirs.
+    with contextlib.suppress(ObjectExistsError):
         ws.store.put(base + "train.json", json.dumps(meta, sort_keys=True, default=str).encode())
-    except ObjectExistsError:  # a concurrent identical run finished first: same model, keep theirs
-        pass
     ws.notify("loopml_after_model_trained", run=run, artifact_key=base + "model.pt", metrics=metrics)
     return Candidate(cfg.model_name, fingerprint, base + "model.pt", info.sha256, run.run_id, metrics,
                      params, datasets, skipped=False)

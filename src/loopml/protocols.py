@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from loopml.features import FeatureView
-
     from loopml.records import (
         DriftReport,
         HistoryEntry,
@@ -136,6 +135,9 @@ class Monitor(Protocol):
 
     name: str
 
-    def observe(self, model: str, version: int, inputs: pd.DataFrame, outputs: Sequence[float], latency_ms: Sequence[float]) -> None: ...
+    def observe(
+        self, model: str, version: int, inputs: pd.DataFrame, outputs: Sequence[float],
+        latency_ms: Sequence[float],
+    ) -> None: ...
     def on_drift(self, report: DriftReport) -> None: ...
     def on_promotion(self, event: PromotionEvent) -> None: ...

@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,9 @@ def _reject_constant(name: str) -> float:
     raise RequestError(400, f"JSON literal {name} is not allowed; send finite numbers only")
 
 
-def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed: Sequence[str] = ()) -> list[dict[str, Any]]:
+def validate_rows(
+    payload: Any, sig: Signature, *, max_rows: int, extra_allowed: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Check a request body against the model signature; raise RequestError(422) naming the field."""
     if not isinstance(payload, dict) or "rows" not in payload:
         raise RequestError(422, 'body must be a JSON object {"rows": [{feature: value, ...}]}')
@@ -204,7 +205,7 @@ class ModelServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _send(self, status: int, body: dict[str, Any], version: int | None = None) -> None:

@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
+from loopml_jsonl_tracker import JsonlTracker
 
 from loopml.testing import TrackerSuite
-from loopml_jsonl_tracker import JsonlTracker
 
 
 class TestJsonlTracker(TrackerSuite):
