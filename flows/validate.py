@@ -15,8 +15,7 @@ def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | No
     """Returns (report, report key in the store, local HTML path)."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    _, holdout = loop.frames(ws, labels)
-    evaluation, key, html = loop.validate(ws, candidate, holdout)
+    evaluation, key, html = loop.validate(ws, candidate, labels)
     report = evaluation.report
     path = save_report(ws, key, html)
     for check in report.checks:

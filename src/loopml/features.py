@@ -65,6 +65,10 @@ def point_in_time_join(
 
     features = list(features or view.features)
     view.check_source(source)
+    unknown = [f for f in features if f not in source.columns]
+    if unknown:
+        raise DataValidationError(f"feature view {view.name!r}: source has no column(s) {unknown}",
+                                  column=unknown[0])
     if view.entity not in entities.columns or entity_timestamp not in entities.columns:
         raise DataValidationError(
             f"entity frame needs columns {view.entity!r} and {entity_timestamp!r}",

@@ -83,10 +83,16 @@ def apply_features(ws: Workspace, features: DatasetVersion) -> int:
     return ws.feature_store.materialize(view.name, end)
 
 
-def frames(ws: Workspace, labels: DatasetVersion) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout): point-in-time training rows, split by a stable hash of the entity."""
+def frames(ws: Workspace, labels: DatasetVersion,
+           extra_features: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout): point-in-time training rows, split by a stable hash of the entity.
+
+    ``extra_features`` adds columns beyond the current view (e.g. those the production model was
+    trained on, when the feature set changed), so both models see the same rows."""
     cfg = pipeline_config(ws)
-    frame = training_frame(ws.datasets.load(labels), ws.feature_store, view_of(ws), cfg)
+    view = view_of(ws)
+    wanted = list(dict.fromkeys([*view.features, *extra_features]))
+    frame = training_frame(ws.datasets.load(labels), ws.feature_store, view, cfg, wanted)
     mask = holdout_mask(frame[cfg.entity], cfg.training.holdout_fraction)
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
@@ -213,8 +219,10 @@ def production_model(ws: Workspace, name: str) -> ModelVersion | None:
         return None
 
 
-def validate(ws: Workspace, candidate: Candidate, holdout: pd.DataFrame) -> tuple[Evaluation, str, str]:
-    """Run every gate; store the HTML report. Returns (evaluation, report key, html)."""
+def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tuple[Evaluation, str, str]:
+    """Run every gate on the holdout rows of ``labels``; store the HTML report.
+
+    Returns (evaluation, report key, html)."""
     from loopml import validation
     from loopml.modeling import Predictor
 
@@ -223,6 +231,8 @@ def validate(ws: Workspace, candidate: Candidate, holdout: pd.DataFrame) -> tupl
     cand = Predictor.from_bytes(artifact)
     prod = production_model(ws, cfg.model_name)
     baseline = Predictor.from_bytes(ws.store.get(prod.artifact_key)) if prod else None
+    extra = (*baseline.signature.numeric, *baseline.signature.categorical) if baseline else ()
+    _, holdout = frames(ws, labels, extra)
     sample = holdout[list(view_of(ws).features)].head(5).to_dict("records")
     evaluation = validation.evaluate(
         model_name=cfg.model_name, candidate_ref=f"candidate {candidate.fingerprint[:8]}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def training_frame(labels: pd.DataFrame, store: FeatureStore, view: FeatureView,
-                   cfg: PipelineConfig) -> pd.DataFrame:
+                   cfg: PipelineConfig, features: Sequence[str] | None = None) -> pd.DataFrame:
     """Labels joined with the features known at each label's timestamp (no future rows)."""
     keep = [cfg.entity, cfg.label_timestamp, cfg.label]
     if cfg.sensitive_attribute:
@@ -27,7 +28,7 @@ def training_frame(labels: pd.DataFrame, store: FeatureStore, view: FeatureView,
     if missing:
         raise DataValidationError(f"labels dataset {cfg.labels_dataset!r} lacks column(s) {missing}",
                                   column=missing[0])
-    frame = store.historical_features(view.name, labels[keep], cfg.label_timestamp)
+    frame = store.historical_features(view.name, labels[keep], cfg.label_timestamp, features)
     has_features = frame[f"{view.name}__event_timestamp"].notna()
     return frame[has_features].reset_index(drop=True)
 

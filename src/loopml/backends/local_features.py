@@ -64,10 +64,10 @@ class LocalFeatureStore:
 
         return pd.read_parquet(self.root / f"{name}.parquet")
 
-    def historical_features(self, view_name: str, entities: pd.DataFrame,
-                            timestamp_column: str) -> pd.DataFrame:
+    def historical_features(self, view_name: str, entities: pd.DataFrame, timestamp_column: str,
+                            features: Sequence[str] | None = None) -> pd.DataFrame:
         view = self._view(view_name)
-        return point_in_time_join(entities, timestamp_column, self._source(view_name), view)
+        return point_in_time_join(entities, timestamp_column, self._source(view_name), view, features)
 
     def materialize(self, view_name: str, end: datetime) -> int:
         import pandas as pd

@@ -1,0 +1,69 @@
+"""Drift detection: quiet on the same distribution at the documented rate, loud on a known shift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from loopml.drift import chi_square_counts, detect_drift, holm, ks_two_sample
+
+NUMERIC = ("a", "b", "c")
+CATEGORICAL = ("k",)
+
+
+def sample(rng: np.random.Generator, n: int, shift: float = 0.0, mix: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame({
+        "a": rng.normal(shift, 1, n), "b": rng.exponential(1, n), "c": rng.poisson(2, n).astype(float),
+        "k": rng.choice(["x", "y", "z"], n, p=[0.5 - mix, 0.3, 0.2 + mix]),
+    })
+
+
+def test_ks_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 3000), rng.normal(0.1, 1, 2000)
+    d, p = ks_two_sample(a, b)
+    ref = stats.ks_2samp(a, b, method="asymp")
+    assert d == pytest.approx(ref.statistic)
+    assert p == pytest.approx(ref.pvalue, rel=0.15)
+
+
+def test_chi_square_matches_scipy() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.choice(list("xyz"), 2000), rng.choice(list("xyz"), 1000, p=[0.4, 0.3, 0.3])
+    stat, p = chi_square_counts(a, b)
+    table = pd.crosstab(np.r_[np.zeros(2000), np.ones(1000)], np.r_[a, b]).to_numpy()
+    ref = stats.chi2_contingency(table, correction=False)
+    assert stat == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+
+
+def test_holm_adjustment() -> None:
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_same_distribution_raises_alarms_at_most_at_the_documented_rate() -> None:
+    rng = np.random.default_rng(42)
+    reference = sample(rng, 5000)
+    alpha, trials = 0.05, 300
+    alarms = sum(detect_drift(reference, sample(rng, 400), numeric=NUMERIC, categorical=CATEGORICAL,
+                              alpha=alpha, min_samples=200).drift_detected for _ in range(trials))
+    # Family-wise control: P(any alarm) <= alpha. Allow binomial noise (3 sigma above alpha).
+    assert alarms / trials <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+
+
+def test_a_known_shift_is_detected_in_the_shifted_features_only() -> None:
+    rng = np.random.default_rng(7)
+    reference = sample(rng, 5000)
+    report = detect_drift(reference, sample(rng, 400, shift=0.4, mix=0.2), numeric=NUMERIC,
+                          categorical=CATEGORICAL, alpha=0.01, min_samples=200, model="m")
+    assert report.drift_detected
+    assert set(report.drifted_features) == {"a", "k"}
+    assert "a" in report.reason and "k" in report.reason
+
+
+def test_too_few_samples_give_no_verdict() -> None:
+    rng = np.random.default_rng(8)
+    report = detect_drift(sample(rng, 5000), sample(rng, 50, shift=3), numeric=NUMERIC,
+                          categorical=CATEGORICAL, alpha=0.01, min_samples=200)
+    assert not report.drift_detected and "at least 200" in report.reason

@@ -1,0 +1,92 @@
+"""Validation gates decide promotion: worse candidates are rejected with the right reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loopml import loop
+from loopml.context import Workspace
+from loopml.examples import churn
+from loopml.testing import HookRecorder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("churn")
+    churn.init_project(folder, n_customers=2500, seed=0)
+    return folder / "loopml.toml"
+
+
+def open_ws(config: Path, **pipeline: dict) -> Workspace:
+    return Workspace.open(config, profile="ci", overrides={"pipeline": pipeline} if pipeline else None)
+
+
+def run_once(ws: Workspace) -> tuple[loop.Candidate, object, str, int | None]:
+    activity, _ = loop.ingest(ws, "activity")
+    labels, _ = loop.ingest(ws, "labels")
+    loop.apply_features(ws, activity)
+    train_rows, _ = loop.frames(ws, labels)
+    candidate = loop.train(ws, labels, activity, train_rows)
+    baseline = loop.production_model(ws, "churn")
+    evaluation, key, _html = loop.validate(ws, candidate, labels)
+    return candidate, evaluation, key, baseline.version if baseline else None
+
+
+def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(project: Path) -> None:
+    recorder = HookRecorder()
+    good_ws = open_ws(project)
+    good_ws.manager.register(recorder, "recorder")
+    try:
+        candidate, evaluation, key, baseline = run_once(good_ws)
+        assert baseline is None and evaluation.report.passed, evaluation.report.failed_checks
+        regression = next(c for c in evaluation.report.checks if c.name == "regression")
+        assert "no production model yet" in regression.reason
+        v1, event = loop.register_and_promote(good_ws, candidate, evaluation.report, key, baseline)
+        assert event is not None and (event.from_version, event.to_version) == (None, 1)
+        assert v1.lineage["datasets"]["labels"].startswith("labels@") and v1.git_commit
+        assert v1.lineage["validation_report"] == key and good_ws.store.exists(key)
+
+        # Same data, weaker features: still above the absolute AUC floor, but worse than production.
+        weak_ws = open_ws(project, features={"numeric": ["tenure_months"], "categorical": ["region"]},
+                          gates={"min_auc": 0.5})
+        weak, evaluation, key, baseline = run_once(weak_ws)
+        assert baseline == 1
+        assert [c.name for c in evaluation.report.failed_checks] == ["regression"]
+        reason = evaluation.report.failed_checks[0].reason
+        assert "vs production" in reason and "worse beyond the noise margin" in reason
+        v2, event = loop.register_and_promote(weak_ws, weak, evaluation.report, key, baseline)
+        assert event is None and v2.status == "rejected"
+        assert good_ws.registry.get("churn", alias="production").version == 1
+        assert "regression" in good_ws.registry.history("churn")[-1].reason
+    finally:
+        good_ws.manager.unregister("recorder")
+    assert [c["model"].version for c in recorder.named("loopml_after_model_registered")] == [1, 2]
+    assert [c["event"].to_version for c in recorder.named("loopml_after_promotion")] == [1]
+    assert recorder.named("loopml_after_model_trained")
+
+
+def test_fairness_gate_names_the_slices(project: Path) -> None:
+    ws = open_ws(project, gates={"max_fairness_gap": 0.0, "min_slice_rows": 10})
+    _, evaluation, _, _ = run_once(ws)
+    fairness = next(c for c in evaluation.report.checks if c.name == "fairness")
+    assert not fairness.passed and "senior" in fairness.reason and "yes=" in fairness.reason
+
+
+def test_unchanged_inputs_skip_training(project: Path) -> None:
+    ws = open_ws(project)
+    activity, created_a = loop.ingest(ws, "activity")
+    labels, created_l = loop.ingest(ws, "labels")
+    assert not created_a and not created_l
+    train_rows, _ = loop.frames(ws, labels)
+    assert loop.train(ws, labels, activity, train_rows).skipped
+
+
+def test_gate_report_html_has_plots_and_every_check(project: Path) -> None:
+    ws = open_ws(project)
+    _, evaluation, key, _ = run_once(ws)
+    html = ws.store.get(key).decode()
+    assert html.count("<img") >= 3
+    for check in evaluation.report.checks:
+        assert f"<td>{check.name}</td>" in html

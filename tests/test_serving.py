@@ -1,0 +1,126 @@
+"""The built-in server: 4xx for bad requests (and it keeps serving), versions, canary, hot swap."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from loopml.config import TrainingConfig
+from loopml.examples import churn
+from loopml.features import FeatureView, point_in_time_join
+from loopml.modeling import Predictor, train
+from loopml.serving import ModelServer, post_json
+from loopml.traffic import TrafficGenerator
+
+VIEW = FeatureView("activity", "customer_id", "event_timestamp",
+                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
+GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month",
+        "region": "north"}
+
+
+@pytest.fixture(scope="module")
+def predictors() -> tuple[Predictor, Predictor]:
+    data = churn.generate(800, seed=5)
+    frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
+    a = train(frame, "churned", VIEW, TrainingConfig(epochs=3, seed=1))
+    b = train(frame, "churned", VIEW, TrainingConfig(epochs=3, seed=2))
+    return Predictor.from_bytes(a.artifact), Predictor.from_bytes(b.artifact)
+
+
+@pytest.fixture
+def server(predictors, tmp_path: Path):
+    srv = ModelServer("churn", log_path=tmp_path / "log.jsonl", entity="customer_id").start()
+    srv.add_version(1, predictors[0])
+    yield srv
+    srv.stop()
+
+
+def raw(server: ModelServer, body: bytes, content_type: str = "application/json",
+        path: str = "/predict") -> tuple[int, dict]:
+    host, port = server.httpd.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+    resp = conn.getresponse()
+    data = json.loads(resp.read() or b"{}")
+    conn.close()
+    return resp.status, data
+
+
+def test_binds_loopback_by_default(server: ModelServer) -> None:
+    assert server.url.startswith("http://127.0.0.1:")
+
+
+def test_a_good_request_is_answered_with_the_model_version_and_logged(server, tmp_path) -> None:
+    status, body = post_json(server.url + "/predict", {"rows": [GOOD, {**GOOD, "customer_id": 7}]})
+    assert status == 200 and body["version"] == 1 and body["model"] == "churn"
+    assert len(body["predictions"]) == 2 and all(0 <= p <= 1 for p in body["predictions"])
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["inputs"]["monthly_charges"] for r in logged] == [70.5, 70.5]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"rows": [{"tenure_months": NaN}]}', 400, "NaN"),
+    (b'{"rows": [{"tenure_months": Infinity}]}', 400, "Infinity"),
+    (b'{"rows": []}', 422, "non-empty"),
+    (b'[1, 2]', 422, "JSON object"),
+    (json.dumps({"rows": [{k: v for k, v in GOOD.items() if k != "monthly_charges"}]}).encode(), 422,
+     "rows[0].monthly_charges: missing"),
+    (json.dumps({"rows": [{**GOOD, "monthly_charges": "70"}]}).encode(), 422,
+     'rows[0].monthly_charges: expected a number, got "70"'),
+    (json.dumps({"rows": [{**GOOD, "support_calls": True}]}).encode(), 422, "rows[0].support_calls"),
+    (json.dumps({"rows": [{**GOOD, "contract": 3}]}).encode(), 422, "rows[0].contract: expected a string"),
+    (json.dumps({"rows": [GOOD, {**GOOD, "shoe_size": 3}]}).encode(), 422, "rows[1].shoe_size: unknown field"),
+    (json.dumps({"rows": [GOOD] * 1001}).encode(), 422, "at most 1000"),
+    (b"x" * (2 << 20), 413, "limit"),
+])
+def test_bad_requests_get_4xx_naming_the_problem_and_the_server_keeps_serving(server, body, status, message) -> None:
+    got, answer = raw(server, body)
+    assert got == status
+    assert message in answer["error"]
+    assert post_json(server.url + "/predict", {"rows": [GOOD]})[0] == 200
+
+
+def test_wrong_content_type_and_route(server) -> None:
+    assert raw(server, b"{}", content_type="text/plain")[0] == 415
+    assert raw(server, b"{}", path="/nope")[0] == 404
+
+
+def test_canary_split_follows_the_weights(server, predictors) -> None:
+    server.add_version(2, predictors[1])
+    server.set_traffic({1: 0.8, 2: 0.2})
+    traffic = TrafficGenerator(server.url, [GOOD])
+    traffic.send(500)
+    assert traffic.failed == 0
+    share = traffic.versions[2] / traffic.sent
+    assert 0.14 < share < 0.26
+
+
+def test_hot_swap_under_load_drops_no_request(server, predictors) -> None:
+    load = TrafficGenerator(server.url, [GOOD]).start()
+    for _ in range(20):
+        time.sleep(0.02)
+        server.add_version(2, predictors[1])
+        server.set_traffic({2: 1.0})
+        server.remove_version(1)
+        server.add_version(1, predictors[0])
+        server.set_traffic({1: 1.0})
+        server.remove_version(2)
+    load.stop()
+    assert load.sent > 50 and load.failed == 0, load.errors[:3]
+    assert set(load.versions) <= {1, 2}
+
+
+def test_health_and_metadata(server) -> None:
+    host, port = server.httpd.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/health")
+    health = json.loads(conn.getresponse().read())
+    conn.request("GET", "/metadata")
+    meta = json.loads(conn.getresponse().read())
+    assert health["status"] == "ok" and health["versions"] == [1]
+    assert meta["versions"]["1"]["categorical"] == ["contract", "region"]
