@@ -6,10 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from loopml.backends.local_features import LocalFeatureStore
 from loopml.backends.local_store import LocalArtifactStore
 from loopml.backends.local_tracker import LocalTracker
+from loopml.backends.log_monitor import LogMonitor
 from loopml.backends.sqlite_registry import SqliteRegistry
-from loopml.testing import ArtifactStoreSuite, RegistrySuite, TrackerSuite
+from loopml.serving import BuiltinServing, BuiltinServingOptions
+from loopml.testing import (
+    ArtifactStoreSuite,
+    FeatureStoreSuite,
+    MonitorSuite,
+    RegistrySuite,
+    ServingBackendSuite,
+    TrackerSuite,
+)
 
 
 class TestLocalArtifactStore(ArtifactStoreSuite):
@@ -32,3 +42,23 @@ class TestSqliteRegistry(RegistrySuite):
     @pytest.fixture
     def registry(self, tmp_path: Path) -> SqliteRegistry:
         return SqliteRegistry(tmp_path / "registry.db")
+
+
+class TestLocalFeatureStore(FeatureStoreSuite):
+    @pytest.fixture
+    def feature_store(self, tmp_path: Path) -> LocalFeatureStore:
+        return LocalFeatureStore(tmp_path / "features")
+
+
+class TestBuiltinServing(ServingBackendSuite):
+    @pytest.fixture
+    def serving(self, tmp_path: Path):
+        backend = BuiltinServing(BuiltinServingOptions(), tmp_path / "predictions")
+        yield backend
+        backend.undeploy()
+
+
+class TestLogMonitor(MonitorSuite):
+    @pytest.fixture
+    def monitor(self, tmp_path: Path) -> LogMonitor:
+        return LogMonitor(tmp_path / "events.jsonl")

@@ -27,7 +27,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
 
 
 def test_demo_runs_the_whole_loop_to_its_summary(demo) -> None:
-    folder, result, _ = demo
+    _folder, result, _ = demo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "churn:v1 approved -> production" in out

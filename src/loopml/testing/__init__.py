@@ -17,12 +17,18 @@ The pytest plugin ``loopml.testing.pytest_plugin`` (auto-loaded) adds the fixtur
 from loopml.testing.kit import HookRecorder, fresh_plugin_manager, registered_plugin
 from loopml.testing.suites import (
     ArtifactStoreSuite,
+    FeatureStoreSuite,
+    MonitorSuite,
     RegistrySuite,
+    ServingBackendSuite,
     TrackerSuite,
 )
 
 __all__ = [
     "ArtifactStoreSuite",
+    "FeatureStoreSuite",
+    "MonitorSuite",
+    "ServingBackendSuite",
     "HookRecorder",
     "RegistrySuite",
     "TrackerSuite",
