@@ -27,10 +27,10 @@ from loopml.testing.suites import (
 __all__ = [
     "ArtifactStoreSuite",
     "FeatureStoreSuite",
-    "MonitorSuite",
-    "ServingBackendSuite",
     "HookRecorder",
+    "MonitorSuite",
     "RegistrySuite",
+    "ServingBackendSuite",
     "TrackerSuite",
     "fresh_plugin_manager",
     "registered_plugin",

@@ -8,10 +8,11 @@ need them skip otherwise.
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import threading
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -319,10 +320,10 @@ class FeatureStoreSuite:
         assert out["amount"].tolist()[0] == 20.0 and pd.isna(out["amount"].tolist()[1])
 
     def test_online_features_match_offline_as_of_materialization(self, feature_store: Any) -> None:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         feature_store.apply(self.view(), self.source())
-        assert feature_store.materialize("suite_view", datetime(2025, 1, 15, tzinfo=timezone.utc)) == 2
+        assert feature_store.materialize("suite_view", datetime(2025, 1, 15, tzinfo=UTC)) == 2
         online = feature_store.online_features("suite_view", [1, 2, 3])
         assert online["amount"].tolist()[:2] == [20.0, 90.0]
         assert online["plan"].tolist()[:2] == ["b", "z"]
@@ -363,13 +364,13 @@ class ServingBackendSuite:
 
     @staticmethod
     def model_version(version: int, path: Path) -> Any:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from loopml.records import ModelVersion
 
         return ModelVersion("suite-model", version, "approved", f"models/v{version}",
                             hashlib.sha256(path.read_bytes()).hexdigest(),
-                            datetime.now(timezone.utc), "suite")
+                            datetime.now(UTC), "suite")
 
     def test_deploy_then_predict_names_the_version(self, serving: Any, model_files: dict[int, Path]) -> None:
         serving.deploy(self.model_version(1, model_files[1]), model_files[1])
