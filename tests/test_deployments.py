@@ -1,0 +1,124 @@
+"""The flows as deployments on a real local Prefect server and process worker, with the event
+trigger that closes the loop (what Prefect Cloud runs, minus the cloud)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loopml.backends.sqlite_registry import SqliteRegistry
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
+    tmp = tmp_path_factory.mktemp("deploy")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "LOOPML_REPO": str(REPO)}
+    server = start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
+                   tmp / "server.log")
+    worker = None
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError((tmp / "server.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        subprocess.run([*PREFECT, "work-pool", "create", "loopml-process", "--type", "process"],
+                       env=env, check=True, capture_output=True, timeout=60)
+        subprocess.run([*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file",
+                        "deployments/prefect.yaml"], env=env, cwd=REPO, check=True, capture_output=True,
+                       timeout=120)
+        project = tmp / "project"
+        subprocess.run([sys.executable, "-m", "loopml.cli", "init", str(project), "--customers", "2000"],
+                       check=True, capture_output=True, timeout=120)
+        worker_env = {**env, "LOOPML_CONFIG": str(project / "loopml.toml"), "LOOPML_PROFILE": "ci"}
+        worker = start([*PREFECT, "worker", "start", "--pool", "loopml-process"], worker_env, tmp / "worker.log")
+        yield env, project
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+def flow_runs(env: dict[str, str], deployment: str) -> list[str]:
+    """States of the flow runs of one deployment, read through the Prefect client."""
+    script = f"""
+import asyncio
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=[{deployment!r}])))
+        print(",".join(r.state.type.value for r in runs if r.state))
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    return [s for s in out.stdout.strip().split(",") if s]
+
+
+def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
+    env, project = prefect_stack
+    result = subprocess.run([*PREFECT, "deployment", "run", "loopml-pipeline/pipeline", "--watch",
+                             "--watch-timeout", "400"], env=env, capture_output=True, text=True, timeout=450)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Completed" in result.stdout
+    registry = SqliteRegistry(project / ".loopml" / "registry.db")
+    assert registry.aliases("churn") == {"production": 1}
+
+
+def test_drift_event_triggers_the_retrain_deployment(prefect_stack) -> None:
+    env, _ = prefect_stack
+    assert flow_runs(env, "retrain-on-drift") == []
+    emit = ("from prefect.events import emit_event\n"
+            "emit_event(event='loopml.drift.detected', resource={'prefect.resource.id': 'loopml.model.churn'},"
+            " payload={'features': ['monthly_charges']})")
+    subprocess.run([sys.executable, "-c", emit], env=env, check=True, timeout=60)
+    deadline = time.monotonic() + 240
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        states = flow_runs(env, "retrain-on-drift")
+        if "COMPLETED" in states:
+            break
+        time.sleep(2)
+    assert states == ["COMPLETED"]
