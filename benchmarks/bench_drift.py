@@ -25,7 +25,7 @@ ROWS = 1_000_000
 REPEATS = 3
 
 
-def best_of(fn, repeats: int = REPEATS) -> float:  # noqa: ANN001
+def best_of(fn, repeats: int = REPEATS) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -34,7 +34,7 @@ def best_of(fn, repeats: int = REPEATS) -> float:  # noqa: ANN001
     return min(times)
 
 
-def peak_mib(fn) -> float:  # noqa: ANN001
+def peak_mib(fn) -> float:
     tracemalloc.start()
     fn()
     _, peak = tracemalloc.get_traced_memory()
