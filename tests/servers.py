@@ -36,6 +36,13 @@ def wait_http(url: str, timeout: float = 60.0, log: Path | None = None) -> None:
             time.sleep(0.2)
 
 
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, output to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -52,8 +59,7 @@ def moto_server(tmp: Path) -> Iterator[str]:
     port = free_port()
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
     log = tmp / "moto.log"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start([exe, "-H", "127.0.0.1", "-p", str(port)], log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/moto-api/", log=log)

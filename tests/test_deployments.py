@@ -4,42 +4,20 @@ trigger that closes the loop (what Prefect Cloud runs, minus the cloud)."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import free_port, start, stop, wait_http
 
 from loopml.backends.sqlite_registry import SqliteRegistry
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +27,11 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[di
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "LOOPML_REPO": str(REPO)}
-    server = start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
-                   tmp / "server.log")
+    server = start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                   tmp / "server.log", env, REPO)
     worker = None
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError((tmp / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
+        wait_http(f"http://127.0.0.1:{port}/api/health", timeout=90, log=tmp / "server.log")
         subprocess.run([*PREFECT, "work-pool", "create", "loopml-process", "--type", "process"],
                        env=env, check=True, capture_output=True, timeout=60)
         subprocess.run([*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file",
@@ -72,7 +41,8 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[di
         subprocess.run([sys.executable, "-m", "loopml.cli", "init", str(project), "--customers", "2000"],
                        check=True, capture_output=True, timeout=120)
         worker_env = {**env, "LOOPML_CONFIG": str(project / "loopml.toml"), "LOOPML_PROFILE": "ci"}
-        worker = start([*PREFECT, "worker", "start", "--pool", "loopml-process"], worker_env, tmp / "worker.log")
+        worker = start([*PREFECT, "worker", "start", "--pool", "loopml-process"], tmp / "worker.log",
+                       worker_env, REPO)
         yield env, project
     finally:
         if worker is not None:
