@@ -280,6 +280,9 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                  "gates": {c.name: {"passed": c.passed, "value": c.value} for c in report.checks}},
     )
     ws.notify("loopml_after_model_registered", model=model)
+    for tracker in ws.trackers:  # the training run learns which registry version it became
+        _safely(tracker.set_tags, candidate.run_id, {"loopml.registry_version": model.ref,
+                                                     "loopml.registry_status": model.status})
     if not report.passed:
         return model, None
     try:
@@ -298,7 +301,7 @@ def _safely(fn: Callable[..., Any], *args: Any) -> None:
     try:
         fn(*args)
     except Exception as exc:
-        log.warning("monitor call %s failed: %s", getattr(fn, "__qualname__", fn), exc)
+        log.warning("%s failed (the loop goes on): %s", getattr(fn, "__qualname__", fn), exc)
 
 
 # ---------------------------------------------------------------------------- serving

@@ -1,0 +1,244 @@
+"""Weights & Biases tracker for loopml, over the ``wandb`` SDK.
+
+One W&B run per loopml run, with the loopml run id as the W&B run id (a retried start resumes it).
+Params go to the run config, per-step metrics to its history, loopml tags to the run's tags
+(``key=value``) and to ``config["loopml_tags"]``, artifacts as a W&B artifact of type
+``loopml-file``. ``mode = "offline"`` (or ``WANDB_MODE=offline``) writes real run files under
+``dir`` with no network; ``wandb sync`` uploads them later. The API key comes from config (a secret)
+or the environment and is passed through ``wandb.Settings``: it never enters the run's config,
+tags or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from loopml.plugins import hookimpl
+from loopml.records import MetricPoint, RunInfo, RunRecord
+from loopml.specs import BackendSpec
+
+log = logging.getLogger(__name__)
+
+
+class WandbOptions(BaseModel):
+    """``[trackers.wandb]`` options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    project: str | None = None  # default: the loopml project name
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None  # default: $WANDB_MODE, else online
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    dir: Path | None = None  # default: <home>
+
+
+class WandbTracker:
+    name = "wandb"
+
+    def __init__(self, options: WandbOptions, project: str, directory: Path) -> None:
+        import wandb  # noqa: F401 - fail at build time if the SDK is missing
+
+        self.options = options
+        self.project = options.project or project
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._runs: dict[str, Any] = {}
+        self._finished: set[str] = set()
+
+    def _settings(self) -> Any:
+        import wandb
+
+        kwargs: dict[str, Any] = {"silent": True, "console": "off", "x_disable_stats": True}
+        if self.options.api_key is not None:
+            kwargs["api_key"] = self.options.api_key.get_secret_value()
+        if self.options.base_url:
+            kwargs["base_url"] = self.options.base_url
+        return wandb.Settings(**kwargs)
+
+    def _run(self, run_id: str) -> Any:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise KeyError(f"W&B run {run_id!r} was not started by this tracker") from None
+
+    def start_run(self, run: RunInfo) -> None:
+        import wandb
+
+        if run.run_id in self._runs:
+            return
+        self._runs[run.run_id] = wandb.init(
+            project=self.project, entity=self.options.entity, id=run.run_id, name=run.name,
+            group=run.experiment, job_type="train", dir=str(self.dir), mode=self.options.mode,
+            resume="allow", reinit="create_new", settings=self._settings(),
+            config={"loopml_experiment": run.experiment, "loopml_tags": dict(run.tags)},
+            tags=[_tag(k, v) for k, v in run.tags.items()])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self._run(run_id).config.update({k: str(v) for k, v in params.items()}, allow_val_change=False)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        self._run(run_id).log({k: float(v) for k, v in metrics.items()}, step=int(step))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        if run_id in self._finished or run_id not in self._runs:
+            # A finished W&B run cannot change; tags set after training (the registry version)
+            # are kept by the other trackers and the registry itself.
+            log.info("W&B run %s is finished or not open here; tags %s not added", run_id, sorted(tags))
+            return
+        run = self._run(run_id)
+        merged = {**dict(run.config.get("loopml_tags", {})), **{k: str(v) for k, v in tags.items()}}
+        run.config.update({"loopml_tags": merged}, allow_val_change=True)
+        run.tags = tuple(dict.fromkeys([*run.tags, *(_tag(k, v) for k, v in tags.items())]))
+
+    def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(_artifact_name(name or Path(path).name), type="loopml-file")
+        artifact.add_file(str(path), name=name or Path(path).name)
+        self._run(run_id).log_artifact(artifact)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        if run_id in self._finished:
+            return
+        self._run(run_id).finish(exit_code=0 if status == "FINISHED" else 1)
+        self._finished.add(run_id)
+        self._wait_until_written(run_id)
+
+    def _wait_until_written(self, run_id: str, timeout: float = 30.0) -> None:
+        """``finish()`` returns before W&B's service has flushed the run file; wait for its exit
+        record so that everything logged is on disk when ``end_run`` returns."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if read_run_file(self.run_file(run_id))["exit_code"] is not None:
+                    return
+            except (FileNotFoundError, ValueError, struct.error):
+                pass
+            time.sleep(0.05)
+        log.warning("W&B run %s: run file not complete after %.0f s", run_id, timeout)
+
+    def run_file(self, run_id: str) -> Path:
+        """The run's local ``.wandb`` transaction log (offline or online)."""
+        matches = sorted(self.dir.glob(f"wandb/*-{run_id}/run-{run_id}.wandb"))
+        if not matches:
+            raise FileNotFoundError(f"no W&B run directory for {run_id} under {self.dir / 'wandb'}")
+        return matches[-1]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Read a run back from its local W&B transaction log (works offline)."""
+        from datetime import UTC, datetime
+
+        content = read_run_file(self.run_file(run_id))
+        config = content["config"]
+        tags = dict(config.get("loopml_tags", {}))
+        params = {k: str(v) for k, v in config.items()
+                  if k not in ("loopml_tags", "loopml_experiment", "_wandb")}
+        return RunRecord(run_id, str(config.get("loopml_experiment", "")), content["name"],
+                         "FINISHED" if content["exit_code"] == 0 else
+                         ("RUNNING" if content["exit_code"] is None else "FAILED"),
+                         datetime.fromtimestamp(content["start"], UTC), None, params,
+                         {k: tuple(v) for k, v in content["history"].items()}, tags,
+                         tuple(content["artifacts"]))
+
+    def list_runs(self, experiment: str | None = None) -> list[RunRecord]:
+        ids = sorted({p.name.split("-")[-1] for p in self.dir.glob("wandb/*run-*") if p.is_dir()})
+        runs = [self.get_run(i) for i in ids]
+        return [r for r in runs if experiment is None or r.experiment == experiment]
+
+
+def _tag(key: str, value: str) -> str:
+    return f"{key}={value}"[:64]  # W&B limits tags to 64 characters
+
+
+def _artifact_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+# ------------------------------------------------------------------------- reading run files
+_HEADER = struct.Struct("<4sHB")
+_RECORD = struct.Struct("<IHB")
+_BLOCK = 32 * 1024
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """Decode a ``.wandb`` file with W&B's own protobuf schema: config, history, tags, exit code.
+
+    The file is W&B's LevelDB-style log: a 7-byte header, then 32 KiB blocks of records
+    (crc32, length, type FULL/FIRST/MIDDLE/LAST), each a serialized ``wandb_internal_pb2.Record``.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    ident, _magic, _version = _HEADER.unpack_from(data, 0)
+    if ident != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    records, pending, offset = [], b"", _HEADER.size
+    while offset + _RECORD.size <= len(data):
+        left = _BLOCK - offset % _BLOCK
+        if left < _RECORD.size:
+            offset += left
+            continue
+        _crc, length, kind = _RECORD.unpack_from(data, offset)
+        offset += _RECORD.size
+        chunk = data[offset:offset + length]
+        offset += length
+        if kind == 1:
+            records.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            records.append(pending + chunk)
+        elif kind == 0 and length == 0:
+            break
+    out: dict[str, Any] = {"config": {}, "history": {}, "tags": [], "exit_code": None, "name": "",
+                           "start": 0.0, "artifacts": []}
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["name"] = rec.run.display_name
+            out["tags"] = list(rec.run.tags)
+            out["start"] = rec.run.start_time.seconds + rec.run.start_time.nanos / 1e9
+            _apply_config(out["config"], rec.run.config)
+        elif kind == "config":
+            _apply_config(out["config"], rec.config)
+        elif kind == "history":
+            items = {(i.key or ".".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
+            step = int(items.get("_step", rec.history.step.num))
+            for key, value in items.items():
+                if not key.startswith("_"):
+                    out["history"].setdefault(key, []).append(MetricPoint(float(value), step,
+                                                                          float(items.get("_timestamp", 0))))
+        elif kind == "artifact":
+            out["artifacts"] += [m.path for m in rec.artifact.manifest.contents]
+        elif kind == "exit":
+            out["exit_code"] = rec.exit.exit_code
+    return out
+
+
+def _apply_config(config: dict[str, Any], record: Any) -> None:
+    for item in record.update:
+        config[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+    for item in record.remove:
+        config.pop(item.key or ".".join(item.nested_key), None)
+
+
+def _factory(options: WandbOptions, ctx: Any) -> WandbTracker:
+    return WandbTracker(options, ctx.project, ctx.resolve(options.dir, ""))
+
+
+@hookimpl
+def loopml_trackers() -> list[BackendSpec]:
+    return [BackendSpec("wandb", _factory, WandbOptions, "Weights & Biases runs (online or offline)",
+                        requires=("wandb",))]
