@@ -1,0 +1,284 @@
+"""TorchServe serving backend for loopml.
+
+Starts and stops a TorchServe bound to 127.0.0.1 (inference, management and metrics APIs all
+local), packages each registered model version as a ``.mar`` with ``torch-model-archiver`` and
+loopml's handler (input validated, 4xx for bad requests), registers versions through the
+management API, sets the default version on promotion and back on rollback, and unregisters old
+ones. TorchServe routes each request to the default version; weighted canary splits are applied
+by this backend's ``predict`` (it calls ``/predictions/<model>/<version>``), while clients that call
+TorchServe directly get the default version.
+
+TorchServe is in limited maintenance upstream (no new features since 2025); loopml keeps it as the
+PyTorch-native option and the built-in server as the default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from loopml.errors import LoopmlError
+from loopml.plugins import hookimpl
+from loopml.records import ModelVersion
+from loopml.specs import BackendSpec
+
+HANDLER = Path(__file__).with_name("handler.py")
+
+
+class TorchServeOptions(BaseModel):
+    """``[serving] backend = "torchserve"`` options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    home: Path | None = None  # default: <home>/torchserve (model store, config, logs)
+    inference_port: int = 0  # 0: a free port
+    management_port: int = 0
+    metrics_port: int = 0
+    workers: int = 1
+    token_authorization: bool = False  # TorchServe's own API tokens; keep APIs on 127.0.0.1 either way
+    startup_timeout: float = 120.0
+    response_timeout: int = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(method: str, url: str, body: bytes | None = None, timeout: float = 60.0,
+             content_type: str = "application/json") -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type} if body is not None else {}
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class TorchServeBackend:
+    """ServingBackend over a TorchServe process this backend owns."""
+
+    name = "torchserve"
+
+    def __init__(self, options: TorchServeOptions, home: Path) -> None:
+        self.options = options
+        self.home = home
+        self.store = home / "model-store"
+        self.process: subprocess.Popen | None = None
+        self.model: str | None = None
+        self.weights: dict[int, float] = {}
+        self._rng = random.Random(0)
+        self._lock = threading.Lock()
+        self.ports = {k: getattr(options, f"{k}_port") or _free_port()
+                      for k in ("inference", "management", "metrics")}
+
+    # ------------------------------------------------------------------ process
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['management']}"
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise LoopmlError("TorchServe needs Java 11+ on PATH (or JAVA_HOME); install a JDK")
+        for sub in ("model-store", "logs", "tmp"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        config = self.home / "config.properties"
+        config.write_text("\n".join([
+            f"inference_address=http://127.0.0.1:{self.ports['inference']}",
+            f"management_address=http://127.0.0.1:{self.ports['management']}",
+            f"metrics_address=http://127.0.0.1:{self.ports['metrics']}",
+            f"model_store={self.store}",
+            "enable_model_api=true",
+            f"disable_token_authorization={'false' if self.options.token_authorization else 'true'}",
+            f"default_workers_per_model={self.options.workers}",
+            f"default_response_timeout={self.options.response_timeout}",
+            "install_py_dep_per_model=false",
+            "disable_system_metrics=true",
+        ]) + "\n")
+        env = {**os.environ, "TMPDIR": str(self.home / "tmp"),  # TorchServe's pid file lives there
+               "LOG_LOCATION": str(self.home / "logs"), "METRICS_LOCATION": str(self.home / "logs")}
+        exe = shutil.which("torchserve", path=os.path.dirname(sys.executable)) or "torchserve"
+        with open(self.home / "logs" / "launcher.log", "w") as log:
+            self.process = subprocess.Popen(
+                [exe, "--start", "--foreground", "--ncs", "--ts-config", str(config), "--model-store",
+                 str(self.store)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.options.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LoopmlError(f"TorchServe exited at start-up; see {self.home / 'logs'}")
+            try:
+                if _request("GET", self.inference_url + "/ping", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise LoopmlError(f"TorchServe did not answer /ping within {self.options.startup_timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+        self.weights = {}
+
+    # ------------------------------------------------------------------ archives
+    def archive(self, model: ModelVersion, artifact_path: Path) -> Path:
+        """Package the artifact as ``<name>-v<version>.mar`` in the model store."""
+        target = self.store / f"{model.name}-v{model.version}.mar"
+        if target.is_file():
+            return target
+        self.store.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.home) as tmp:
+            serialized = Path(tmp) / "model.pt"
+            shutil.copyfile(artifact_path, serialized)
+            exe = shutil.which("torch-model-archiver", path=os.path.dirname(sys.executable)) or "torch-model-archiver"
+            done = subprocess.run([exe, "--model-name", model.name, "--version", str(model.version),
+                                   "--serialized-file", str(serialized), "--handler", str(HANDLER),
+                                   "--export-path", tmp, "--force"], capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise LoopmlError(f"torch-model-archiver failed for {model.ref}: {done.stderr.strip()[-500:]}")
+            os.replace(Path(tmp) / f"{model.name}.mar", target)
+        return target
+
+    # ------------------------------------------------------------------ ServingBackend
+    def deploy(self, model: ModelVersion, artifact_path: Path) -> str:
+        if self.model not in (None, model.name):
+            raise LoopmlError(f"this TorchServe serves {self.model!r}, not {model.name!r}")
+        self.start()
+        mar = self.archive(model, Path(artifact_path))
+        status, body = _request(
+            "POST", f"{self.management_url}/models?url={mar.name}&initial_workers={self.options.workers}"
+            "&synchronous=true", timeout=self.options.startup_timeout)
+        if status not in (200, 201) and b"already registered" not in body.lower() and status != 409:
+            raise LoopmlError(f"TorchServe refused {model.ref} (HTTP {status}): {body.decode()[:300]}")
+        self.model = model.name
+        with self._lock:
+            if not self.weights:
+                self._set_default(model.version)
+                self.weights = {model.version: 1.0}
+        return self.inference_url
+
+    def _set_default(self, version: int) -> None:
+        status, body = _request("PUT", f"{self.management_url}/models/{self.model}/{version}/set-default")
+        if status != 200:
+            raise LoopmlError(f"TorchServe could not make v{version} the default (HTTP {status}): "
+                              f"{body.decode()[:300]}")
+
+    def registered_versions(self) -> list[int]:
+        if self.model is None:
+            return []
+        status, body = _request("GET", f"{self.management_url}/models/{self.model}/all")
+        if status != 200:
+            return []
+        return sorted(int(float(m["modelVersion"])) for m in json.loads(body))
+
+    def set_traffic(self, weights: Mapping[int, float]) -> None:
+        if self.model is None:
+            raise LoopmlError("nothing is deployed")
+        unknown = set(weights) - set(self.registered_versions())
+        if unknown:
+            raise LoopmlError(f"cannot route to version(s) {sorted(unknown)}: not registered in TorchServe")
+        if not any(w > 0 for w in weights.values()) or any(w < 0 for w in weights.values()):
+            raise LoopmlError("traffic weights must be >= 0 and at least one > 0")
+        heaviest = max(weights, key=lambda v: weights[v])
+        self._set_default(heaviest)  # direct TorchServe clients follow the main version
+        with self._lock:
+            self.weights = {v: w for v, w in weights.items() if w > 0}
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if self.model is None:
+            raise LoopmlError("nothing is deployed")
+        with self._lock:
+            versions = list(self.weights)
+            version = versions[0] if len(versions) == 1 else self._rng.choices(
+                versions, weights=[self.weights[v] for v in versions])[0]
+        status, body = _request("POST", f"{self.inference_url}/predictions/{self.model}/{version}",
+                                json.dumps({"rows": list(rows)}).encode())
+        if status != 200:
+            try:
+                message = json.loads(body).get("message", body.decode())
+            except ValueError:
+                message = body.decode()
+            raise LoopmlError(f"prediction failed with HTTP {status}: {message}")
+        return json.loads(body)
+
+    def status(self) -> dict[str, Any]:
+        if self.process is None or self.process.poll() is not None:
+            return {"status": "stopped"}
+        return {"status": "ok", "url": self.inference_url, "model": self.model,
+                "versions": self.registered_versions(),
+                "traffic": {str(k): v for k, v in self.weights.items()}}
+
+    def undeploy(self, version: int | None = None) -> None:
+        if version is None:
+            self.stop()
+            self.model = None
+            return
+        if self.weights.get(version, 0) > 0:
+            raise LoopmlError(f"version {version} still receives traffic; move traffic first")
+        status, body = _request("DELETE", f"{self.management_url}/models/{self.model}/{version}")
+        if status not in (200, 404):
+            raise LoopmlError(f"TorchServe could not unregister v{version} (HTTP {status}): {body.decode()[:300]}")
+
+    def smoke_test(self, artifact: bytes, rows: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+        """Load the artifact through the handler TorchServe will run, and answer one request."""
+        from types import SimpleNamespace
+
+        from loopml_torchserve.handler import LoopmlHandler
+
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "model.pt").write_bytes(artifact)
+            context = SimpleNamespace(
+                manifest={"model": {"serializedFile": "model.pt", "modelName": "smoke", "modelVersion": "0"}},
+                system_properties={"model_dir": tmp})
+            try:
+                handler = LoopmlHandler()
+                handler.initialize(context)
+                answer = json.loads(handler.handle([{"body": {"rows": list(rows)}}], context)[0])
+            except Exception as exc:
+                return False, f"TorchServe's loopml handler cannot serve it: {type(exc).__name__}: {exc}"
+        return True, f"loads in the TorchServe handler and answers {len(answer['predictions'])} rows"
+
+
+def _factory(options: TorchServeOptions, ctx: Any) -> TorchServeBackend:
+    import ts  # noqa: F401 - fail early with an install hint if torchserve is missing
+
+    return TorchServeBackend(options, ctx.resolve(options.home, "torchserve"))
+
+
+@hookimpl
+def loopml_serving_backends() -> list[BackendSpec]:
+    return [BackendSpec("torchserve", _factory, TorchServeOptions,
+                        "TorchServe on 127.0.0.1: .mar archives, versioned models, default-version swap",
+                        requires=("ts", "model_archiver"))]

@@ -1,0 +1,71 @@
+"""TorchServe handler for loopml model archives.
+
+Runs inside TorchServe's Python worker. It loads the TorchScript artifact with loopml's own
+loader (preprocessing is inside the artifact), checks every request with the same validation as the
+built-in server, and answers bad input with a 4xx naming the field (``PredictionException``), so
+TorchServe keeps serving. Each answer names the model and version that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class LoopmlHandler:
+    def __init__(self) -> None:
+        self.initialized = False
+        self.predictor: Any = None
+        self.model = ""
+        self.version = 0
+
+    def initialize(self, context: Any) -> None:
+        from loopml.modeling import Predictor
+
+        manifest = context.manifest["model"]
+        model_dir = Path(context.system_properties["model_dir"])
+        self.predictor = Predictor.from_bytes((model_dir / manifest["serializedFile"]).read_bytes())
+        self.model = manifest["modelName"]
+        self.version = int(float(manifest.get("modelVersion", "0")))
+        self.initialized = True
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        import pandas as pd
+        from ts.utils.util import PredictionException
+
+        from loopml.serving import MAX_ROWS, RequestError, validate_rows
+
+        answers = []
+        for request in data:
+            body = request.get("body", request.get("data"))
+            try:
+                if isinstance(body, bytes | bytearray):
+                    try:
+                        body = json.loads(body, parse_constant=_reject_constant)
+                    except ValueError as exc:
+                        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+                rows = validate_rows(body, self.predictor.signature, max_rows=MAX_ROWS)
+            except RequestError as exc:
+                raise PredictionException(str(exc), exc.status) from None
+            scores = self.predictor.predict_frame(pd.DataFrame(rows)).tolist()
+            answers.append(json.dumps({"model": self.model, "version": self.version, "predictions": scores}))
+        return answers
+
+
+def _reject_constant(name: str) -> float:
+    from loopml.serving import RequestError
+
+    raise RequestError(400, f"JSON literal {name} is not allowed; send finite numbers only")
+
+
+_service = LoopmlHandler()
+
+
+def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
+    """TorchServe's entry point."""
+    if not _service.initialized:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)
