@@ -50,8 +50,8 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
                                                                   if first.skipped_training else ""))
     if first.report_path:
         summary.reports.append(first.report_path)
-    url = ws.serving.status()["url"]
-    summary.add("serve", url)
+    url = ws.serving.status()["predict_url"]
+    summary.add(f"serve ({ws.serving.name})", url)
 
     same = TrafficGenerator(url, churn.request_rows(churn.generate(1000, seed=11), features))
     t0 = time.time()
@@ -84,4 +84,12 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
                     f"by version {dict(sorted(during.versions.items()))}")
     prod = loop.production_model(ws, loop.pipeline_config(ws).model_name)
     summary.add("production now", prod.ref if prod else "none")
+    if prod is not None:
+        entity = loop.pipeline_config(ws).entity
+        some_id = int(fresh.labels[entity].iloc[0])
+        answer = ws.serving.predict([{entity: some_id}]) if ws.serving.name == "builtin" else None
+        if answer:
+            summary.add("predict by entity id (online features)",
+                        f"{entity}={some_id}: {answer['predictions'][0]:.3f} from v{answer['version']}")
+    ws.serving.undeploy()  # stop serving: the demo is over
     return summary

@@ -67,3 +67,10 @@ def test_too_few_samples_give_no_verdict() -> None:
     report = detect_drift(sample(rng, 5000), sample(rng, 50, shift=3), numeric=NUMERIC,
                           categorical=CATEGORICAL, alpha=0.01, min_samples=200)
     assert not report.drift_detected and "at least 200" in report.reason
+
+
+def test_an_empty_window_gives_no_verdict() -> None:
+    rng = np.random.default_rng(9)
+    report = detect_drift(sample(rng, 100), pd.DataFrame(), numeric=NUMERIC, categorical=CATEGORICAL,
+                          alpha=0.01, min_samples=200)
+    assert not report.drift_detected and "only 0 current rows" in report.reason

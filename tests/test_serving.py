@@ -93,7 +93,7 @@ def test_wrong_content_type_and_route(server) -> None:
 def test_canary_split_follows_the_weights(server, predictors) -> None:
     server.add_version(2, predictors[1])
     server.set_traffic({1: 0.8, 2: 0.2})
-    traffic = TrafficGenerator(server.url, [GOOD])
+    traffic = TrafficGenerator(server.url + "/predict", [GOOD])
     traffic.send(500)
     assert traffic.failed == 0
     share = traffic.versions[2] / traffic.sent
@@ -101,7 +101,7 @@ def test_canary_split_follows_the_weights(server, predictors) -> None:
 
 
 def test_hot_swap_under_load_drops_no_request(server, predictors) -> None:
-    load = TrafficGenerator(server.url, [GOOD]).start()
+    load = TrafficGenerator(server.url + "/predict", [GOOD]).start()
     for _ in range(20):
         time.sleep(0.02)
         server.add_version(2, predictors[1])
@@ -124,3 +124,18 @@ def test_health_and_metadata(server) -> None:
     meta = json.loads(conn.getresponse().read())
     assert health["status"] == "ok" and health["versions"] == [1]
     assert meta["versions"]["1"]["categorical"] == ["contract", "region"]
+
+
+def test_rows_with_only_the_entity_id_use_online_features(server) -> None:
+    import pandas as pd
+
+    online = {7: GOOD}
+
+    def lookup(ids):
+        return pd.DataFrame([{"customer_id": i, **online.get(i, dict.fromkeys(GOOD))} for i in ids])
+
+    server.feature_lookup = lookup
+    status, body = post_json(server.url + "/predict", {"rows": [{"customer_id": 7}, GOOD]})
+    assert status == 200 and body["predictions"][0] == pytest.approx(body["predictions"][1])
+    status, body = post_json(server.url + "/predict", {"rows": [{"customer_id": 8}]})
+    assert status == 404 and "customer_id=8" in body["error"]

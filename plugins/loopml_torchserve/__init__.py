@@ -14,6 +14,7 @@ PyTorch-native option and the built-in server as the default.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -76,9 +77,10 @@ class TorchServeBackend:
 
     name = "torchserve"
 
-    def __init__(self, options: TorchServeOptions, home: Path) -> None:
+    def __init__(self, options: TorchServeOptions, home: Path, prediction_log_dir: Path | None = None) -> None:
         self.options = options
         self.home = home
+        self.prediction_log_dir = prediction_log_dir
         self.store = home / "model-store"
         self.process: subprocess.Popen | None = None
         self.model: str | None = None
@@ -119,7 +121,11 @@ class TorchServeBackend:
         ]) + "\n")
         env = {**os.environ, "TMPDIR": str(self.home / "tmp"),  # TorchServe's pid file lives there
                "LOG_LOCATION": str(self.home / "logs"), "METRICS_LOCATION": str(self.home / "logs")}
+        if self.prediction_log_dir is not None:  # the handler logs inputs there for the monitor
+            self.prediction_log_dir.mkdir(parents=True, exist_ok=True)
+            env["LOOPML_PREDICTION_LOG_DIR"] = str(self.prediction_log_dir)
         exe = shutil.which("torchserve", path=os.path.dirname(sys.executable)) or "torchserve"
+        atexit.register(self.stop)  # never leave a Java process behind
         with open(self.home / "logs" / "launcher.log", "w") as log:
             self.process = subprocess.Popen(
                 [exe, "--start", "--foreground", "--ncs", "--ts-config", str(config), "--model-store",
@@ -237,6 +243,7 @@ class TorchServeBackend:
         if self.process is None or self.process.poll() is not None:
             return {"status": "stopped"}
         return {"status": "ok", "url": self.inference_url, "model": self.model,
+                "predict_url": f"{self.inference_url}/predictions/{self.model}",
                 "versions": self.registered_versions(),
                 "traffic": {str(k): v for k, v in self.weights.items()}}
 
@@ -274,7 +281,7 @@ class TorchServeBackend:
 def _factory(options: TorchServeOptions, ctx: Any) -> TorchServeBackend:
     import ts  # noqa: F401 - fail early with an install hint if torchserve is missing
 
-    return TorchServeBackend(options, ctx.resolve(options.home, "torchserve"))
+    return TorchServeBackend(options, ctx.resolve(options.home, "torchserve"), ctx.home / "predictions")
 
 
 @hookimpl

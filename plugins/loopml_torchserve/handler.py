@@ -9,6 +9,8 @@ TorchServe keeps serving. Each answer names the model and version that produced 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,24 @@ class LoopmlHandler:
             except RequestError as exc:
                 raise PredictionException(str(exc), exc.status) from None
             scores = self.predictor.predict_frame(pd.DataFrame(rows)).tolist()
+            self._log(rows, scores)
             answers.append(json.dumps({"model": self.model, "version": self.version, "predictions": scores}))
         return answers
+
+
+    def _log(self, rows: list[dict[str, Any]], scores: list[float]) -> None:
+        """Append to the prediction log the monitor reads (same format as the built-in server)."""
+        folder = os.environ.get("LOOPML_PREDICTION_LOG_DIR")
+        if not folder:
+            return
+        now = time.time()
+        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, "output": s}) + "\n"
+                        for r, s in zip(rows, scores, strict=True)).encode()
+        fd = os.open(Path(folder) / f"{self.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines)  # one write per request: lines from several workers never interleave
+        finally:
+            os.close(fd)
 
 
 def _reject_constant(name: str) -> float:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loopml.errors import DataValidationError
 from loopml.records import DriftReport, FeatureDrift
 from loopml.reports import figure_png, img, page, table
 
@@ -88,6 +89,12 @@ def detect_drift(
     window: tuple[datetime | None, datetime | None] = (None, None),
 ) -> DriftReport:
     n_cur, n_ref = len(current), len(reference)
+    missing = [c for c in (*numeric, *categorical) if c not in current.columns]
+    if missing and n_cur:
+        raise DataValidationError(f"current window lacks feature column(s) {missing}", column=missing[0])
+    if not n_cur:  # nothing observed yet: no statistics, no verdict
+        return DriftReport(model, reference_ref, window[0], window[1], (), False,
+                           f"only 0 current rows; at least {min_samples} are needed for a verdict")
     results: list[tuple[str, str, float, float]] = []
     for col in numeric:
         stat, p = ks_two_sample(reference[col].to_numpy(dtype=float, na_value=np.nan),

@@ -75,10 +75,11 @@ def point_in_time_join(
             column=view.entity)
     left = entities.reset_index(drop=True).copy()
     left["__row"] = range(len(left))
-    left["__ts"] = pd.to_datetime(left[entity_timestamp], utc=True)
+    # One resolution on both sides, or merge_asof refuses (us from Parquet vs ns from pandas).
+    left["__ts"] = pd.to_datetime(left[entity_timestamp], utc=True).astype("datetime64[ns, UTC]")
     stamp_col = f"{view.name}__event_timestamp"
     right = source[[view.entity, view.timestamp, *features]].copy()
-    right["__ts"] = pd.to_datetime(right[view.timestamp], utc=True)
+    right["__ts"] = pd.to_datetime(right[view.timestamp], utc=True).astype("datetime64[ns, UTC]")
     right = right.rename(columns={view.timestamp: stamp_col})
     # Same dtype on both sides of the "by" key, or merge_asof refuses.
     left["__key"] = left[view.entity].astype("string")

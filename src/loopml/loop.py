@@ -321,6 +321,9 @@ def rollout(ws: Workspace, model: ModelVersion, *, canary_fraction: float = 0.1,
     removed only after the new one takes all traffic, so no request is dropped.
     """
     serving = ws.serving
+    if hasattr(serving, "use_online_features"):  # requests may name just the entity
+        view = view_of(ws)
+        serving.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
     before = serving.status()
     old_versions = [int(v) for v, w in before.get("traffic", {}).items() if w > 0]
     url = serving.deploy(model, artifact_file(ws, model))

@@ -121,6 +121,7 @@ class ModelServer:
         self._rng = random.Random(0)
         self._rng_lock = threading.Lock()
         self.requests_served = 0
+        self.feature_lookup: Callable[[list[Any]], Any] | None = None
         self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -171,6 +172,7 @@ class ModelServer:
             version = routing.pick(self._rng)
         predictor = routing.predictors[version]
         extra = (self.entity,) if self.entity else ()
+        payload = self._fill_online_features(payload, predictor.signature)
         rows = validate_rows(payload, predictor.signature, max_rows=self.max_rows, extra_allowed=extra)
         import pandas as pd
 
@@ -180,6 +182,27 @@ class ModelServer:
         self._log(version, rows, scores, latency)
         self.requests_served += 1
         return {"model": self.model_name, "version": version, "predictions": scores}
+
+    def _fill_online_features(self, payload: Any, sig: Signature) -> Any:
+        """Rows that carry only the entity id get their features from the online store."""
+        if self.feature_lookup is None or not self.entity or not isinstance(payload, dict):
+            return payload
+        rows = payload.get("rows")
+        if not isinstance(rows, list):
+            return payload
+        wanted = [*sig.numeric, *sig.categorical]
+        by_id = [i for i, r in enumerate(rows) if isinstance(r, dict) and set(r) == {self.entity}]
+        if not by_id:
+            return payload
+        found = self.feature_lookup([rows[i][self.entity] for i in by_id])
+        filled = list(rows)
+        for i, record in zip(by_id, found.to_dict("records"), strict=True):
+            values = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items() if k in wanted}
+            if any(v is None or v != v for v in values.values()):
+                raise RequestError(404, f"rows[{i}]: no online features for {self.entity}="
+                                        f"{json.dumps(rows[i][self.entity])}; is the feature view materialized?")
+            filled[i] = {**rows[i], **values}
+        return {**payload, "rows": filled}
 
     def _log(self, version: int, rows: list[dict[str, Any]], scores: list[float], latency: float) -> None:
         if self.on_predictions is not None:
@@ -279,6 +302,13 @@ class BuiltinServing:
         self.options = options
         self.log_dir = log_dir
         self.server: ModelServer | None = None
+        self.feature_lookup: Callable[[list[Any]], Any] | None = None
+
+    def use_online_features(self, lookup: Callable[[list[Any]], Any]) -> None:
+        """Answer rows that carry only the entity id with features from the online store."""
+        self.feature_lookup = lookup
+        if self.server is not None:
+            self.server.feature_lookup = lookup
 
     @property
     def url(self) -> str:
@@ -295,6 +325,7 @@ class BuiltinServing:
                                       max_body_bytes=self.options.max_body_bytes,
                                       max_rows=self.options.max_rows,
                                       entity=model.lineage.get("entity")).start()
+            self.server.feature_lookup = self.feature_lookup
         elif self.server.model_name != model.name:
             raise LoopmlError(f"this server serves {self.server.model_name!r}, not {model.name!r}")
         self.server.add_version(model.version, predictor)
@@ -314,7 +345,7 @@ class BuiltinServing:
     def status(self) -> dict[str, Any]:
         if self.server is None:
             return {"status": "stopped"}
-        return {"url": self.server.url, **self.server._health()}
+        return {"url": self.server.url, "predict_url": self.server.url + "/predict", **self.server._health()}
 
     def undeploy(self, version: int | None = None) -> None:
         if self.server is None:

@@ -13,8 +13,8 @@ from loopml.serving import post_json
 class TrafficGenerator:
     """Posts rows one request at a time and counts answers by HTTP status and model version."""
 
-    def __init__(self, url: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.url = url.rstrip("/") + "/predict"
+    def __init__(self, predict_url: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.url = predict_url
         self.rows = list(rows)
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[int] = Counter()

@@ -1,0 +1,162 @@
+"""Feast feature store for loopml: one feature definition for training and serving.
+
+``apply`` turns a loopml :class:`~loopml.features.FeatureView` into a Feast entity, a file source
+and a feature view in a Feast repo under ``repo_path`` (registry file, Parquet offline store,
+SQLite online store by default, Redis by config) and runs ``FeatureStore.apply``. Training frames
+come from ``get_historical_features`` (Feast's point-in-time join); ``materialize`` fills the online
+store; ``online_features`` reads it by entity id, so serving reads the same definition.
+
+The timestamp of each joined feature row is kept as the feature ``<view>__event_timestamp`` so
+leakage can be audited: it is never later than the row's label time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from loopml.errors import DataValidationError
+from loopml.features import FeatureView as LoopmlView
+from loopml.plugins import hookimpl
+from loopml.specs import BackendSpec
+
+
+class FeastOptions(BaseModel):
+    """``[feature_store] backend = "feast"`` options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    repo_path: Path | None = None  # default: <home>/feast
+    project: str = "loopml"
+    registry: str | None = None  # default: <repo_path>/registry.db; e.g. s3://bucket/feast/registry.db
+    redis_connection_string: SecretStr | None = None  # e.g. "redis.internal:6379,password=…"; default: SQLite
+
+
+class FeastFeatureStore:
+    """A loopml FeatureStore over ``feast.FeatureStore`` (local provider)."""
+
+    def __init__(self, options: FeastOptions, repo_path: Path) -> None:
+        from feast import FeatureStore
+        from feast.repo_config import RepoConfig
+
+        self.repo = repo_path.resolve()
+        (self.repo / "data").mkdir(parents=True, exist_ok=True)
+        if options.redis_connection_string is not None:
+            online: dict[str, Any] = {"type": "redis",
+                                      "connection_string": options.redis_connection_string.get_secret_value()}
+        else:
+            online = {"type": "sqlite", "path": str(self.repo / "online.db")}
+        self.config = RepoConfig(project=options.project, provider="local",
+                                 registry=options.registry or str(self.repo / "registry.db"),
+                                 online_store=online, offline_store={"type": "file"}, repo_path=self.repo,
+                                 entity_key_serialization_version=3)
+        self.store = FeatureStore(config=self.config)
+        self.views: dict[str, LoopmlView] = {}
+
+    def _view(self, name: str) -> LoopmlView:
+        if name not in self.views:
+            fv = self.store.get_feature_view(name)  # raises if never applied
+            tags = fv.tags
+            ttl = fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else None
+            self.views[name] = LoopmlView(name, tags["loopml.entity"], tags["loopml.timestamp"],
+                                          tuple(filter(None, tags["loopml.numeric"].split(","))),
+                                          tuple(filter(None, tags["loopml.categorical"].split(","))), ttl)
+        return self.views[name]
+
+    @staticmethod
+    def stamp(view: LoopmlView) -> str:
+        return f"{view.name}__event_timestamp"
+
+    def apply(self, view: LoopmlView, source: Any) -> None:
+        import pandas as pd
+        from feast import Entity, Field, FileSource, ValueType
+        from feast import FeatureView as FeastView
+        from feast.types import Float64, Int64, String, UnixTimestamp
+
+        view.check_source(source)
+        frame = source[[view.entity, view.timestamp, *view.features]].copy()
+        frame[view.timestamp] = pd.to_datetime(frame[view.timestamp], utc=True)
+        for name in view.numeric:
+            frame[name] = frame[name].astype("float64")
+        for name in view.categorical:
+            frame[name] = frame[name].astype("string")
+        frame[self.stamp(view)] = frame[view.timestamp]
+        integer_ids = pd.api.types.is_integer_dtype(frame[view.entity])
+        if not integer_ids:
+            frame[view.entity] = frame[view.entity].astype("string")
+        path = self.repo / "data" / f"{view.name}.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        entity = Entity(name=view.entity, join_keys=[view.entity],
+                        value_type=ValueType.INT64 if integer_ids else ValueType.STRING)
+        schema = [Field(name=view.entity, dtype=Int64 if integer_ids else String),
+                  *(Field(name=n, dtype=Float64) for n in view.numeric),
+                  *(Field(name=n, dtype=String) for n in view.categorical),
+                  Field(name=self.stamp(view), dtype=UnixTimestamp)]
+        feast_view = FeastView(
+            name=view.name, entities=[entity], ttl=view.ttl or timedelta(0), schema=schema, online=True,
+            source=FileSource(name=f"{view.name}_source", path=str(path), timestamp_field=view.timestamp),
+            tags={"loopml.entity": view.entity, "loopml.timestamp": view.timestamp,
+                  "loopml.numeric": ",".join(view.numeric), "loopml.categorical": ",".join(view.categorical)})
+        self.store.apply([entity, feast_view])
+        self.views[view.name] = view
+
+    def historical_features(self, view_name: str, entities: Any, timestamp_column: str,
+                            features: Sequence[str] | None = None) -> Any:
+        import pandas as pd
+
+        view = self._view(view_name)
+        wanted = list(features or view.features)
+        unknown = [f for f in wanted if f not in view.features]
+        if unknown:
+            raise DataValidationError(f"feature view {view_name!r} in Feast has no feature(s) {unknown}",
+                                      column=unknown[0])
+        left = entities.reset_index(drop=True).copy()
+        left["__loopml_row"] = range(len(left))
+        original_ts = left[timestamp_column]
+        request = left[[view.entity, "__loopml_row"]].copy()
+        request["event_timestamp"] = pd.to_datetime(original_ts, utc=True)
+        refs = [f"{view_name}:{f}" for f in [*wanted, self.stamp(view)]]
+        joined = self.store.get_historical_features(entity_df=request, features=refs).to_df()
+        joined = joined.drop(columns=["event_timestamp", view.entity]).set_index("__loopml_row")
+        # Feast may reorder rows (and drops some it cannot match): restore the caller's rows.
+        joined = joined.reindex(range(len(left)))
+        out = left.drop(columns="__loopml_row")
+        for column in [*wanted, self.stamp(view)]:
+            out[column] = joined[column].to_numpy()
+        out[self.stamp(view)] = pd.to_datetime(out[self.stamp(view)], utc=True)
+        return out
+
+    def materialize(self, view_name: str, end: datetime) -> int:
+        import pandas as pd
+
+        view = self._view(view_name)
+        source = pd.read_parquet(self.repo / "data" / f"{view_name}.parquet", columns=[view.entity, view.timestamp])
+        start = source[view.timestamp].min().to_pydatetime() - timedelta(seconds=1)
+        self.store.materialize(start_date=start, end_date=end, feature_views=[view_name])
+        return int(source.loc[source[view.timestamp] <= pd.Timestamp(end), view.entity].nunique())
+
+    def online_features(self, view_name: str, entity_ids: Sequence[Any]) -> Any:
+        view = self._view(view_name)
+        rows = [{view.entity: _plain(e)} for e in entity_ids]
+        frame = self.store.get_online_features(features=[f"{view_name}:{f}" for f in view.features],
+                                               entity_rows=rows).to_df()
+        return frame[[view.entity, *view.features]]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _factory(options: FeastOptions, ctx: Any) -> FeastFeatureStore:
+    return FeastFeatureStore(options, ctx.resolve(options.repo_path, "feast"))
+
+
+@hookimpl
+def loopml_feature_stores() -> list[BackendSpec]:
+    return [BackendSpec("feast", _factory, FeastOptions, "Feast (local provider; SQLite or Redis online store)",
+                        requires=("feast",))]
