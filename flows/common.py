@@ -7,20 +7,46 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from loopml.context import Workspace
+from loopml.plugins import get_plugin_manager
 from loopml.records import GateReport
 
+
+def transient_io_error(task: object, task_run: object, state: State) -> bool:
+    """Retry only what can pass by itself (network, disk I/O), never bad data or a bad config."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    return isinstance(error, OSError | TimeoutError)
+
+
 # loopml caches by content hash itself (see loopml.loop.train), so Prefect's input hashing of
-# workspace objects is switched off; retries are only for steps that do I/O that can flake.
+# workspace objects is switched off; retries are only for transient I/O errors.
 TASK_DEFAULTS = {"cache_policy": NO_CACHE}
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2}
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": transient_io_error}
 
 
 @functools.lru_cache(maxsize=8)
 def workspace(config: str | None = None, profile: str | None = None) -> Workspace:
     """One workspace per (config, profile) per process, so the served model outlives a flow."""
     return Workspace.open(config, profile=profile)
+
+
+def on_failure(stage: str) -> list:
+    """Prefect ``on_failure`` hook list that fires ``loopml_on_error`` for a failed stage."""
+
+    def notify(flow: object, flow_run: object, state: State) -> None:
+        error = state.result(raise_on_failure=False)
+        if not isinstance(error, BaseException):
+            error = RuntimeError(state.message or f"{stage} failed")
+        params = getattr(flow_run, "parameters", {}) or {}
+        try:
+            manager = workspace(params.get("config"), params.get("profile")).manager
+        except Exception:  # the config itself may be what failed
+            manager = get_plugin_manager()
+        manager.notify("loopml_on_error", stage=stage, error=error)
+
+    return [notify]
 
 
 def save_report(ws: Workspace, key: str, html: str) -> Path:

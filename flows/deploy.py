@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from prefect import flow, get_run_logger
 
-from flows.common import workspace
+from flows.common import on_failure, workspace
 from loopml import loop
 
 
-@flow(name="loopml-deploy")
+@flow(name="loopml-deploy", on_failure=on_failure("deploy"))
 def deploy(config: str | None = None, profile: str | None = None, canary_fraction: float = 0.1,
            during_canary: Callable[[], None] | None = None) -> str | None:
     """Roll the production model out to the configured serving backend; returns its URL."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import workspace
+from flows.common import on_failure, workspace
 from loopml import loop
 from loopml.records import DatasetVersion
 
 
-@flow(name="loopml-features")
+@flow(name="loopml-features", on_failure=on_failure("features"))
 def features(features_version: DatasetVersion, config: str | None = None,
              profile: str | None = None) -> int:
     """Register the feature view with the given rows; fill the online store."""

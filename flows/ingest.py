@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_RETRIES, TASK_DEFAULTS, workspace
+from flows.common import IO_RETRIES, TASK_DEFAULTS, on_failure, workspace
 from loopml import loop
 from loopml.records import DatasetVersion
 
@@ -17,7 +17,7 @@ def ingest_dataset(config: str | None, profile: str | None, name: str) -> Datase
     return version
 
 
-@flow(name="loopml-ingest")
+@flow(name="loopml-ingest", on_failure=on_failure("ingest"))
 def ingest(config: str | None = None, profile: str | None = None,
            datasets: list[str] | None = None) -> dict[str, DatasetVersion]:
     """Validate and version the configured datasets (or those named)."""

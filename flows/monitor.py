@@ -5,12 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from flows.common import publish_markdown, save_report, workspace
+from flows.common import on_failure, publish_markdown, save_report, workspace
 from loopml import loop
 from loopml.records import DriftReport
 
 
-@flow(name="loopml-monitor")
+@flow(name="loopml-monitor", on_failure=on_failure("monitor"))
 def monitor(since: float = 0.0, config: str | None = None,
             profile: str | None = None) -> tuple[DriftReport, str]:
     """Check the prediction log since ``since`` (unix time). Returns (report, local HTML path)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import workspace
+from flows.common import on_failure, workspace
 from loopml import loop
 from loopml.records import GateReport, ModelVersion, PromotionEvent
 
 
-@flow(name="loopml-register")
+@flow(name="loopml-register", on_failure=on_failure("register"))
 def register(candidate: loop.Candidate, report: GateReport, report_key: str,
              baseline_version: int | None, config: str | None = None,
              profile: str | None = None) -> tuple[ModelVersion, PromotionEvent | None]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import workspace
+from flows.common import on_failure, workspace
 from loopml import loop
 from loopml.records import DatasetVersion
 
 
-@flow(name="loopml-train")
+@flow(name="loopml-train", on_failure=on_failure("train"))
 def train(labels: DatasetVersion, features_version: DatasetVersion, config: str | None = None,
           profile: str | None = None) -> loop.Candidate:
     """Train a candidate (skipped when the same inputs were trained before)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import gate_markdown, publish_markdown, save_report, workspace
+from flows.common import gate_markdown, on_failure, publish_markdown, save_report, workspace
 from loopml import loop
 from loopml.records import DatasetVersion, GateReport
 
 
-@flow(name="loopml-validate")
+@flow(name="loopml-validate", on_failure=on_failure("validate"))
 def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | None = None,
              profile: str | None = None) -> tuple[GateReport, str, str]:
     """Returns (report, report key in the store, local HTML path)."""

@@ -165,3 +165,30 @@ def test_in_process_registration_and_cache() -> None:
 def test_notify_rejects_non_lifecycle_hooks() -> None:
     with pytest.raises(PluginError, match=r"not a lifecycle hook"):
         fresh_plugin_manager().notify("loopml_trackers")
+
+
+def test_project_local_plugins_named_in_config_are_loaded(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loopml.context import Workspace
+
+    (project / "team_hooks.py").write_text(
+        "from loopml.plugins import hookimpl\n"
+        "SEEN = []\n"
+        "@hookimpl\n"
+        "def loopml_after_promotion(event):\n"
+        "    SEEN.append(event)\n")
+    monkeypatch.syspath_prepend(str(project))
+    (project / "loopml.toml").write_text('plugins = ["team_hooks"]\n')
+    ws = Workspace.open()
+    info = {p.name: p for p in ws.manager.plugins()}["team_hooks"]
+    assert info.source == "local" and info.hooks == ("loopml_after_promotion",)
+    ws.notify("loopml_after_promotion", event="E")
+    assert sys.modules["team_hooks"].SEEN == ["E"]
+    (project / "loopml.toml").write_text('plugins = ["no_such_module"]\n')
+    with pytest.raises(PluginError, match=r"'no_such_module' .*config key 'plugins'"):
+        Workspace.open()
+
+
+def test_pytest_fixtures_for_plugin_authors(loopml_plugins, loopml_hook_recorder) -> None:
+    assert "hook-recorder" in {p.name for p in loopml_plugins.plugins()}
+    loopml_plugins.notify("loopml_on_error", stage="train", error=ValueError("x"))
+    assert loopml_hook_recorder.named("loopml_on_error")[0]["stage"] == "train"

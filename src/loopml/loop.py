@@ -280,9 +280,16 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                  "gates": {c.name: {"passed": c.passed, "value": c.value} for c in report.checks}},
     )
     ws.notify("loopml_after_model_registered", model=model)
-    for tracker in ws.trackers:  # the training run learns which registry version it became
-        _safely(tracker.set_tags, candidate.run_id, {"loopml.registry_version": model.ref,
-                                                     "loopml.registry_status": model.status})
+    with tempfile.TemporaryDirectory() as tmp:  # the training run learns what it became
+        card = Path(tmp) / "model_card.md"
+        card.write_text(model_card(model, report), encoding="utf-8")
+        html = Path(tmp) / "validation_report.html"
+        html.write_bytes(ws.store.get(report_key))
+        for tracker in ws.trackers:
+            _safely(tracker.set_tags, candidate.run_id, {"loopml.registry_version": model.ref,
+                                                         "loopml.registry_status": model.status})
+            _safely(tracker.log_artifact, candidate.run_id, card)
+            _safely(tracker.log_artifact, candidate.run_id, html)
     if not report.passed:
         return model, None
     try:
@@ -295,6 +302,21 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
     for monitor in ws.monitors:
         _safely(monitor.on_promotion, event)
     return model, event
+
+
+def model_card(model: ModelVersion, report: GateReport) -> str:
+    """A short Markdown card: what the model is, what it was trained on, how it was judged."""
+    lines = [f"# {model.ref} ({model.status})", "",
+             f"- registered {model.created_at:%Y-%m-%d %H:%M UTC} by {model.created_by}",
+             f"- datasets: {', '.join(f'{k} {v}' for k, v in model.lineage.get('datasets', {}).items())}",
+             f"- features ({model.lineage.get('feature_view')}): {', '.join(model.lineage.get('features', []))}",
+             f"- git commit {model.git_commit}; training run {model.run_id}",
+             f"- environment: {', '.join(f'{k} {v}' for k, v in model.environment.items())}", "",
+             "## Training metrics", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
+             f"## Validation against {report.baseline or 'no production model'}", "",
+             "| check | verdict | reason |", "|---|---|---|",
+             *(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.reason} |" for c in report.checks)]
+    return "\n".join(lines) + "\n"
 
 
 def _safely(fn: Callable[..., Any], *args: Any) -> None:
