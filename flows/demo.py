@@ -53,22 +53,19 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     url = ws.serving.status()["predict_url"]
     summary.add(f"serve ({ws.serving.name})", url)
 
-    same = TrafficGenerator(url, churn.request_rows(churn.generate(1000, seed=11), features))
-    t0 = time.time()
-    same.send(requests)
-    summary.add("traffic, same distribution", f"{same.statuses[200]}/{same.sent} answered")
-    quiet, path = monitor(since=t0, config=config, profile=profile)
-    summary.reports.append(path)
-    summary.add("drift check", quiet.reason)
+    def traffic_then_drift_check(label: str, data: churn.ChurnData):
+        traffic = TrafficGenerator(url, churn.request_rows(data, features))
+        since = time.time()
+        traffic.send(requests)
+        summary.add(f"traffic, {label}", f"{traffic.statuses[200]}/{traffic.sent} answered")
+        report, path = monitor(since=since, config=config, profile=profile)
+        summary.reports.append(path)
+        summary.add("drift check", report.reason)
+        return report
 
+    traffic_then_drift_check("same distribution", churn.generate(1000, seed=11))
     fresh = churn.generate(n_customers, seed=22, drift=1.0, id_offset=1_000_000)
-    shifted = TrafficGenerator(url, churn.request_rows(fresh, features))
-    t1 = time.time()
-    shifted.send(requests)
-    summary.add("traffic, drifted inputs", f"{shifted.statuses[200]}/{shifted.sent} answered")
-    drift, path = monitor(since=t1, config=config, profile=profile)
-    summary.reports.append(path)
-    summary.add("drift check", drift.reason)
+    drift = traffic_then_drift_check("drifted inputs", fresh)
 
     if drift.drift_detected:
         churn.write(fresh, project / "data")  # the fresh export that retraining reads

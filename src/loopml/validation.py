@@ -154,7 +154,7 @@ def render_html(ev: Evaluation) -> str:
                         ["pass" if c.passed else "fail" for c in r.checks])
 
     def roc(ax: Any) -> None:
-        for name, scores in (("candidate " + r.candidate, ev.candidate_scores),
+        for name, scores in ((r.candidate, ev.candidate_scores),
                              ("production " + str(r.baseline), ev.baseline_scores)):
             if scores is None:
                 continue
