@@ -78,7 +78,8 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
         if second.report_path:
             summary.reports.append(second.report_path)
         summary.add("requests during the swap", f"{during.sent} sent, {during.failed} failed, "
-                    f"by version {dict(sorted(during.versions.items()))}")
+                    f"by version {dict(sorted(during.versions.items()))}"
+                    + (f"; first error: {during.errors[0][:120]}" if during.errors else ""))
     prod = loop.production_model(ws, loop.pipeline_config(ws).model_name)
     summary.add("production now", prod.ref if prod else "none")
     if prod is not None:

@@ -53,6 +53,7 @@ class TorchServeOptions(BaseModel):
     token_authorization: bool = False  # TorchServe's own API tokens; keep APIs on 127.0.0.1 either way
     startup_timeout: float = 120.0
     response_timeout: int = 30
+    drain_seconds: float = 3.0  # after traffic moves away from a version, wait this long before unregistering it
 
 
 def _free_port() -> int:
@@ -87,6 +88,7 @@ class TorchServeBackend:
         self.weights: dict[int, float] = {}
         self._rng = random.Random(0)
         self._lock = threading.Lock()
+        self._traffic_moved_at = 0.0
         self.ports = {k: getattr(options, f"{k}_port") or _free_port()
                       for k in ("inference", "management", "metrics")}
 
@@ -221,6 +223,7 @@ class TorchServeBackend:
         self._set_default(heaviest)  # direct TorchServe clients follow the main version
         with self._lock:
             self.weights = {v: w for v, w in weights.items() if w > 0}
+            self._traffic_moved_at = time.monotonic()
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if self.model is None:
@@ -254,6 +257,11 @@ class TorchServeBackend:
             return
         if self.weights.get(version, 0) > 0:
             raise LoopmlError(f"version {version} still receives traffic; move traffic first")
+        # Requests TorchServe queued for this version before the default moved must finish first:
+        # unregistering stops its workers.
+        wait = self._traffic_moved_at + self.options.drain_seconds - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         status, body = _request("DELETE", f"{self.management_url}/models/{self.model}/{version}")
         if status not in (200, 404):
             raise LoopmlError(f"TorchServe could not unregister v{version} (HTTP {status}): {body.decode()[:300]}")

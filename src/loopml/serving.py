@@ -33,6 +33,7 @@ from loopml.records import ModelVersion
 
 MAX_BODY_BYTES = 1 << 20
 MAX_ROWS = 1000
+DRAIN_LIMIT = 16 << 20  # oversized bodies up to this size are read and dropped before the 413
 
 
 class BuiltinServingOptions(BaseModel):
@@ -263,7 +264,15 @@ class ModelServer:
                     except ValueError:
                         raise RequestError(411, "Content-Length header is required") from None
                     if length > server.max_body_bytes:
+                        # Read (and drop) what the client is sending, so it can read the 413 instead
+                        # of failing with a broken pipe; past DRAIN_LIMIT just close.
                         self.close_connection = True
+                        remaining = min(length, DRAIN_LIMIT)
+                        while remaining > 0:
+                            chunk = self.rfile.read(min(remaining, 1 << 16))
+                            if not chunk:
+                                break
+                            remaining -= len(chunk)
                         raise RequestError(413, f"body is {length} bytes; the limit is {server.max_body_bytes}")
                     raw = self.rfile.read(length)
                     try:
