@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install services demo test test-fast lint clean
 
 $(BIN)/loopml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ install: $(BIN)/loopml
 demo: install
 	$(BIN)/loopml demo
 
+## Servers the integration tests start themselves (Debian packages; Java comes with the machine).
+services:
+	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+	  echo "redis-server is missing and could not be installed: run 'apt-get install redis-server'"
+
 ## Every test, slow integration tests included (what CI runs).
-test: install
+test: install services
 	$(BIN)/python -m pytest
 
 ## Unit tests only.

@@ -66,3 +66,29 @@ def moto_server(tmp: Path) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A real redis-server (Debian package) on 127.0.0.1 without persistence; yields host:port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    port = free_port()
+    proc = start([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                 tmp / "redis.log")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError((tmp / "redis.log").read_text()[-2000:]) from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from servers import redis_server
 
 from loopml.context import BackendContext
 from loopml.examples import churn
@@ -29,6 +31,26 @@ class TestFeastFeatureStore(FeatureStoreSuite):
     @pytest.fixture
     def feature_store(self, tmp_path: Path):
         return make_store(tmp_path)
+
+
+class TestFeastWithRedisOnline(FeatureStoreSuite):
+    """The same contract with Feast's Redis online store, on a real redis-server."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def redis(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+        with redis_server(tmp_path_factory.mktemp("redis")) as address:
+            yield address
+
+    @pytest.fixture
+    def feature_store(self, tmp_path: Path, redis: str):
+        from pydantic import SecretStr
+
+        from loopml_feast import FeastFeatureStore, FeastOptions
+
+        project = f"p{tmp_path.name[-12:].replace('-', '_')}"  # one Feast project (key space) per test
+        return FeastFeatureStore(FeastOptions(project=project, redis_connection_string=SecretStr(redis)),
+                                 tmp_path / "repo")
 
 
 def test_late_and_backfilled_rows_never_leak_through_feast(tmp_path: Path) -> None:
