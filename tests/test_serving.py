@@ -102,17 +102,18 @@ def test_canary_split_follows_the_weights(server, predictors) -> None:
 
 def test_hot_swap_under_load_drops_no_request(server, predictors) -> None:
     load = TrafficGenerator(server.url + "/predict", [GOOD]).start()
-    for _ in range(20):
-        time.sleep(0.02)
-        server.add_version(2, predictors[1])
-        server.set_traffic({2: 1.0})
-        server.remove_version(1)
-        server.add_version(1, predictors[0])
-        server.set_traffic({1: 1.0})
-        server.remove_version(2)
+    swaps, deadline = 0, time.monotonic() + 60
+    while (load.sent < 300 or swaps < 20) and time.monotonic() < deadline:  # swap while requests flow
+        time.sleep(0.01)
+        old, new = (1, 2) if swaps % 2 == 0 else (2, 1)
+        server.add_version(new, predictors[new - 1])
+        server.set_traffic({new: 1.0})
+        server.remove_version(old)
+        swaps += 1
     load.stop()
-    assert load.sent > 50 and load.failed == 0, load.errors[:3]
-    assert set(load.versions) <= {1, 2}
+    assert load.sent >= 300 and swaps >= 20
+    assert load.failed == 0, load.errors[:3]
+    assert set(load.versions) == {1, 2}
 
 
 def test_health_and_metadata(server) -> None:
