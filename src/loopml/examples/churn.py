@@ -161,7 +161,7 @@ epochs = 25
 min_auc = 0.70
 regression_margin = 0.01
 max_fairness_gap = 0.12
-latency_p99_ms = 25.0
+latency_p99_ms = 50.0
 
 [pipeline.drift]
 alpha = 0.01
