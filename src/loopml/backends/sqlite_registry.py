@@ -192,7 +192,10 @@ class SqliteRegistry:
         return PromotionEvent(name, alias, actual, version, action, actor, reason)  # type: ignore[arg-type]
 
     def rollback(self, name: str, alias: str, *, actor: str, reason: str) -> PromotionEvent:
-        """Point ``alias`` back at the version it held before its current one."""
+        """Point ``alias`` back at the version it held before the promotion that made it current.
+
+        Rolling back twice does not toggle: after v1 -> v2 and a rollback to v1, a second rollback
+        goes to whatever v1 was promoted over (or fails if nothing was)."""
         with self._read() as db:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?",
                              (name, alias)).fetchone()
@@ -201,9 +204,9 @@ class SqliteRegistry:
             current = int(row[0])
             prev = db.execute(
                 "SELECT from_version FROM history WHERE name = ? AND alias = ? AND to_version = ? "
-                "AND from_version IS NOT NULL ORDER BY id DESC LIMIT 1", (name, alias, current),
+                "AND action = 'promote' ORDER BY id DESC LIMIT 1", (name, alias, current),
             ).fetchone()
-        if prev is None:
+        if prev is None or prev[0] is None:
             raise RegistryError(f"{name}@{alias} (v{current}) has no earlier version to roll back to")
         return self.set_alias(name, alias, int(prev[0]), expected=current, actor=actor,
                               reason=reason, action="rollback")

@@ -222,6 +222,9 @@ class RegistrySuite:
         event = registry.rollback("churn", "production", actor="oncall", reason="bad latency")
         assert (event.from_version, event.to_version, event.action) == (2, 1, "rollback")
         assert registry.get("churn", alias="production").version == 1
+        with pytest.raises(RegistryError, match="no earlier version"):  # no toggling back to v2
+            registry.rollback("churn", "production", actor="oncall", reason="again")
+        assert registry.get("churn", alias="production").version == 1
 
     def test_history_is_append_only_and_ordered(self, registry: Any) -> None:
         self._register(registry)
