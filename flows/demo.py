@@ -7,6 +7,7 @@ model while traffic keeps flowing. Prints a summary with the paths of the report
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from flows.pipeline import pipeline
 from loopml import loop
 from loopml.examples import churn
 from loopml.traffic import TrafficGenerator
+
+DEMO_MARKER = ".loopml-demo-project"
 
 
 @dataclass
@@ -36,8 +39,12 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
          profile: str | None = None) -> DemoSummary:
     logger = get_run_logger()
     project = Path(folder).resolve()
+    marker = project / DEMO_MARKER
+    if marker.is_file():  # a project an earlier demo made: start it over, so the story repeats
+        shutil.rmtree(project)
     if not (project / "loopml.toml").is_file():
         churn.init_project(project, n_customers=n_customers, seed=0)
+        marker.write_text("created by `loopml demo`; the next demo run deletes and recreates this folder\n")
         logger.info("created example project in %s", project)
     config = str(project / "loopml.toml")
     summary = DemoSummary(project)
