@@ -22,7 +22,8 @@ def monitor(since: float = 0.0, config: str | None = None,
         raise RuntimeError("no production model to monitor yet; run the pipeline first")
     reference = loop.drift_reference(ws, model)
     current = loop.prediction_window(ws, cfg.model_name, since)
-    report, key = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}")
+    report, key, alert = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}",
+                                          production_version=model.version)
     path = save_report(ws, key, ws.store.get(key).decode())
     logger.info("drift check over %d rows: %s", len(current), report.reason)
     rows = "\n".join(f"| {f.feature} | {f.kind} | {f.statistic:.4g} | {f.p_adjusted:.3g} | "
@@ -31,7 +32,7 @@ def monitor(since: float = 0.0, config: str | None = None,
                      f"# Drift check: {report.reason}\n\n| feature | test | statistic | Holm p | verdict |"
                      f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
                      "drift of live inputs vs training data")
-    if report.drift_detected:
+    if alert:
         emit_event(event="loopml.drift.detected",
                    resource={"prefect.resource.id": f"loopml.model.{cfg.model_name}",
                              "prefect.resource.name": cfg.model_name},

@@ -74,3 +74,27 @@ def test_an_empty_window_gives_no_verdict() -> None:
     report = detect_drift(sample(rng, 100), pd.DataFrame(), numeric=NUMERIC, categorical=CATEGORICAL,
                           alpha=0.01, min_samples=200)
     assert not report.drift_detected and "only 0 current rows" in report.reason
+
+
+def test_confirmed_drift_alerts_once_per_cooldown_and_again_after_a_new_promotion(tmp_path) -> None:
+    from loopml import loop
+    from loopml.context import Workspace
+    from loopml.examples import churn
+    from loopml.testing import HookRecorder
+
+    churn.init_project(tmp_path, n_customers=300)
+    ws = Workspace.open(tmp_path / "loopml.toml")
+    recorder = HookRecorder()
+    ws.manager.register(recorder, "recorder")
+    reference = pd.DataFrame(churn.request_rows(churn.generate(1500, seed=1), loop.view_of(ws).features))
+    shifted = pd.DataFrame(churn.request_rows(churn.generate(1500, seed=2, drift=1.0), loop.view_of(ws).features))
+    t0 = 1_000_000.0
+    alerts = []
+    for version, now in [(1, t0), (1, t0 + 60), (2, t0 + 120), (2, t0 + 120 + 3601)]:
+        report, key, alert = loop.check_drift(ws, reference, shifted, "ref", production_version=version, now=now)
+        assert report.drift_detected and ws.store.exists(key)
+        alerts.append(alert)
+        if not alert:
+            assert "alert suppressed: cooldown" in report.reason
+    assert alerts == [True, False, True, True]  # cooldown is 60 minutes in the example config
+    assert len(recorder.named("loopml_on_drift")) == 3

@@ -13,6 +13,7 @@ import logging
 import platform
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -377,9 +378,16 @@ def prediction_window(ws: Workspace, model_name: str, since: float) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame,
-                reference_ref: str) -> tuple[DriftReport, str]:
-    """Compare live inputs with the training reference; store the HTML report."""
+def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, reference_ref: str,
+                production_version: int | None = None, now: float | None = None) -> tuple[DriftReport, str, bool]:
+    """Compare live inputs with the training reference; store the HTML report.
+
+    Returns (report, report key, alert). Confirmed drift alerts (hooks, monitors, and the flow's
+    Prefect event) at most once per ``drift.cooldown_minutes`` for the same production version, so
+    a drifting stream does not start a retrain on every check; a new production version resets it.
+    """
+    import dataclasses
+
     from loopml import drift
 
     cfg = pipeline_config(ws)
@@ -390,11 +398,23 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame,
     html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
     key = f"reports/{cfg.model_name}/drift/drift-{_stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
-    if report.drift_detected:
-        ws.notify("loopml_on_drift", report=report)
-        for monitor in ws.monitors:
-            _safely(monitor.on_drift, report)
-    return report, key
+    if not report.drift_detected:
+        return report, key, False
+    now = time.time() if now is None else now
+    state_file = ws.context.home / "monitoring" / f"{cfg.model_name}.last-drift-alert.json"
+    last = json.loads(state_file.read_text()) if state_file.is_file() else None
+    cooldown = cfg.drift.cooldown_minutes * 60
+    if last and last.get("production_version") == production_version and now - last["ts"] < cooldown:
+        minutes = (cooldown - (now - last["ts"])) / 60
+        report = dataclasses.replace(report, reason=f"{report.reason}; alert suppressed: cooldown for "
+                                                    f"{minutes:.0f} more minutes")
+        return report, key, False
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"ts": now, "production_version": production_version, "report": key}))
+    ws.notify("loopml_on_drift", report=report)
+    for monitor in ws.monitors:
+        _safely(monitor.on_drift, report)
+    return report, key, True
 
 
 def registered_version_of(ws: Workspace, candidate: Candidate) -> ModelVersion | None:
