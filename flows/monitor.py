@@ -21,7 +21,9 @@ def monitor(since: float = 0.0, config: str | None = None,
     if model is None:
         raise RuntimeError("no production model to monitor yet; run the pipeline first")
     reference = loop.drift_reference(ws, model)
-    current = loop.prediction_window(ws, cfg.model_name, since)
+    window = loop.prediction_window(ws, cfg.model_name, since)
+    loop.observe(ws, cfg.model_name, window)
+    current = window.inputs
     report, key, alert = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}",
                                           production_version=model.version)
     path = save_report(ws, key, ws.store.get(key).decode())

@@ -60,6 +60,8 @@ def test_monitors_saw_drift_and_promotions(demo) -> None:
               (folder / ".loopml" / "monitoring" / "events.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds.count("promotion") == 2 and kinds.count("drift") == 1
+    observed = [e for e in events if e["event"] == "observe"]  # both monitor runs saw the traffic
+    assert [(e["version"], e["rows"]) for e in observed] == [(1, 300), (1, 300)]
 
 
 def test_rerun_with_unchanged_data_skips_training(demo) -> None:

@@ -140,3 +140,22 @@ def test_rows_with_only_the_entity_id_use_online_features(server) -> None:
     assert status == 200 and body["predictions"][0] == pytest.approx(body["predictions"][1])
     status, body = post_json(server.url + "/predict", {"rows": [{"customer_id": 8}]})
     assert status == 404 and "customer_id=8" in body["error"]
+
+
+def test_the_monitor_reads_the_log_where_the_configured_backend_writes_it(project) -> None:
+    from loopml import loop
+    from loopml.context import Workspace
+    from loopml.examples import churn
+
+    churn.init_project(project / "p", n_customers=50)
+    with open(project / "p" / "loopml.toml", "a") as config:
+        config.write('\n[serving]\nbackend = "builtin"\n[serving.options]\nlog_dir = "serving-logs"\n')
+    ws = Workspace.open(project / "p" / "loopml.toml")
+    assert ws.serving.prediction_log_dir == (project / "p" / "serving-logs").resolve()
+    ws.serving.prediction_log_dir.mkdir(parents=True)
+    line = {"ts": 10.0, "version": 3, "inputs": GOOD, "output": 0.25, "latency_ms": 1.5}
+    (ws.serving.prediction_log_dir / "churn.jsonl").write_text(json.dumps(line) + "\n")
+    window = loop.prediction_window(ws, "churn", since=5.0)
+    assert window.inputs.to_dict("records") == [GOOD]
+    assert (window.outputs, window.latency_ms, window.versions) == ((0.25,), (1.5,), (3,))
+    assert loop.prediction_window(ws, "churn", since=11.0).inputs.empty

@@ -78,7 +78,7 @@ class TorchServeBackend:
 
     name = "torchserve"
 
-    def __init__(self, options: TorchServeOptions, home: Path, prediction_log_dir: Path | None = None) -> None:
+    def __init__(self, options: TorchServeOptions, home: Path, prediction_log_dir: Path) -> None:
         self.options = options
         self.home = home
         self.prediction_log_dir = prediction_log_dir
@@ -123,9 +123,8 @@ class TorchServeBackend:
         ]) + "\n")
         env = {**os.environ, "TMPDIR": str(self.home / "tmp"),  # TorchServe's pid file lives there
                "LOG_LOCATION": str(self.home / "logs"), "METRICS_LOCATION": str(self.home / "logs")}
-        if self.prediction_log_dir is not None:  # the handler logs inputs there for the monitor
-            self.prediction_log_dir.mkdir(parents=True, exist_ok=True)
-            env["LOOPML_PREDICTION_LOG_DIR"] = str(self.prediction_log_dir)
+        self.prediction_log_dir.mkdir(parents=True, exist_ok=True)  # the handler logs there for the monitor
+        env["LOOPML_PREDICTION_LOG_DIR"] = str(self.prediction_log_dir)
         exe = shutil.which("torchserve", path=os.path.dirname(sys.executable)) or "torchserve"
         atexit.register(self.stop)  # never leave a Java process behind
         with open(self.home / "logs" / "launcher.log", "w") as log:

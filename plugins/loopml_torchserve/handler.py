@@ -50,19 +50,21 @@ class LoopmlHandler:
                 rows = validate_rows(body, self.predictor.signature, max_rows=MAX_ROWS)
             except RequestError as exc:
                 raise PredictionException(str(exc), exc.status) from None
+            started = time.perf_counter()
             scores = self.predictor.predict_frame(pd.DataFrame(rows)).tolist()
-            self._log(rows, scores)
+            self._log(rows, scores, (time.perf_counter() - started) * 1000 / len(rows))
             answers.append(json.dumps({"model": self.model, "version": self.version, "predictions": scores}))
         return answers
 
 
-    def _log(self, rows: list[dict[str, Any]], scores: list[float]) -> None:
+    def _log(self, rows: list[dict[str, Any]], scores: list[float], latency_ms: float) -> None:
         """Append to the prediction log the monitor reads (same format as the built-in server)."""
         folder = os.environ.get("LOOPML_PREDICTION_LOG_DIR")
         if not folder:
             return
         now = time.time()
-        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, "output": s}) + "\n"
+        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, "output": s,
+                                    "latency_ms": latency_ms}) + "\n"
                         for r, s in zip(rows, scores, strict=True)).encode()
         fd = os.open(Path(folder) / f"{self.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -363,19 +363,43 @@ def rollout(ws: Workspace, model: ModelVersion, *, canary_fraction: float = 0.1,
 
 
 # ---------------------------------------------------------------------------- monitoring
-def prediction_window(ws: Workspace, model_name: str, since: float) -> pd.DataFrame:
-    """Inputs the built-in server logged since ``since`` (unix seconds)."""
+@dataclass(frozen=True)
+class PredictionWindow:
+    """What the serving backend answered since some time: inputs, scores, latencies, versions."""
+
+    inputs: pd.DataFrame
+    outputs: tuple[float, ...]
+    latency_ms: tuple[float, ...]
+    versions: tuple[int, ...]
+
+
+def prediction_window(ws: Workspace, model_name: str, since: float) -> PredictionWindow:
+    """Rows the configured serving backend logged since ``since`` (unix seconds)."""
     import pandas as pd
 
-    path = ws.context.home / "predictions" / f"{model_name}.jsonl"
-    rows = []
+    path = Path(ws.serving.prediction_log_dir) / f"{model_name}.jsonl"
+    records = []
     if path.is_file():
         with open(path, encoding="utf-8") as src:
-            for line in src:
-                rec = json.loads(line)
-                if rec["ts"] >= since:
-                    rows.append(rec["inputs"])
-    return pd.DataFrame(rows)
+            records = [rec for rec in map(json.loads, src) if rec["ts"] >= since]
+    return PredictionWindow(pd.DataFrame([r["inputs"] for r in records]),
+                            tuple(float(r["output"]) for r in records),
+                            tuple(float(r.get("latency_ms", 0.0)) for r in records),
+                            tuple(int(r["version"]) for r in records))
+
+
+def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:
+    """Hand a window of live predictions to every monitor, one call per model version."""
+    import numpy as np
+
+    versions = np.asarray(window.versions)
+    for version in sorted(set(window.versions)):
+        rows = np.flatnonzero(versions == version)
+        inputs = window.inputs.iloc[rows].reset_index(drop=True)
+        outputs = [window.outputs[i] for i in rows]
+        latency = [window.latency_ms[i] for i in rows]
+        for monitor in ws.monitors:
+            _safely(monitor.observe, model_name, version, inputs, outputs, latency)
 
 
 def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, reference_ref: str,

@@ -119,9 +119,14 @@ class FeatureStore(Protocol):
 
 @runtime_checkable
 class ServingBackend(Protocol):
-    """Serves registered model versions over HTTP with traffic split and zero-downtime swap."""
+    """Serves registered model versions over HTTP with traffic split and zero-downtime swap.
+
+    Every answered row is appended to ``prediction_log_dir/<model>.jsonl`` as
+    ``{"ts", "version", "inputs", "output", "latency_ms"}``; the monitor flow reads it.
+    """
 
     name: str
+    prediction_log_dir: Path
 
     def deploy(self, model: ModelVersion, artifact_path: Path) -> str: ...
     def set_traffic(self, weights: Mapping[int, float]) -> None: ...

@@ -309,7 +309,7 @@ class BuiltinServing:
 
     def __init__(self, options: BuiltinServingOptions, log_dir: Path) -> None:
         self.options = options
-        self.log_dir = log_dir
+        self.prediction_log_dir = log_dir
         self.server: ModelServer | None = None
         self.feature_lookup: Callable[[list[Any]], Any] | None = None
 
@@ -328,9 +328,9 @@ class BuiltinServing:
     def deploy(self, model: ModelVersion, artifact_path: Path) -> str:
         predictor = Predictor.from_bytes(Path(artifact_path).read_bytes())
         if self.server is None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.prediction_log_dir.mkdir(parents=True, exist_ok=True)
             self.server = ModelServer(model.name, host=self.options.host, port=self.options.port,
-                                      log_path=self.log_dir / f"{model.name}.jsonl",
+                                      log_path=self.prediction_log_dir / f"{model.name}.jsonl",
                                       max_body_bytes=self.options.max_body_bytes,
                                       max_rows=self.options.max_rows,
                                       entity=model.lineage.get("entity")).start()
