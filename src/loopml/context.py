@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from loopml.config import LoopmlConfig, load_config, validate_options
-from loopml.datasets import DatasetCatalog, rules_from_config
+from loopml.datasets import ColumnRule, DatasetCatalog, rules_from_config
 from loopml.errors import ConfigError
 from loopml.plugins import LoopmlPluginManager, get_plugin_manager
 from loopml.records import HookFailure
@@ -162,7 +162,8 @@ class Workspace:
     def datasets(self) -> DatasetCatalog:
         return DatasetCatalog(self.store)
 
-    def dataset_rules(self, name: str):
+    def dataset_rules(self, name: str) -> tuple[ColumnRule, ...] | None:
+        """The declared column rules of dataset ``name`` (None: infer the schema)."""
         cfg = self.config.datasets.get(name)
         return rules_from_config(cfg.columns) if cfg and cfg.columns else None
 

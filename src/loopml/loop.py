@@ -434,7 +434,9 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
                                                     f"{minutes:.0f} more minutes")
         return report, key, False
     state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"ts": now, "production_version": production_version, "report": key}))
+    tmp = state_file.with_suffix(".tmp")  # replace atomically: a crash never leaves half a file
+    tmp.write_text(json.dumps({"ts": now, "production_version": production_version, "report": key}))
+    tmp.replace(state_file)
     ws.notify("loopml_on_drift", report=report)
     for monitor in ws.monitors:
         _safely(monitor.on_drift, report)

@@ -109,15 +109,14 @@ class ModelServer:
 
     def __init__(self, model_name: str, *, host: str = "127.0.0.1", port: int = 0,
                  log_path: Path | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                 max_rows: int = MAX_ROWS, entity: str | None = None,
-                 on_predictions: Callable[[int, list[dict[str, Any]], list[float], float], None] | None = None) -> None:
+                 max_rows: int = MAX_ROWS, entity: str | None = None) -> None:
         self.model_name = model_name
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
         self.entity = entity
         self.routing = Routing({}, {})
         self.log_path = log_path
-        self.on_predictions = on_predictions
+        self._log_file: Any = None  # opened on the first prediction, kept open (append mode)
         self._log_lock = threading.Lock()
         self._rng = random.Random(0)
         self._rng_lock = threading.Lock()
@@ -140,6 +139,10 @@ class ModelServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self._log_lock:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
 
     # ---------------------------------------------------------------- versions and traffic
     def add_version(self, version: int, predictor: Predictor) -> None:
@@ -206,16 +209,17 @@ class ModelServer:
         return {**payload, "rows": filled}
 
     def _log(self, version: int, rows: list[dict[str, Any]], scores: list[float], latency: float) -> None:
-        if self.on_predictions is not None:
-            self.on_predictions(version, rows, scores, latency)
         if self.log_path is None:
             return
         now = time.time()
         lines = "".join(json.dumps({"ts": now, "version": version, "inputs": r, "output": s,
                                     "latency_ms": latency / len(rows)}) + "\n"
                         for r, s in zip(rows, scores, strict=True))
-        with self._log_lock, open(self.log_path, "a", encoding="utf-8") as out:
-            out.write(lines)
+        with self._log_lock:
+            if self._log_file is None:
+                self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+            self._log_file.write(lines)
+            self._log_file.flush()  # readers (the monitor flow) see every answered request
 
     def _health(self) -> dict[str, Any]:
         routing = self.routing
