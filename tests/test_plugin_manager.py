@@ -192,3 +192,14 @@ def test_pytest_fixtures_for_plugin_authors(loopml_plugins, loopml_hook_recorder
     assert "hook-recorder" in {p.name for p in loopml_plugins.plugins()}
     loopml_plugins.notify("loopml_on_error", stage="train", error=ValueError("x"))
     assert loopml_hook_recorder.named("loopml_on_error")[0]["stage"] == "train"
+
+
+def test_listing_plugins_imports_no_vendor_sdk() -> None:
+    import subprocess
+
+    script = ("import sys, json; from loopml.plugins import build_plugin_manager\n"
+              "m = build_plugin_manager(); m.catalogue(); m.plugins()\n"
+              "print(json.dumps(sorted(n for n in ('torch', 'mlflow', 'wandb', 'boto3', 'feast', 'ts', 'prefect')"
+              " if n in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from loopml.backends.local_tracker import LocalTrackerOptions
 from loopml.backends.log_monitor import LogMonitorOptions
 from loopml.backends.sqlite_registry import SqliteRegistryOptions
 from loopml.plugins import hookimpl
+from loopml.serving import BuiltinServingOptions  # numpy and stdlib only; torch loads on first deploy
 from loopml.specs import BackendSpec
 
 
@@ -55,13 +56,6 @@ def _log_monitor(options: Any, ctx: Any) -> Any:
     return LogMonitor(ctx.resolve(options.path, "monitoring/events.jsonl"))
 
 
-def _serving_options() -> Any:
-    # serving.py imports the model loader; its options model is small, so define the spec lazily.
-    from loopml.serving import BuiltinServingOptions
-
-    return BuiltinServingOptions
-
-
 @hookimpl
 def loopml_artifact_stores() -> list[BackendSpec]:
     return [BackendSpec("local", _local_store, LocalStoreOptions,
@@ -88,7 +82,7 @@ def loopml_feature_stores() -> list[BackendSpec]:
 
 @hookimpl
 def loopml_serving_backends() -> list[BackendSpec]:
-    return [BackendSpec("builtin", _builtin_serving, _serving_options(),
+    return [BackendSpec("builtin", _builtin_serving, BuiltinServingOptions,
                         "threaded JSON HTTP server on 127.0.0.1 with canary routing and hot swap")]
 
 
