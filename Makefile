@@ -6,6 +6,9 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
+# Prefect's temporary server gets 20 s to start by default; a fresh database on a busy 2-core
+# machine has been seen to need more (CI failure: "Timed out while attempting to connect").
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 .PHONY: install services demo test test-fast lint clean
 

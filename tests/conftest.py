@@ -8,6 +8,7 @@ import pytest
 # Quiet, offline Prefect for every test session (the flows' tests start their own server).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("LOOPML_ACTOR", "pytest")
 

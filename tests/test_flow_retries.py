@@ -26,7 +26,7 @@ def prefect_server() -> Iterator[None]:
     """A temporary Prefect server with its own database for this module's flow runs."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
@@ -391,6 +392,9 @@ def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning loopml errors into one red line and exit code 2."""
+    # Ad hoc flow runs start a temporary Prefect server; its 20 s default start-up budget is too
+    # tight for a fresh database on a busy small machine. An explicit setting still wins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         app(args=argv, standalone_mode=False)
     except LoopmlError as exc:
