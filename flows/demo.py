@@ -36,14 +36,15 @@ class DemoSummary:
 
 @flow(name="loopml-demo", log_prints=True)
 def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 400,
-         profile: str | None = None) -> DemoSummary:
+         profile: str | None = None, example: str = "churn") -> DemoSummary:
+    """The whole loop on one of the example projects (churn, regression, multiclass, custom-model)."""
     logger = get_run_logger()
     project = Path(folder).resolve()
     marker = project / DEMO_MARKER
     if marker.is_file():  # a project an earlier demo made: start it over, so the story repeats
         shutil.rmtree(project)
     if not (project / "loopml.toml").is_file():
-        churn.init_project(project, n_customers=n_customers, seed=0)
+        churn.init_project(project, n_customers=n_customers, seed=0, example=example)
         marker.write_text("created by `loopml demo`; the next demo run deletes and recreates this folder\n")
         logger.info("created example project in %s", project)
     config = str(project / "loopml.toml")
@@ -94,7 +95,9 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
         some_id = int(fresh.labels[entity].iloc[0])
         answer = ws.serving.predict([{entity: some_id}]) if ws.serving.name == "builtin" else None
         if answer:
+            value = answer["predictions"][0]
             summary.add("predict by entity id (online features)",
-                        f"{entity}={some_id}: {answer['predictions'][0]:.3f} from v{answer['version']}")
+                        f"{entity}={some_id}: {value if isinstance(value, str) else f'{value:.3f}'} "
+                        f"from v{answer['version']}")
     ws.serving.undeploy()  # stop serving: the demo is over
     return summary

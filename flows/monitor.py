@@ -25,7 +25,7 @@ def monitor(since: float = 0.0, config: str | None = None,
     loop.observe(ws, cfg.model_name, window)
     current = window.inputs
     report, key, alert = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}",
-                                          production_version=model.version)
+                                          production_version=model.version, outputs=window.outputs)
     path = save_report(ws, key, ws.store.get(key).decode())
     logger.info("drift check over %d rows: %s", len(current), report.reason)
     rows = "\n".join(f"| {f.feature} | {f.kind} | {f.statistic:.4g} | {f.p_adjusted:.3g} | "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 
 from flows.common import workspace
@@ -16,15 +18,18 @@ from loopml import loop
 
 @flow(name="loopml-pipeline", log_prints=True)
 def pipeline(config: str | None = None, profile: str | None = None,
-             deploy_model: bool = True) -> loop.PipelineResult:
-    """Version the data, train, validate against production, register, promote and serve."""
+             deploy_model: bool = True, trainer: Any = None) -> loop.PipelineResult:
+    """Version the data, train, validate against production, register, promote and serve.
+
+    ``trainer`` (ad hoc, from Python) replaces the configured one: a Trainer object or a factory
+    ``build(signature) -> nn.Module``."""
     logger = get_run_logger()
     ws = workspace(config, profile)
     cfg = loop.pipeline_config(ws)
     versions = ingest(config=config, profile=profile)
     labels, feature_rows = versions[cfg.labels_dataset], versions[cfg.features.dataset]
     features(feature_rows, config=config, profile=profile)
-    candidate = train(labels, feature_rows, config=config, profile=profile)
+    candidate = train(labels, feature_rows, config=config, profile=profile, trainer=trainer)
     existing = loop.registered_version_of(ws, candidate) if candidate.skipped else None
     if existing is not None:
         logger.info("%s already holds this model (%s); nothing to validate or register",

@@ -56,8 +56,27 @@ def test_unknown_key_names_key_and_file(project: Path) -> None:
 def test_wrong_type_names_key_and_value(project: Path) -> None:
     write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
                    'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n'
-                   '[pipeline.training]\nepochs = "many"\n')
-    with pytest.raises(ConfigError, match=r"pipeline\.training\.epochs: .*'many'"):
+                   '[pipeline.training]\nseed = "many"\n')
+    with pytest.raises(ConfigError, match=r"pipeline\.training\.seed: .*'many'"):
+        load_config()
+
+
+def test_keys_of_loopml_0_1_say_where_they_moved(project: Path) -> None:
+    write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
+                   'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n'
+                   '[pipeline.training]\nepochs = 3\n[pipeline.gates]\nmin_auc = 0.7\n')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "pipeline.training.epochs: moved: set it in [pipeline.model.options]" in str(info.value)
+    assert "pipeline.gates.min_auc: moved: use [pipeline.gates] thresholds" in str(info.value)
+
+
+def test_thresholds_must_be_metrics_of_the_task(project: Path) -> None:
+    write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
+                   'label_timestamp = "t"\ntask = "regression"\n[pipeline.features]\ndataset = "f"\n'
+                   '[pipeline.gates]\nthresholds = { auc = 0.7 }\n')
+    with pytest.raises(ConfigError, match=r"gates\.thresholds\.auc: not a regression metric; choose one of: "
+                                          r"rmse, mae, r2"):
         load_config()
 
 

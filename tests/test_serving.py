@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loopml.config import TrainingConfig
+from loopml.artifacts import Predictor
 from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
-from loopml.modeling import Predictor, train
 from loopml.serving import ModelServer, post_json
 from loopml.traffic import TrafficGenerator
 
@@ -26,8 +25,10 @@ GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contr
 def predictors() -> tuple[Predictor, Predictor]:
     data = churn.generate(800, seed=5)
     frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
-    a = train(frame, "churned", VIEW, TrainingConfig(epochs=3, seed=1))
-    b = train(frame, "churned", VIEW, TrainingConfig(epochs=3, seed=2))
+    from loopml.trainers import train_model
+
+    a = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=3, seed=1)
+    b = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=3, seed=2)
     return Predictor.from_bytes(a.artifact), Predictor.from_bytes(b.artifact)
 
 

@@ -82,7 +82,7 @@ def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_p
     assert run.data.tags["loopml.registry_version"] == "churn:v1"
     assert run.data.params["epochs"] == "10"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"model.pt", "model_card.md", "validation_report.html"}
+    assert artifacts == {"model.pt2", "model_card.md", "validation_report.html"}
     card = client.download_artifacts(run.info.run_id, "model_card.md", str(tmp_path))
     assert "churn:v1 (approved)" in Path(card).read_text()
 

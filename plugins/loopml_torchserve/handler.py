@@ -1,7 +1,8 @@
 """TorchServe handler for loopml model archives.
 
-Runs inside TorchServe's Python worker. It loads the TorchScript artifact with loopml's own
-loader (preprocessing is inside the artifact), checks every request with the same validation as the
+Runs inside TorchServe's Python worker. It loads the artifact (a ``torch.export`` program with
+its JSON signature, or a loopml 0.1 TorchScript file) with loopml's own loader, the one the built-in
+server and validation use, checks every request with the same validation as the
 built-in server, and answers bad input with a 4xx naming the field (``PredictionException``), so
 TorchServe keeps serving. Each answer names the model and version that produced it.
 """
@@ -23,7 +24,7 @@ class LoopmlHandler:
         self.version = 0
 
     def initialize(self, context: Any) -> None:
-        from loopml.modeling import Predictor
+        from loopml.artifacts import Predictor
 
         manifest = context.manifest["model"]
         model_dir = Path(context.system_properties["model_dir"])
@@ -33,7 +34,6 @@ class LoopmlHandler:
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
-        import pandas as pd
         from ts.utils.util import PredictionException
 
         from loopml.serving import MAX_ROWS, RequestError, validate_rows
@@ -51,21 +51,22 @@ class LoopmlHandler:
             except RequestError as exc:
                 raise PredictionException(str(exc), exc.status) from None
             started = time.perf_counter()
-            scores = self.predictor.predict_frame(pd.DataFrame(rows)).tolist()
-            self._log(rows, scores, (time.perf_counter() - started) * 1000 / len(rows))
-            answers.append(json.dumps({"model": self.model, "version": self.version, "predictions": scores}))
+            answer = self.predictor.answer(self.predictor.predict_rows(rows))
+            self._log(rows, answer, (time.perf_counter() - started) * 1000 / len(rows))
+            answers.append(json.dumps({"model": self.model, "version": self.version, **answer}))
         return answers
 
-
-    def _log(self, rows: list[dict[str, Any]], scores: list[float], latency_ms: float) -> None:
+    def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float) -> None:
         """Append to the prediction log the monitor reads (same format as the built-in server)."""
+        from loopml.serving import log_outputs
+
         folder = os.environ.get("LOOPML_PREDICTION_LOG_DIR")
         if not folder:
             return
         now = time.time()
-        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, "output": s,
+        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, **out,
                                     "latency_ms": latency_ms}) + "\n"
-                        for r, s in zip(rows, scores, strict=True)).encode()
+                        for r, out in zip(rows, log_outputs(answer), strict=True)).encode()
         fd = os.open(Path(folder) / f"{self.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, lines)  # one write per request: lines from several workers never interleave

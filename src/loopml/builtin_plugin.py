@@ -16,6 +16,7 @@ from loopml.backends.sqlite_registry import SqliteRegistryOptions
 from loopml.plugins import hookimpl
 from loopml.serving import BuiltinServingOptions  # numpy and stdlib only; torch loads on first deploy
 from loopml.specs import BackendSpec
+from loopml.trainers import MlpOptions, TorchModuleOptions  # pydantic only; torch loads when training
 
 
 def _local_store(options: Any, ctx: Any) -> Any:
@@ -90,3 +91,22 @@ def loopml_serving_backends() -> list[BackendSpec]:
 def loopml_monitors() -> list[BackendSpec]:
     return [BackendSpec("drift-log", _log_monitor, LogMonitorOptions,
                         "JSONL log of observations, drift reports and promotions")]
+
+
+def _mlp(options: Any, ctx: Any) -> Any:
+    from loopml.trainers import mlp_trainer
+
+    return mlp_trainer(options, ctx)
+
+
+def _torch_module(options: Any, ctx: Any) -> Any:
+    from loopml.trainers import torch_module_trainer
+
+    return torch_module_trainer(options, ctx)
+
+
+@hookimpl
+def loopml_trainers() -> list[BackendSpec]:
+    return [BackendSpec("mlp", _mlp, MlpOptions, "loopml's tabular MLP (one-hot categoricals, one hidden layer)"),
+            BackendSpec("torch-module", _torch_module, TorchModuleOptions,
+                        "your own nn.Module from a factory 'package.module:function'")]

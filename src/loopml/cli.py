@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from pathlib import Path
@@ -331,16 +333,18 @@ def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None
 
 @app.command("init")
 def init(folder: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
-         example: Annotated[str, typer.Option(help="Example to create (only 'churn' so far).")] = "churn",
+         example: Annotated[str, typer.Option(
+             help="Example to create: churn (binary), regression, multiclass, or custom-model "
+                  "(your own nn.Module and gate).")] = "churn",
          customers: Annotated[int, typer.Option(help="How many customers to generate.")] = 4000) -> None:
     """Create an example project: loopml.toml plus generated data."""
     from loopml.examples import churn
 
-    if example != "churn":
-        raise LoopmlError(f"unknown example {example!r}; choose one of: churn")
+    if example not in churn.EXAMPLES:
+        raise LoopmlError(f"unknown example {example!r}; choose one of: {', '.join(churn.EXAMPLES)}")
     if (folder / "loopml.toml").exists():
         raise LoopmlError(f"{folder / 'loopml.toml'} exists already; choose an empty folder")
-    path = churn.init_project(folder, n_customers=customers)
+    path = churn.init_project(folder, n_customers=customers, example=example)
     out.print(f"created {path}; next: cd {folder} && loopml run")
 
 
@@ -359,21 +363,53 @@ def run(config: ConfigOpt = None, profile: ProfileOpt = None,
     _flows_importable()
     from flows.pipeline import pipeline
 
-    result = pipeline(config=str(config) if config else None, profile=profile,
-                      deploy_model=not no_deploy)
+    with _progress_bar():
+        result = pipeline(config=str(config) if config else None, profile=profile,
+                          deploy_model=not no_deploy)
     out.print(result)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[None]:
+    """A rich progress bar for long steps (training epochs), fed by ``loopml.progress``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from loopml import progress
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[metrics]}"), console=err, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def sink(stage: str, done: int, total: int, metrics: dict[str, float]) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, metrics="")
+        text = "  ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:3])
+        bar.update(tasks[stage], completed=done, total=total, metrics=text)
+
+    previous = progress.set_sink(sink)
+    with bar:
+        try:
+            yield
+        finally:
+            progress.set_sink(previous)
 
 
 @app.command("demo")
 def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if missing).")] = Path("loopml-demo"),
          customers: Annotated[int, typer.Option(help="Customers in the example data.")] = 4000,
          requests: Annotated[int, typer.Option(help="Requests per traffic phase.")] = 400,
+         example: Annotated[str, typer.Option(help="churn, regression, multiclass or custom-model.")] = "churn",
          profile: ProfileOpt = None) -> None:
     """The whole loop on embedded defaults: train, serve, drift, retrain, promote. No servers to set up."""
     _flows_importable()
     from flows.demo import demo as demo_flow
+    from loopml.examples import churn
 
-    summary = demo_flow(folder=str(folder), n_customers=customers, requests=requests, profile=profile)
+    if example not in churn.EXAMPLES:
+        raise LoopmlError(f"unknown example {example!r}; choose one of: {', '.join(churn.EXAMPLES)}")
+    with _progress_bar():
+        summary = demo_flow(folder=str(folder), n_customers=customers, requests=requests, profile=profile,
+                            example=example)
     table = Table(title=f"loopml demo in {summary.project}")
     table.add_column("step")
     table.add_column("outcome")

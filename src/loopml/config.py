@@ -17,12 +17,14 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loopml.errors import ConfigError
+from loopml.tasks import TaskKind
 
 CONFIG_FILE = "loopml.toml"
 ENV_PREFIX = "LOOPML__"
@@ -73,24 +75,50 @@ class FeaturesConfig(_Strict):
     categorical: list[str] = Field(default_factory=list)
 
 
+class HoldoutConfig(_Strict):
+    """Which labelled rows judge the model. By entity hash (default) or by time.
+
+    ``fraction``: a stable hash of the entity id puts that share of entities in the holdout, so an
+    entity stays on one side across dataset versions. ``after``: rows whose label timestamp is at or
+    after this instant form the holdout (validate on the latest period); ``fraction`` is then unused.
+    """
+
+    fraction: float = Field(default=0.25, gt=0, lt=1, description="share of entities held out (hash split)")
+    after: datetime | None = Field(default=None, description="time split: label timestamps >= this are held out")
+
+
 class TrainingConfig(_Strict):
-    seed: int = 7
-    epochs: int = 25
-    batch_size: int = 256
-    learning_rate: float = 0.01
-    hidden_units: int = 32
-    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+    """How training rows are drawn: the seed and the holdout."""
+
+    seed: int = Field(default=7, description="seeds weight init, shuffling and the bootstrap")
+    holdout: HoldoutConfig = HoldoutConfig()
+
+
+class ModelConfig(_Strict):
+    """Which trainer builds the model, with its options (validated by the trainer's own model)."""
+
+    trainer: str = Field(default="mlp", description="a trainer backend: mlp, torch-module, or a plugin's")
+    options: dict[str, Any] = Field(default_factory=dict, description="the trainer's options")
 
 
 class GatesConfig(_Strict):
-    min_auc: float = 0.70
-    regression_margin: float = Field(default=0.01, description="allowed AUC drop (noise margin)")
-    bootstrap_samples: int = 300
-    confidence: float = 0.95
-    max_fairness_gap: float = Field(default=0.10, description="max AUC gap between slices")
-    min_slice_rows: int = 50
-    latency_p99_ms: float = 25.0
-    latency_samples: int = 200
+    """Validation gates. Metric names follow the task (see docs/configuration.md)."""
+
+    thresholds: dict[str, float] | None = Field(
+        default=None, description="metric -> bound in the metric's direction (auc >= 0.7, rmse <= 3); "
+                                  "default: auc 0.70 (binary), macro_auc 0.70 (multiclass), r2 0.0 (regression)")
+    regression_margin: float = Field(default=0.01, ge=0, description="allowed drop of the primary metric "
+                                                                     "against production, beyond noise")
+    bootstrap_samples: int = Field(default=300, ge=50)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    max_fairness_gap: float = Field(default=0.10, ge=0, description="max gap of the primary metric between slices")
+    min_slice_rows: int = Field(default=50, ge=1, description="smaller slices are reported, not gated")
+    latency_p99_ms: float = Field(default=25.0, gt=0, description="absolute SLO: batch-1 p99 on the validating machine")
+    max_latency_ratio: float = Field(default=1.5, gt=0, description="candidate/production median batch-1 "
+                                                                     "latency, measured interleaved")
+    latency_samples: int = Field(default=200, ge=20)
+    checks: dict[str, dict[str, Any]] = Field(default_factory=dict, description="extra gate checks from "
+                                              "plugins (loopml_gate_checks), by name, with their options")
 
 
 class DriftConfig(_Strict):
@@ -100,18 +128,38 @@ class DriftConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    """What the example loop trains: labels, features, training, gates and drift settings."""
+    """What the loop trains: labels, task, features, trainer, holdout, gates and drift settings."""
 
     model_name: str
     entity: str
     labels_dataset: str
     label: str
     label_timestamp: str
-    sensitive_attribute: str | None = None
+    task: TaskKind = Field(default="binary", description="binary, multiclass or regression")
+    sensitive_attribute: str | None = Field(default=None, description="column (of the labels or a feature) "
+                                            "whose slices the fairness gate compares")
     features: FeaturesConfig
+    model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="after")
+    def _thresholds_fit_task(self) -> PipelineConfig:
+        from loopml import tasks
+
+        known = [m.name for m in tasks.METRICS[self.task]]
+        for name in self.gates.thresholds or {}:
+            if name not in known:
+                raise ValueError(f"gates.thresholds.{name}: not a {self.task} metric; choose one of: "
+                                 + ", ".join(known))
+        return self
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        from loopml import tasks
+
+        return dict(tasks.DEFAULT_THRESHOLDS[self.task] if self.gates.thresholds is None else self.gates.thresholds)
 
 
 class LoopmlConfig(_Strict):
@@ -184,12 +232,23 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
+MOVED_KEYS = {
+    **{f"training.{k}": "set it in [pipeline.model.options] (options of the trainer)"
+       for k in ("epochs", "batch_size", "learning_rate", "hidden_units")},
+    "training.holdout_fraction": "use [pipeline.training.holdout] fraction = ...",
+    "gates.min_auc": "use [pipeline.gates] thresholds = { auc = ... }",
+}
+"""Keys of loopml 0.1 that moved, with where to put them now (named in the error)."""
+
+
 def _format_errors(exc: ValidationError, where: str) -> str:
     lines = [f"invalid configuration in {where}:"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key; remove it or check its spelling")
+            moved = MOVED_KEYS.get(".".join(str(p) for p in err["loc"][-2:]))
+            lines.append(f"  - {key}: " + (f"moved: {moved}" if moved else
+                                            "unknown key; remove it or check its spelling"))
         elif err["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
         elif "options" in err["loc"]:  # may hold credentials: never echo the value

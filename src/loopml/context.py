@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         Monitor,
         ServingBackend,
         Tracker,
+        Trainer,
     )
 
 
@@ -56,6 +57,15 @@ class SelectedBackend:
     options: BaseModel
 
 
+def _importable(root: Path) -> None:
+    """Put the project folder on ``sys.path`` (once), like Kedro does for a project's ``src``."""
+    import sys
+
+    path = str(Path(root).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 def current_actor() -> str:
     """Who is acting, for registry history: ``$LOOPML_ACTOR`` or ``user@host``."""
     env = os.environ.get("LOOPML_ACTOR")
@@ -77,6 +87,7 @@ class Workspace:
 
     def __init__(self, config: LoopmlConfig, manager: LoopmlPluginManager | None = None) -> None:
         self.config = config
+        _importable(config.root)  # project code (plugins, model factories) imports like a package
         self.manager = manager or get_plugin_manager(tuple(config.plugins))
         self.context = BackendContext(config.project, config.root, config.home_dir)
         self.selected = self._select_all()
@@ -102,7 +113,14 @@ class Workspace:
             spec = self.manager.store_for_scheme(scheme)
             store = SelectedBackend("artifact_store", "storage", spec,
                                     validate_options(spec.options_model, storage_opts, "storage.options"))
+        pipeline = cfg.pipeline
+        trainer = (self._select("trainer", pipeline.model.trainer, pipeline.model.options,
+                                "pipeline.model.options") if pipeline else None)
+        checks = ([self._select("gate_check", n, o or {}, f"pipeline.gates.checks.{n}")
+                   for n, o in pipeline.gates.checks.items()] if pipeline else [])
         return {
+            "trainer": trainer,  # type: ignore[dict-item]
+            "gate_check": checks,
             "artifact_store": store,
             "registry": self._select("registry", cfg.registry.backend, cfg.registry.options,
                                      "registry.options"),
@@ -159,6 +177,20 @@ class Workspace:
         return [self._build(s) for s in self.selected["monitor"]]  # type: ignore[union-attr]
 
     @functools.cached_property
+    def trainer(self) -> Trainer:
+        """The configured trainer; building it imports a ``torch-module`` factory (errors name the key)."""
+        selected = self.selected.get("trainer")
+        if selected is None:
+            raise ConfigError(f"{self.config.source_file or 'loopml.toml'} has no [pipeline] table, so "
+                              "there is nothing to train")
+        return self._build(selected)  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def gate_checks(self) -> list[tuple[str, Any]]:
+        """(name, check callable) for every check turned on in ``[pipeline.gates.checks]``."""
+        return [(s.spec.name, self._build(s)) for s in self.selected["gate_check"]]  # type: ignore[union-attr]
+
+    @functools.cached_property
     def datasets(self) -> DatasetCatalog:
         return DatasetCatalog(self.store)
 
@@ -177,5 +209,7 @@ class Workspace:
         out: dict[str, Any] = {"project": self.config.project, "root": str(self.config.root),
                                "profile": self.config.profile}
         for key, value in self.selected.items():
+            if value is None:
+                continue
             out[key] = [one(v) for v in value] if isinstance(value, list) else one(value)
         return out

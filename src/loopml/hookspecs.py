@@ -147,6 +147,67 @@ def loopml_monitors() -> list[BackendSpec]:
     """
 
 
+@hookspec
+def loopml_trainers() -> list[BackendSpec]:
+    """Declare trainers (exactly one trains a model: ``[pipeline.model] trainer = "<name>"``).
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a :class:`loopml.protocols.Trainer`; options come from
+    ``[pipeline.model.options]`` and are validated by the spec's ``options_model``.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's trainers with a warning (error in strict mode).
+    Example::
+
+        @hookimpl
+        def loopml_trainers():
+            return [BackendSpec("gbdt", make_gbdt_trainer, GbdtOptions)]
+    """
+
+
+@hookspec
+def loopml_gate_checks() -> list[BackendSpec]:
+    """Declare extra validation gate checks ("no slice below X", "calibration error below Y").
+
+    When: once, when the plugin manager is built. Args: none.
+    Returns: specs whose factories build a callable ``check(ctx) -> GateCheck``, where ``ctx`` is a
+    :class:`loopml.validation.GateContext` (labels, both models' predictions, holdout rows,
+    metrics, slices). A project turns a check on with ``[pipeline.gates.checks.<name>]`` and its
+    options, validated by the spec's ``options_model``.
+    Call semantics: all implementations are called; results are merged.
+    Failure policy: a raise skips this plugin's checks with a warning (error in strict mode); a check
+    that raises while gating fails its gate, with the error as the reason.
+    Example::
+
+        @hookimpl
+        def loopml_gate_checks():
+            return [BackendSpec("min-slice-auc", make_min_slice_check, MinSliceOptions)]
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Decision hooks: may change what the loop does
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def loopml_before_promotion(model_name: str, candidate: str, report: GateReport) -> str | None:
+    """Veto a promotion: return a reason to block it, or None to let it through.
+
+    When: after every gate ran and passed, before the report is stored and the candidate registered.
+    Args: ``model_name``; ``candidate`` how the report names the candidate; ``report`` the gates.
+    Returns: a one-line reason to block, or None.
+    Call semantics: first non-None result wins (later implementations are not called). A veto is
+    added to the report as the failed check ``promotion-veto`` and lands in the registry history.
+    Failure policy: an implementation that raises blocks the promotion (fail closed), with the
+    plugin and error as the reason.
+    Example::
+
+        @hookimpl
+        def loopml_before_promotion(model_name, candidate, report):
+            return "change freeze until Monday" if freeze_active() else None
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Lifecycle hooks: observe the loop
 # --------------------------------------------------------------------------------------------
@@ -270,7 +331,10 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "loopml_feature_stores": "feature_store",
     "loopml_serving_backends": "serving",
     "loopml_monitors": "monitor",
+    "loopml_trainers": "trainer",
+    "loopml_gate_checks": "gate_check",
 }
+DECISION_HOOKS: tuple[str, ...] = ("loopml_before_promotion",)
 LIFECYCLE_HOOKS: tuple[str, ...] = (
     "loopml_after_dataset_versioned",
     "loopml_after_model_trained",

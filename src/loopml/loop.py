@@ -7,6 +7,7 @@ they hold no logic of their own, so every step is also usable from a notebook or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,13 +29,14 @@ from loopml.features import FeatureView
 from loopml.records import (
     DatasetVersion,
     DriftReport,
+    GateCheck,
     GateReport,
     ModelVersion,
     PromotionEvent,
     RunInfo,
 )
 from loopml.tracking import TrackingSession
-from loopml.training import holdout_mask, training_fingerprint, training_frame
+from loopml.training import holdout_mask, time_holdout_mask, training_fingerprint, training_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,7 +96,11 @@ def frames(ws: Workspace, labels: DatasetVersion,
     view = view_of(ws)
     wanted = list(dict.fromkeys([*view.features, *extra_features]))
     frame = training_frame(ws.datasets.load(labels), ws.feature_store, view, cfg, wanted)
-    mask = holdout_mask(frame[cfg.entity], cfg.training.holdout_fraction)
+    holdout = cfg.training.holdout
+    if holdout.after is not None:
+        mask = time_holdout_mask(frame[cfg.label_timestamp], holdout.after)
+    else:
+        mask = holdout_mask(frame[cfg.entity], holdout.fraction)
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
 
@@ -131,48 +137,60 @@ def environment() -> dict[str, str]:
 
 
 def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train_frame: pd.DataFrame,
-          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Candidate:
-    """Train a candidate, or reuse the one already trained from the same inputs.
+          on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+          trainer: Any = None) -> Candidate:
+    """Train a candidate with the configured trainer (or ``trainer``), or reuse an identical one.
 
-    The cache key is a content hash of both dataset versions, the training and feature config
-    and the model code, so a rerun with unchanged inputs skips training (``skipped=True``).
+    The cache key is a content hash of both dataset versions, the task, the feature config and the
+    trainer's fingerprint (its options and code), so a rerun with unchanged inputs skips training
+    (``skipped=True``). The label is checked against the task before anything trains.
     """
-    from loopml import modeling
+    from loopml import progress, tasks
+    from loopml.trainers import TrainRequest, ad_hoc_trainer, check_request
 
     cfg = pipeline_config(ws)
-    code = hashlib.sha256(Path(modeling.__file__).read_bytes()).hexdigest()
-    params = {**cfg.training.model_dump(), "features": list(view_of(ws).features)}
-    fingerprint = training_fingerprint(labels.id, features.id, json.dumps(params, sort_keys=True),
-                                       cfg.features.model_dump_json(), code)
+    view = view_of(ws)
+    trainer = ad_hoc_trainer(trainer) if trainer is not None else ws.trainer
+    classes = tasks.check_label(train_frame[cfg.label], cfg.task, cfg.label) if len(train_frame) else ()
+    trainer_params = trainer.params() if hasattr(trainer, "params") else {"trainer": trainer.name}
+    params = {**trainer_params, "task": cfg.task, "seed": cfg.training.seed, "features": list(view.features)}
+    fingerprint = training_fingerprint(labels.id, features.id, json.dumps(params, sort_keys=True, default=str),
+                                       cfg.features.model_dump_json(), trainer.fingerprint(),
+                                       cfg.training.model_dump_json())
     base = f"models/{cfg.model_name}/{fingerprint[:16]}/"
     datasets = {"labels": labels.ref, "features": features.ref}
     if ws.store.exists(base + "train.json"):
         meta = json.loads(ws.store.get(base + "train.json"))
-        return Candidate(cfg.model_name, fingerprint, base + "model.pt", meta["sha256"], meta["run_id"],
+        return Candidate(cfg.model_name, fingerprint, base + ARTIFACT_NAME, meta["sha256"], meta["run_id"],
                          meta["metrics"], meta["params"], datasets, skipped=True)
 
-    run = RunInfo(uuid.uuid4().hex, experiment=cfg.model_name, name=f"train-{fingerprint[:8]}",
+    request = TrainRequest(train_frame, cfg.label, view.numeric, view.categorical, cfg.task, classes,
+                           seed=cfg.training.seed)
+    check_request(request)
+    run = RunInfo(uuid.uuid4().hex, experiment=cfg.model_name, name=f"train-{cfg.model_name}-{fingerprint[:8]}",
                   tags={"loopml.dataset.labels": labels.ref, "loopml.dataset.features": features.ref,
-                        "loopml.git_commit": git_commit(ws.config.root),
-                        "loopml.fingerprint": fingerprint})
+                        "loopml.git_commit": git_commit(ws.config.root), "loopml.task": cfg.task,
+                        "loopml.trainer": trainer.name, "loopml.fingerprint": fingerprint})
     session = TrackingSession(ws.trackers, run)
     session.log_params(params)
-    try:
-        def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
-            session.log_metrics(metrics, step=epoch)
-            if on_epoch:
-                on_epoch(epoch, metrics)
+    stage = f"train {cfg.model_name}"
 
-        view = view_of(ws)
-        trained = modeling.train(train_frame, cfg.label, view, cfg.training, on_epoch=epoch_done)
+    def epoch_done(epoch: int, total: int, metrics: dict[str, float]) -> None:
+        session.log_metrics(metrics, step=epoch)
+        progress.report(stage, epoch, total, metrics)
+        if on_epoch:
+            on_epoch(epoch, total, metrics)
+
+    try:
+        trained = trainer.fit(dataclasses.replace(request, on_epoch=epoch_done))
     except BaseException:
         session.end("FAILED")
         raise
-    info = ws.store.put(base + "model.pt", trained.artifact, metadata={"run_id": run.run_id})
-    ws.store.put(base + "reference.parquet", _reference_sample(train_frame, view_of(ws)))
-    metrics = trained.history[-1]
+    info = ws.store.put(base + ARTIFACT_NAME, trained.artifact, metadata={"run_id": run.run_id})
+    ws.store.put(base + "reference.parquet", _reference_sample(train_frame, view, trained.artifact))
+    metrics = dict(trained.history[-1]) if trained.history else {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = Path(tmp) / "model.pt"
+        model_file = Path(tmp) / ARTIFACT_NAME
         model_file.write_bytes(trained.artifact)
         session.log_artifact(model_file)
     session.set_tags({"loopml.artifact_sha256": info.sha256})
@@ -182,21 +200,32 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     # A concurrent identical run may have finished first: same model, keep theirs.
     with contextlib.suppress(ObjectExistsError):
         ws.store.put(base + "train.json", json.dumps(meta, sort_keys=True, default=str).encode())
-    ws.notify("loopml_after_model_trained", run=run, artifact_key=base + "model.pt", metrics=metrics)
-    return Candidate(cfg.model_name, fingerprint, base + "model.pt", info.sha256, run.run_id, metrics,
+    ws.notify("loopml_after_model_trained", run=run, artifact_key=base + ARTIFACT_NAME, metrics=metrics)
+    return Candidate(cfg.model_name, fingerprint, base + ARTIFACT_NAME, info.sha256, run.run_id, metrics,
                      params, datasets, skipped=False)
 
 
+ARTIFACT_NAME = "model.pt2"
+OUTPUT_COLUMN = "model_output"
+"""Reference column holding the model's own output on its training inputs (for output drift)."""
 REFERENCE_ROWS = 50_000
 
 
-def _reference_sample(frame: pd.DataFrame, view: FeatureView) -> bytes:
-    """The training inputs that drift is measured against (a seeded sample if large)."""
+def _reference_sample(frame: pd.DataFrame, view: FeatureView, artifact: bytes) -> bytes:
+    """The training inputs that drift is measured against (a seeded sample if large), with the
+    model's own outputs on them, so the output distribution is monitored too."""
     import io
+
+    from loopml import tasks
+    from loopml.artifacts import Predictor
 
     sample = frame[list(view.features)]
     if len(sample) > REFERENCE_ROWS:
         sample = sample.sample(REFERENCE_ROWS, random_state=0)
+    sample = sample.reset_index(drop=True).copy()
+    predictor = Predictor.from_bytes(artifact)
+    sig = predictor.signature
+    sample[OUTPUT_COLUMN] = tasks.output_summary(sig.task, predictor.predict_frame(sample), sig.classes)
     buf = io.BytesIO()
     sample.reset_index(drop=True).to_parquet(buf, index=False)
     return buf.getvalue()
@@ -225,7 +254,7 @@ def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tup
 
     Returns (evaluation, report key, html)."""
     from loopml import validation
-    from loopml.modeling import Predictor
+    from loopml.artifacts import Predictor
 
     cfg = pipeline_config(ws)
     artifact = ws.store.get(candidate.artifact_key)
@@ -238,9 +267,17 @@ def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tup
     evaluation = validation.evaluate(
         model_name=cfg.model_name, candidate_ref=f"candidate {candidate.fingerprint[:8]}",
         candidate=cand, baseline_ref=prod.ref if prod else None, baseline=baseline, holdout=holdout,
-        label=cfg.label, sensitive=cfg.sensitive_attribute, gates=cfg.gates,
-        servability=lambda: ws.serving.smoke_test(artifact, sample),
+        label=cfg.label, sensitive=cfg.sensitive_attribute, gates=cfg.gates, thresholds=cfg.thresholds,
+        servability=lambda: ws.serving.smoke_test(artifact, sample) if sample else (False, "no holdout rows"),
+        extra_checks=ws.gate_checks,
     )
+    if evaluation.report.passed:
+        veto = ws.manager.first_veto(model_name=cfg.model_name, candidate=evaluation.report.candidate,
+                                     report=evaluation.report)
+        if veto is not None:
+            blocked = GateCheck("promotion-veto", None, None, False, veto)
+            evaluation = dataclasses.replace(evaluation, report=dataclasses.replace(
+                evaluation.report, checks=(*evaluation.report.checks, blocked)))
     html = validation.render_html(evaluation)
     key = f"reports/{cfg.model_name}/{candidate.fingerprint[:16]}/validation-{_stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
@@ -272,11 +309,13 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
         cfg.model_name, artifact_key=candidate.artifact_key, artifact_sha256=candidate.artifact_sha256,
         status=status, actor=current_actor(), reason=reason,
         dataset_version=candidate.dataset_versions["labels"], git_commit=git_commit(ws.config.root),
-        run_id=candidate.run_id, params=candidate.params, metrics=candidate.metrics,
+        run_id=candidate.run_id, params=candidate.params,
+        metrics={**candidate.metrics, **{f"holdout_{c.name}": c.value for c in report.checks
+                                         if c.name in _task_metric_names(cfg.task) and c.value is not None}},
         environment=environment(),
         lineage={"datasets": candidate.dataset_versions, "fingerprint": candidate.fingerprint,
                  "feature_view": cfg.features.view, "features": list(view_of(ws).features),
-                 "entity": cfg.entity, "validation_report": report_key,
+                 "entity": cfg.entity, "task": cfg.task, "validation_report": report_key,
                  "validation_report_sha256": report_sha,
                  "gates": {c.name: {"passed": c.passed, "value": c.value} for c in report.checks}},
     )
@@ -305,6 +344,12 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
     return model, event
 
 
+def _task_metric_names(task: str) -> set[str]:
+    from loopml import tasks
+
+    return {m.name for m in tasks.METRICS[task]}  # type: ignore[index]
+
+
 def model_card(model: ModelVersion, report: GateReport) -> str:
     """A short Markdown card: what the model is, what it was trained on, how it was judged."""
     lines = [f"# {model.ref} ({model.status})", "",
@@ -313,7 +358,8 @@ def model_card(model: ModelVersion, report: GateReport) -> str:
              f"- features ({model.lineage.get('feature_view')}): {', '.join(model.lineage.get('features', []))}",
              f"- git commit {model.git_commit}; training run {model.run_id}",
              f"- environment: {', '.join(f'{k} {v}' for k, v in model.environment.items())}", "",
-             "## Training metrics", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
+             f"- task: {model.params.get('task', 'binary')}; trainer: {model.params.get('trainer', 'mlp')}", "",
+             "## Training metrics (last epoch)", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
              f"## Validation against {report.baseline or 'no production model'}", "",
              "| check | verdict | reason |", "|---|---|---|",
              *(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.reason} |" for c in report.checks)]
@@ -368,7 +414,7 @@ class PredictionWindow:
     """What the serving backend answered since some time: inputs, scores, latencies, versions."""
 
     inputs: pd.DataFrame
-    outputs: tuple[float, ...]
+    outputs: tuple[Any, ...]  # score or value; the predicted class for multiclass
     latency_ms: tuple[float, ...]
     versions: tuple[int, ...]
 
@@ -383,7 +429,8 @@ def prediction_window(ws: Workspace, model_name: str, since: float) -> Predictio
         with open(path, encoding="utf-8") as src:
             records = [rec for rec in map(json.loads, src) if rec["ts"] >= since]
     return PredictionWindow(pd.DataFrame([r["inputs"] for r in records]),
-                            tuple(float(r["output"]) for r in records),
+                            tuple(r["output"] if isinstance(r["output"], str) else float(r["output"])
+                                  for r in records),
                             tuple(float(r.get("latency_ms", 0.0)) for r in records),
                             tuple(int(r["version"]) for r in records))
 
@@ -403,8 +450,13 @@ def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:
 
 
 def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, reference_ref: str,
-                production_version: int | None = None, now: float | None = None) -> tuple[DriftReport, str, bool]:
-    """Compare live inputs with the training reference; store the HTML report.
+                production_version: int | None = None, now: float | None = None,
+                outputs: Sequence[Any] | None = None) -> tuple[DriftReport, str, bool]:
+    """Compare live inputs (and, given ``outputs``, the model's answers) with the training reference.
+
+    The output test compares what the model answered live with what it answered on its training
+    inputs (score or value: KS; predicted class: chi-square), in the same Holm family as the inputs.
+    Stores the HTML report.
 
     Returns (report, report key, alert). Confirmed drift alerts (hooks, monitors, and the flow's
     Prefect event) at most once per ``drift.cooldown_minutes`` for the same production version, so
@@ -416,7 +468,12 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
 
     cfg = pipeline_config(ws)
     view = view_of(ws)
-    report = drift.detect_drift(reference, current, numeric=view.numeric, categorical=view.categorical,
+    numeric, categorical = list(view.numeric), list(view.categorical)
+    if (outputs is not None and OUTPUT_COLUMN in reference.columns and len(outputs) == len(current)
+            and OUTPUT_COLUMN not in view.features):
+        current = current.assign(**{OUTPUT_COLUMN: list(outputs)})
+        (categorical if cfg.task == "multiclass" else numeric).append(OUTPUT_COLUMN)
+    report = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
                                 alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
                                 model=cfg.model_name, reference_ref=reference_ref)
     html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"

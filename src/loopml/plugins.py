@@ -159,7 +159,7 @@ class LoopmlPluginManager:
         self.problems.append(LoadProblem(plugin, dist, message))
 
     def _check_hooks(self, name: str, plugin: object) -> None:
-        known = set(hookspecs.REGISTRATION_HOOKS) | set(hookspecs.LIFECYCLE_HOOKS)
+        known = set(hookspecs.REGISTRATION_HOOKS) | set(hookspecs.LIFECYCLE_HOOKS) | set(hookspecs.DECISION_HOOKS)
         marker = f"{hookspecs.PROJECT}_impl"
         for attr in dir(plugin):
             if not attr.startswith(f"{hookspecs.PROJECT}_"):
@@ -257,6 +257,21 @@ class LoopmlPluginManager:
                 failures.append(failure)
         self.failures.extend(failures)
         return failures
+
+    def first_veto(self, **kwargs: Any) -> str | None:
+        """``loopml_before_promotion``: the first reason to block, or None. A raise blocks (fail closed)."""
+        caller = self.pm.hook.loopml_before_promotion
+        for impl in reversed(caller.get_hookimpls()):
+            args = {a: kwargs[a] for a in impl.argnames}
+            try:
+                reason = impl.function(**args)
+            except Exception as exc:
+                log.warning("plugin %r failed in loopml_before_promotion: promotion blocked", impl.plugin_name,
+                            exc_info=exc)
+                return f"plugin {impl.plugin_name!r} failed while deciding: {type(exc).__name__}: {exc}"
+            if reason is not None:
+                return f"{impl.plugin_name}: {reason}"
+        return None
 
     # ---------------------------------------------------------------- listing
     def plugins(self) -> list[PluginInfo]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         RunInfo,
         RunRecord,
     )
+    from loopml.trainers import TrainedModel, TrainRequest
 
 
 @runtime_checkable
@@ -148,3 +149,19 @@ class Monitor(Protocol):
     ) -> None: ...
     def on_drift(self, report: DriftReport) -> None: ...
     def on_promotion(self, event: PromotionEvent) -> None: ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Turns training rows into an exported artifact (see :mod:`loopml.trainers`).
+
+    ``fingerprint()`` names everything besides the data that determines the model (options, code);
+    loopml caches a trained model by it and the dataset versions. ``fit`` must be deterministic
+    for a given ``request.seed``, call ``request.on_epoch`` after each epoch, and return an artifact
+    made by :func:`loopml.artifacts.export_artifact`.
+    """
+
+    name: str
+
+    def fingerprint(self) -> str: ...
+    def fit(self, request: TrainRequest) -> TrainedModel: ...

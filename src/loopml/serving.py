@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
-from loopml.modeling import Predictor, Signature
 from loopml.records import ModelVersion
 
 MAX_BODY_BYTES = 1 << 20
@@ -178,14 +178,12 @@ class ModelServer:
         extra = (self.entity,) if self.entity else ()
         payload = self._fill_online_features(payload, predictor.signature)
         rows = validate_rows(payload, predictor.signature, max_rows=self.max_rows, extra_allowed=extra)
-        import pandas as pd
-
         t0 = time.perf_counter()
-        scores = predictor.predict_frame(pd.DataFrame(rows)).tolist()
+        answer = predictor.answer(predictor.predict_rows(rows))
         latency = (time.perf_counter() - t0) * 1000
-        self._log(version, rows, scores, latency)
+        self._log(version, rows, answer, latency)
         self.requests_served += 1
-        return {"model": self.model_name, "version": version, "predictions": scores}
+        return {"model": self.model_name, "version": version, **answer}
 
     def _fill_online_features(self, payload: Any, sig: Signature) -> Any:
         """Rows that carry only the entity id get their features from the online store."""
@@ -208,13 +206,13 @@ class ModelServer:
             filled[i] = {**rows[i], **values}
         return {**payload, "rows": filled}
 
-    def _log(self, version: int, rows: list[dict[str, Any]], scores: list[float], latency: float) -> None:
+    def _log(self, version: int, rows: list[dict[str, Any]], answer: dict[str, Any], latency: float) -> None:
         if self.log_path is None:
             return
         now = time.time()
-        lines = "".join(json.dumps({"ts": now, "version": version, "inputs": r, "output": s,
+        lines = "".join(json.dumps({"ts": now, "version": version, "inputs": r, **output,
                                     "latency_ms": latency / len(rows)}) + "\n"
-                        for r, s in zip(rows, scores, strict=True))
+                        for r, output in zip(rows, log_outputs(answer), strict=True))
         with self._log_lock:
             if self._log_file is None:
                 self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
@@ -295,6 +293,14 @@ class ModelServer:
         return Handler
 
 
+def log_outputs(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-row ``output`` fields of the prediction log: the score/value, or the class + probabilities."""
+    if "probabilities" in answer:
+        return [{"output": c, "probabilities": p} for c, p in zip(answer["predictions"], answer["probabilities"],
+                                                                  strict=True)]
+    return [{"output": v} for v in answer["predictions"]]
+
+
 def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
     """POST JSON and return (status, parsed body), 4xx/5xx included."""
     data = json.dumps(body).encode()
@@ -304,6 +310,26 @@ def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, dict[str
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def output_problem(sig: Signature, scores: Any, n: int) -> str | None:
+    """Why these outputs do not fit the task, or None."""
+    import numpy as np
+
+    scores = np.asarray(scores)
+    if sig.task == "multiclass":
+        if scores.shape != (n, len(sig.classes)):
+            return f"returns shape {list(scores.shape)}, not [{n}, {len(sig.classes)}]"
+        if not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+            return "returns class probabilities that do not sum to 1"
+        return None
+    if scores.shape != (n,):
+        return f"returns shape {list(scores.shape)}, not [{n}]"
+    if not np.isfinite(scores).all():
+        return "returns non-finite values"
+    if sig.task == "binary" and not ((scores >= 0) & (scores <= 1)).all():
+        return "returns scores outside [0, 1]"
+    return None
 
 
 class BuiltinServing:
@@ -375,11 +401,10 @@ class BuiltinServing:
             predictor = Predictor.from_bytes(artifact)
             checked = validate_rows({"rows": list(rows)}, predictor.signature, max_rows=MAX_ROWS,
                                     extra_allowed=list(rows[0].keys()))
-            import pandas as pd
-
-            scores = predictor.predict_frame(pd.DataFrame(checked))
-            if not all(0.0 <= s <= 1.0 for s in scores):
-                return False, "the model loads but returns scores outside [0, 1]"
+            scores = predictor.predict_rows(checked)
+            problem = output_problem(predictor.signature, scores, len(checked))
+            if problem:
+                return False, f"the model loads but {problem}"
             return True, f"loads in the built-in server and answers {len(scores)} rows"
         except Exception as exc:
             return False, f"the built-in server cannot serve it: {type(exc).__name__}: {exc}"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 BackendKind = Literal[
-    "artifact_store", "tracker", "registry", "feature_store", "serving", "monitor"
+    "artifact_store", "tracker", "registry", "feature_store", "serving", "monitor", "trainer", "gate_check"
 ]
 KINDS: tuple[BackendKind, ...] = (
     "artifact_store",
@@ -19,6 +19,8 @@ KINDS: tuple[BackendKind, ...] = (
     "feature_store",
     "serving",
     "monitor",
+    "trainer",
+    "gate_check",
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
 

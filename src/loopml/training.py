@@ -11,6 +11,8 @@ import numpy as np
 from loopml.errors import DataValidationError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pandas as pd
 
     from loopml.config import PipelineConfig
@@ -22,7 +24,8 @@ def training_frame(labels: pd.DataFrame, store: FeatureStore, view: FeatureView,
                    cfg: PipelineConfig, features: Sequence[str] | None = None) -> pd.DataFrame:
     """Labels joined with the features known at each label's timestamp (no future rows)."""
     keep = [cfg.entity, cfg.label_timestamp, cfg.label]
-    if cfg.sensitive_attribute:
+    # A sensitive attribute that is also a feature comes from the view (its value at label time).
+    if cfg.sensitive_attribute and cfg.sensitive_attribute not in view.features:
         keep.append(cfg.sensitive_attribute)
     missing = [c for c in keep if c not in labels.columns]
     if missing:
@@ -31,6 +34,17 @@ def training_frame(labels: pd.DataFrame, store: FeatureStore, view: FeatureView,
     frame = store.historical_features(view.name, labels[keep], cfg.label_timestamp, features)
     has_features = frame[f"{view.name}__event_timestamp"].notna()
     return frame[has_features].reset_index(drop=True)
+
+
+def time_holdout_mask(timestamps: pd.Series, after: datetime) -> np.ndarray:
+    """True for rows whose label time is at or after ``after`` (naive instants are taken as UTC)."""
+    import pandas as pd
+
+    cutoff = pd.Timestamp(after)
+    if cutoff.tzinfo is None:
+        cutoff = cutoff.tz_localize("UTC")
+    stamps = pd.to_datetime(timestamps, utc=True)
+    return (stamps >= cutoff).to_numpy()
 
 
 def holdout_mask(entity_ids: pd.Series, fraction: float, salt: str = "loopml-holdout") -> np.ndarray:

@@ -2,7 +2,9 @@
 
 ``activity.csv`` holds monthly snapshots per customer (entity ``customer_id``, timestamp
 ``event_timestamp``); ``labels.csv`` says whether a customer churned as of ``label_timestamp``,
-with the sensitive attribute ``senior`` for fairness slices. Snapshots taken *after* a churn show
+with the sensitive attribute ``senior`` for fairness slices. The same customers also have a spend
+for the next month (``spend_next``, the regression example) and the plan they pick (``plan``: basic,
+plus or premium, the multiclass example). Snapshots taken *after* a churn show
 a spike in support calls: a model that leaked future rows would look suspiciously good.
 
 ``drift > 0`` shifts prices up, moves customers to monthly contracts and changes how price drives
@@ -21,6 +23,7 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 REGIONS = ("north", "south", "east", "west")
 CONTRACTS = ("month", "annual", "two_year")
 SNAPSHOTS = 4
+PLANS = ("basic", "plus", "premium")
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,24 @@ def generate(n_customers: int = 4000, *, seed: int = 0, drift: float = 0.0,
              + 1.1 * (contract == "month") - 0.8 * (contract == "two_year")
              + 0.25 * (region == "south") + 0.15 * senior)
     churned = rng.random(n) < 1 / (1 + np.exp(-logit))
+    # Other outcomes of the same customers, for the regression and multiclass examples.
+    spend_next = (charges_now * (1 + (0.004 + 0.006 * drift) * tenure_now) + (4 + 3 * drift) * calls_now
+                  + 12 * (contract == "two_year") + rng.normal(0, 6, n)).round(2)
+    plan_logits = np.stack([np.zeros(n),
+                            0.04 * (charges_now - 60) + 0.8 * (contract == "annual") + 0.02 * tenure_now,
+                            0.07 * (charges_now - 75) + 1.6 * (contract == "two_year") - 0.3 * calls_now
+                            + drift * 0.03 * (charges_now - 70)], axis=1)
+    plan_p = np.exp(plan_logits - plan_logits.max(axis=1, keepdims=True))
+    plan_p /= plan_p.sum(axis=1, keepdims=True)
+    plan = np.array(PLANS)[[rng.choice(3, p=row) for row in plan_p]]
     # Leakage bait: snapshots after the label time of a churner show many support calls.
     for k in range(SNAPSHOTS):
         after = (snap_times[k] > label_ts) & churned
         frames[k].loc[after, "support_calls"] += 6
     activity = pd.concat(frames, ignore_index=True).sort_values(["event_timestamp", "customer_id"])
     labels = pd.DataFrame({"customer_id": ids, "label_timestamp": label_ts,
-                           "churned": churned.astype(int), "senior": np.where(senior, "yes", "no")})
+                           "churned": churned.astype(int), "spend_next": spend_next, "plan": plan,
+                           "senior": np.where(senior, "yes", "no")})
     return ChurnData(activity.reset_index(drop=True), labels)
 
 
@@ -106,11 +120,13 @@ def write(data: ChurnData, folder: Path) -> tuple[Path, Path]:
     return activity, labels
 
 
-CONFIG = """\
-# loopml example project: customer churn. Every key is documented in docs/configuration.md.
-project = "churn-example"
-home = ".loopml"
+EXAMPLES = ("churn", "regression", "multiclass", "custom-model")
 
+_COMMON = """\
+# loopml example project: {title}. Every key is documented in docs/configuration.md.
+project = "{name}-example"
+home = ".loopml"
+{plugins}
 [storage]
 uri = "artifacts"            # under home; or s3://bucket/prefix with the s3 plugin
 
@@ -121,27 +137,30 @@ uri = "artifacts"            # under home; or s3://bucket/prefix with the s3 plu
 [datasets.activity]
 source = "data/activity.csv"
 [datasets.activity.columns]
-customer_id = { type = "int", nullable = false }
-event_timestamp = { type = "timestamp", nullable = false }
-tenure_months = { type = "int", min = 0 }
-monthly_charges = { type = "float", min = 0 }
-support_calls = { type = "int", min = 0 }
-contract = { type = "category", allowed = ["month", "annual", "two_year"] }
-region = { type = "category" }
+customer_id = {{ type = "int", nullable = false }}
+event_timestamp = {{ type = "timestamp", nullable = false }}
+tenure_months = {{ type = "int", min = 0 }}
+monthly_charges = {{ type = "float", min = 0 }}
+support_calls = {{ type = "int", min = 0 }}
+contract = {{ type = "category", allowed = ["month", "annual", "two_year"] }}
+region = {{ type = "category" }}
 
 [datasets.labels]
 source = "data/labels.csv"
 [datasets.labels.columns]
-customer_id = { type = "int", nullable = false }
-label_timestamp = { type = "timestamp", nullable = false }
-churned = { type = "int", nullable = false, min = 0, max = 1 }
-senior = { type = "category", allowed = ["yes", "no"] }
+customer_id = {{ type = "int", nullable = false }}
+label_timestamp = {{ type = "timestamp", nullable = false }}
+churned = {{ type = "int", nullable = false, min = 0, max = 1 }}
+spend_next = {{ type = "float", nullable = false }}
+plan = {{ type = "category", allowed = ["basic", "plus", "premium"] }}
+senior = {{ type = "category", allowed = ["yes", "no"] }}
 
 [pipeline]
-model_name = "churn"
+model_name = "{model}"
+task = "{task}"
 entity = "customer_id"
 labels_dataset = "labels"
-label = "churned"
+label = "{label}"
 label_timestamp = "label_timestamp"
 sensitive_attribute = "senior"
 
@@ -153,28 +172,143 @@ ttl_days = 45
 numeric = ["tenure_months", "monthly_charges", "support_calls"]
 categorical = ["contract", "region"]
 
+[pipeline.model]
+{model_table}
 [pipeline.training]
 seed = 7
-epochs = 25
 
 [pipeline.gates]
-min_auc = 0.70
-regression_margin = 0.01
-max_fairness_gap = 0.12
+{thresholds}
+max_fairness_gap = {fairness}
 latency_p99_ms = 50.0
-
+max_latency_ratio = 3.0
+{checks}
 [pipeline.drift]
 alpha = 0.01
 min_samples = 200
 
-[profiles.ci.pipeline.training]
+[profiles.ci.pipeline.model.options]
 epochs = 10
 """
 
+_EXAMPLES = {
+    "churn": dict(title="customer churn (binary)", model="churn", task="binary", label="churned",
+                  model_table='trainer = "mlp"\noptions = { epochs = 25, hidden_units = 32 }\n',
+                  thresholds="thresholds = { auc = 0.70 }\nregression_margin = 0.01", fairness="0.12"),
+    "regression": dict(title="next month's spend (regression)", model="spend", task="regression",
+                       label="spend_next",
+                       model_table='trainer = "mlp"\noptions = { epochs = 25, hidden_units = 32, loss = "huber" }\n',
+                       thresholds="thresholds = { r2 = 0.5, rmse = 20.0 }\nregression_margin = 0.5",
+                       fairness="5.0"),
+    "multiclass": dict(title="plan choice (multiclass)", model="plan", task="multiclass", label="plan",
+                       model_table='trainer = "mlp"\noptions = { epochs = 25, hidden_units = 32 }\n',
+                       thresholds="thresholds = { macro_auc = 0.65 }\nregression_margin = 0.01",
+                       fairness="0.15"),
+    "custom-model": dict(title="customer churn with a team's own residual network", model="churn",
+                         task="binary", label="churned", plugins='plugins = ["churn_gates"]   # churn_gates.py\n',
+                         model_table=('trainer = "torch-module"   # churn_models.py: build(signature)\n'
+                                      'options = { module = "churn_models:build", kwargs = { width = 32, blocks = 2 }, '
+                                      'epochs = 25, learning_rate = 0.005, early_stopping_patience = 5 }\n'),
+                         thresholds="thresholds = { auc = 0.70 }\nregression_margin = 0.01", fairness="0.12",
+                         checks="\n[pipeline.gates.checks.min-slice-metric]   # from churn_gates.py\nminimum = 0.6\n"),
+}
 
-def init_project(folder: Path, *, n_customers: int = 4000, seed: int = 0) -> Path:
-    """Create an example project: ``loopml.toml`` and generated data under ``data/``."""
+CUSTOM_MODEL = '''"""A team's own model for loopml's torch-module trainer: a small residual network.
+
+loopml calls build(signature, **kwargs) and trains what it returns. forward(numeric, codes) gets
+standardised numerics [n, k] and category codes [n, c] (0 = unknown) and returns logits.
+"""
+
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualNet(nn.Module):
+    def __init__(self, signature, width: int, blocks: int) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(size, 4) for size in signature.cardinalities)
+        self.stem = nn.Linear(len(signature.numeric) + 4 * len(signature.cardinalities), width)
+        self.blocks = nn.Sequential(*(Block(width) for _ in range(blocks)))
+        self.head = nn.Linear(width, signature.n_outputs)
+
+    def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        parts = [numeric] + [emb(codes[:, j]) for j, emb in enumerate(self.embeddings)]
+        return self.head(self.blocks(self.stem(torch.cat(parts, dim=1))))
+
+
+def build(signature, width: int = 32, blocks: int = 2) -> nn.Module:
+    return ResidualNet(signature, width, blocks)
+'''
+
+CUSTOM_GATE = '''"""A team's own gate check, registered with loopml_gate_checks and turned on in loopml.toml:
+
+[pipeline.gates.checks.min-slice-metric]
+minimum = 0.6
+"""
+
+from pydantic import BaseModel, ConfigDict
+
+from loopml.plugins import hookimpl
+from loopml.records import GateCheck
+from loopml.specs import BackendSpec
+
+
+class MinSliceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    minimum: float
+
+
+def make_check(options: MinSliceOptions, ctx):
+    def check(gate) -> GateCheck:
+        from loopml.tasks import primary_metric
+
+        metric = primary_metric(gate.task).name
+        values = {name: s[metric] for name, s in gate.slices.items() if s[metric] == s[metric]}
+        worst = min(values, key=values.get) if values else None
+        ok = worst is None or values[worst] >= options.minimum
+        reason = ("no slices to check" if worst is None else
+                  f"lowest slice {worst}: {metric} {values[worst]:.3f} "
+                  + (">=" if ok else "<") + f" {options.minimum}")
+        return GateCheck("min-slice-metric", values.get(worst) if worst else None, options.minimum, ok, reason)
+
+    return check
+
+
+@hookimpl
+def loopml_gate_checks():
+    return [BackendSpec("min-slice-metric", make_check, MinSliceOptions,
+                        "every slice of the sensitive attribute reaches a minimum primary metric")]
+'''
+
+
+def config_text(example: str = "churn") -> str:
+    """The ``loopml.toml`` of an example project."""
+    if example not in _EXAMPLES:
+        raise ValueError(f"unknown example {example!r}; choose one of: {', '.join(EXAMPLES)}")
+    values = {"plugins": "", "checks": "", **_EXAMPLES[example], "name": example}
+    return _COMMON.format(**values)
+
+
+CONFIG = config_text("churn")
+
+
+def init_project(folder: Path, *, n_customers: int = 4000, seed: int = 0, example: str = "churn") -> Path:
+    """Create an example project: ``loopml.toml``, generated data under ``data/`` and, for
+    ``custom-model``, the team's model module and gate plugin."""
+    text = config_text(example)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "loopml.toml").write_text(CONFIG)
+    (folder / "loopml.toml").write_text(text)
+    if example == "custom-model":
+        (folder / "churn_models.py").write_text(CUSTOM_MODEL)
+        (folder / "churn_gates.py").write_text(CUSTOM_GATE)
     write(generate(n_customers, seed=seed), folder / "data")
     return folder / "loopml.toml"

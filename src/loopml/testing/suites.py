@@ -345,10 +345,9 @@ class ServingBackendSuite:
     @classmethod
     def model_files(cls, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
         """Two tiny trained artifacts (versions 1 and 2) of the example churn model."""
-        from loopml.config import TrainingConfig
         from loopml.examples import churn
         from loopml.features import FeatureView, point_in_time_join
-        from loopml.modeling import train
+        from loopml.trainers import train_model
 
         view = FeatureView("activity", "customer_id", "event_timestamp",
                            ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
@@ -357,7 +356,7 @@ class ServingBackendSuite:
         folder = tmp_path_factory.mktemp("models")
         files = {}
         for version in (1, 2):
-            trained = train(frame, "churned", view, TrainingConfig(epochs=2, seed=version))
+            trained = train_model(frame, "churned", view.numeric, view.categorical, epochs=2, seed=version)
             files[version] = folder / f"v{version}.pt"
             files[version].write_bytes(trained.artifact)
         return files

@@ -1,0 +1,235 @@
+"""Model artifacts: ``torch.export`` programs with a JSON signature, and the one loader for them.
+
+An artifact is one PT2 archive (``torch.export.save``) holding:
+
+* the exported program ``forward(numeric, codes)``: ``numeric`` float32 ``[n, n_numeric]`` of raw
+  values, ``codes`` int64 ``[n, n_categorical]`` of vocabulary indices (0 = unknown). Scaling,
+  the team's network and the output head (sigmoid, softmax, target de-standardisation) are inside
+  the program, so a score needs nothing else;
+* ``extra/loopml_signature.json``: feature names and kinds, vocabularies, task and classes. The
+  vocabulary lookup (string -> index) is data, applied by :class:`Predictor` before the program.
+
+Loading never unpickles and never imports user code: the archive is checked first (every weight and
+constant stored as raw bytes, no custom or opaque objects, sample inputs readable by torch's
+``weights_only`` loader) and then handed to ``torch.export.load``, whose graph holds ATen operators
+only. Artifacts of loopml 0.1 (TorchScript with the signature as an extra file) still load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loopml.errors import DataValidationError, LoopmlError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from loopml.tasks import TaskKind
+
+SIGNATURE_FILE = "loopml_signature.json"
+FORMAT = "loopml.export/1"
+
+
+class ArtifactError(LoopmlError):
+    """An artifact that loopml refuses to load (unknown format, or parts that would need pickle)."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model expects and returns: feature names, kinds, vocabularies, task and classes."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    vocabularies: Mapping[str, list[str]]
+    task: TaskKind = "binary"
+    classes: tuple[str, ...] = ("0", "1")
+    format: str = FORMAT
+    _lookups: tuple[dict[str, int], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lookups = tuple({w: i + 1 for i, w in enumerate(self.vocabularies.get(c, []))} for c in self.categorical)
+        object.__setattr__(self, "_lookups", lookups)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical)
+
+    @property
+    def cardinalities(self) -> tuple[int, ...]:
+        """Codes per categorical column, the reserved 0 (unknown) included: size an embedding by it."""
+        return tuple(len(self.vocabularies.get(c, [])) + 1 for c in self.categorical)
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the network's last layer: 1, or one logit per class for multiclass."""
+        return len(self.classes) if self.task == "multiclass" else 1
+
+    def to_json(self) -> str:
+        return json.dumps({"format": self.format, "numeric": list(self.numeric),
+                           "categorical": list(self.categorical), "vocabularies": dict(self.vocabularies),
+                           "task": self.task, "classes": list(self.classes)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Signature:
+        raw = json.loads(text)
+        task = raw.get("task", "binary")
+        return cls(tuple(raw["numeric"]), tuple(raw["categorical"]), raw["vocabularies"], task,
+                   tuple(raw.get("classes", ("0", "1") if task == "binary" else ())),
+                   raw.get("format", "loopml.torchscript/0"))
+
+    # ------------------------------------------------------------ encoding
+    def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """JSON-like rows -> (numeric float32 [n, k], codes int64 [n, c]). Missing numbers become 0."""
+        numeric = np.zeros((len(rows), len(self.numeric)), dtype=np.float32)
+        codes = np.zeros((len(rows), len(self.categorical)), dtype=np.int64)
+        for i, row in enumerate(rows):
+            for j, name in enumerate(self.numeric):
+                value = row.get(name)
+                if value is not None and value == value:
+                    numeric[i, j] = value
+            for j, lookup in enumerate(self._lookups):
+                value = row.get(self.categorical[j])
+                codes[i, j] = lookup.get(value if isinstance(value, str) else _as_text(value), 0)
+        return numeric, codes
+
+    def encode_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """A DataFrame -> (numeric float32, codes int64); raises naming a missing column."""
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise DataValidationError(f"input lacks feature column(s) {missing}", column=missing[0])
+        numeric = frame[list(self.numeric)].to_numpy(dtype=np.float32, na_value=np.nan)
+        numeric = np.nan_to_num(numeric, nan=0.0).reshape(len(frame), len(self.numeric))
+        codes = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, (name, lookup) in enumerate(zip(self.categorical, self._lookups, strict=True)):
+            texts = frame[name].astype("string").fillna("").to_numpy(dtype=object)
+            codes[:, j] = [lookup.get(t, 0) for t in texts]
+        return np.ascontiguousarray(numeric), codes
+
+    def raw_categoricals(self, frame: pd.DataFrame) -> list[list[str]]:
+        cats = frame[list(self.categorical)].astype("string").fillna("").to_numpy().tolist()
+        return [[str(v) for v in row] for row in cats]
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------- writing
+def export_artifact(program_module: torch.nn.Module, signature: Signature) -> bytes:
+    """Export ``program_module.forward(numeric, codes)`` with a dynamic batch size, plus signature."""
+    import torch
+
+    module = program_module.eval()
+    n = 3  # not 0 or 1: torch.export would specialise the batch dimension on those
+    example = (torch.zeros(n, len(signature.numeric)), torch.zeros(n, len(signature.categorical), dtype=torch.long))
+    batch = torch.export.Dim("batch", min=1, max=1 << 24)
+    with torch.no_grad():
+        program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={SIGNATURE_FILE: signature.to_json()})
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------- loading
+def _check_archive(data: bytes) -> None:
+    """Refuse PT2 archives with parts that ``torch.export.load`` would unpickle."""
+    import torch
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        for name in names:
+            if name.endswith(("_weights_config.json", "_constants_config.json")):
+                config = json.loads(archive.read(name)).get("config", {})
+                for key, meta in config.items():
+                    path = str(meta.get("path_name", ""))
+                    if meta.get("use_pickle") or not path.startswith(("weight_", "tensor_")):
+                        raise ArtifactError(f"artifact refused: {key!r} in {name} is stored as a pickled "
+                                            "object; loopml loads raw tensors only")
+            elif name.endswith(".pt") and ("/data/weights/" in name or "/data/constants/" in name):
+                raise ArtifactError(f"artifact refused: legacy pickled payload {name}")
+            elif "/data/sample_inputs/" in name:
+                try:  # torch's restricted unpickler: tensors and containers only, never code
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as exc:
+                    raise ArtifactError(f"artifact refused: sample inputs {name} need a full unpickler "
+                                        f"({type(exc).__name__})") from None
+
+
+class Predictor:
+    """A loaded artifact: scores JSON rows or DataFrames. Thread-safe for inference."""
+
+    def __init__(self, module: Any, signature: Signature, *, legacy: bool = False) -> None:
+        self.module = module
+        self.signature = signature
+        self.legacy = legacy
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Predictor:
+        import torch
+
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise ArtifactError("not a loopml model artifact (expected a torch.export PT2 archive)")
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+        if any(n.endswith("extra/" + SIGNATURE_FILE) for n in names) and any("/models/" in n for n in names):
+            _check_archive(data)
+            extra = {SIGNATURE_FILE: ""}
+            program = torch.export.load(io.BytesIO(data), extra_files=extra)
+            return cls(program.module(), Signature.from_json(extra[SIGNATURE_FILE]))
+        if any(n.endswith("extra/" + SIGNATURE_FILE) for n in names):  # loopml 0.1: TorchScript
+            import warnings
+
+            extra = {SIGNATURE_FILE: ""}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
+            module.eval()
+            return cls(module, Signature.from_json(extra[SIGNATURE_FILE]), legacy=True)
+        raise ArtifactError(f"not a loopml model artifact: no {SIGNATURE_FILE} inside")
+
+    def _run(self, numeric: np.ndarray, codes: np.ndarray, raw_cats: list[list[str]] | None) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            if self.legacy:
+                assert raw_cats is not None
+                return self.module(torch.from_numpy(numeric), raw_cats).numpy()
+            return self.module(torch.from_numpy(numeric), torch.from_numpy(codes)).numpy()
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        numeric, codes = self.signature.encode_frame(frame)
+        raw = self.signature.raw_categoricals(frame) if self.legacy else None
+        return self._run(numeric, codes, raw)
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Score JSON-like rows without building a DataFrame (the serving hot path)."""
+        numeric, codes = self.signature.encode_rows(rows)
+        raw = ([[_as_text(r.get(c)) for c in self.signature.categorical] for r in rows]
+               if self.legacy else None)
+        return self._run(numeric, codes, raw)
+
+    def answer(self, scores: np.ndarray) -> dict[str, Any]:
+        """JSON fields of a prediction response for these scores (task-shaped)."""
+        sig = self.signature
+        if sig.task == "multiclass":
+            idx = np.argmax(scores, axis=1)
+            return {"predictions": [sig.classes[i] for i in idx], "probabilities": scores.tolist(),
+                    "classes": list(sig.classes)}
+        return {"predictions": scores.tolist()}
