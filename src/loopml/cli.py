@@ -106,11 +106,13 @@ def plugins_check(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     ws = Workspace(cfg, manager)
     missing = []
     for selected in ws.selected.values():
-        for s in selected if isinstance(selected, list) else [selected]:
+        for s in selected if isinstance(selected, list) else [selected] if selected else []:
             missing += [f"{s.config_key}: backend {s.spec.name!r} needs module {mod!r}"
                         for mod in s.spec.requires if importlib.util.find_spec(mod) is None]
     if missing:
         raise LoopmlError("missing packages:\n  " + "\n  ".join(missing))
+    if ws.selected.get("trainer") is not None:
+        ws.trainer  # noqa: B018 - imports a torch-module factory now: a bad path fails here, not mid-run
     n = len(manager.plugins())
     out.print(f"[green]ok[/]: {n} plugin(s) loaded, configuration valid")
     out.print_json(json.dumps(ws.describe(), default=str))

@@ -251,6 +251,8 @@ def _format_errors(exc: ValidationError, where: str) -> str:
                                             "unknown key; remove it or check its spelling"))
         elif err["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
+        elif err["type"] == "value_error":  # a cross-field rule; its message names the key
+            lines.append(f"  - {key}.{err['msg'].removeprefix('Value error, ')}")
         elif "options" in err["loc"]:  # may hold credentials: never echo the value
             lines.append(f"  - {key}: {err['msg']}")
         else:

@@ -23,6 +23,7 @@ from loopml.testing.suites import (
     ServingBackendSuite,
     TrackerSuite,
 )
+from loopml.testing.trainer_suite import TrainerSuite
 
 __all__ = [
     "ArtifactStoreSuite",
@@ -32,6 +33,7 @@ __all__ = [
     "RegistrySuite",
     "ServingBackendSuite",
     "TrackerSuite",
+    "TrainerSuite",
     "fresh_plugin_manager",
     "registered_plugin",
 ]
