@@ -13,7 +13,33 @@ ALL_HOOKS = sorted(n for n in dir(hookspecs) if n.startswith("loopml_"))
 
 
 def test_every_hook_is_prefixed_and_classified() -> None:
-    assert set(ALL_HOOKS) == set(hookspecs.REGISTRATION_HOOKS) | set(hookspecs.LIFECYCLE_HOOKS)
+    assert set(ALL_HOOKS) == (set(hookspecs.REGISTRATION_HOOKS) | set(hookspecs.LIFECYCLE_HOOKS)
+                              | set(hookspecs.DECISION_HOOKS))
+
+
+def test_a_promotion_veto_is_the_first_reason_and_a_raising_veto_blocks() -> None:
+    from loopml.plugins import hookimpl
+
+    class Quiet:
+        @hookimpl
+        def loopml_before_promotion(self, model_name, candidate, report):
+            return None
+
+    class Freeze:
+        @hookimpl
+        def loopml_before_promotion(self, model_name):
+            return f"{model_name} is frozen"
+
+    class Broken:
+        @hookimpl
+        def loopml_before_promotion(self, report):
+            raise RuntimeError("policy service down")
+
+    args = {"model_name": "churn", "candidate": "c", "report": None}
+    assert fresh_plugin_manager(Quiet()).first_veto(**args) is None
+    assert fresh_plugin_manager(Quiet(), Freeze()).first_veto(**args).endswith("churn is frozen")
+    blocked = fresh_plugin_manager(Broken()).first_veto(**args)
+    assert "failed while deciding" in blocked and "policy service down" in blocked
 
 
 @pytest.mark.parametrize("hook", ALL_HOOKS)
