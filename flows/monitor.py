@@ -11,9 +11,10 @@ from loopml.records import DriftReport
 
 
 @flow(name="loopml-monitor", on_failure=on_failure("monitor"))
-def monitor(since: float = 0.0, config: str | None = None,
+def monitor(since: float | None = None, config: str | None = None,
             profile: str | None = None) -> tuple[DriftReport, str]:
-    """Check the prediction log since ``since`` (unix time). Returns (report, local HTML path)."""
+    """Check the prediction log since ``since`` (unix time), or, by default, the rows logged since
+    the previous monitor run. Returns (report, local HTML path)."""
     logger = get_run_logger()
     ws = workspace(config, profile)
     cfg = loop.pipeline_config(ws)

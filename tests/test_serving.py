@@ -12,6 +12,7 @@ import pytest
 from loopml.artifacts import Predictor
 from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
+from loopml.predlog import read_since
 from loopml.serving import ModelServer, post_json
 from loopml.traffic import TrafficGenerator
 
@@ -34,7 +35,7 @@ def predictors() -> tuple[Predictor, Predictor]:
 
 @pytest.fixture
 def server(predictors, tmp_path: Path):
-    srv = ModelServer("churn", log_path=tmp_path / "log.jsonl", entity="customer_id").start()
+    srv = ModelServer("churn", log_dir=tmp_path / "log", entity="customer_id").start()
     srv.add_version(1, predictors[0])
     yield srv
     srv.stop()
@@ -42,7 +43,7 @@ def server(predictors, tmp_path: Path):
 
 def raw(server: ModelServer, body: bytes, content_type: str = "application/json",
         path: str = "/predict") -> tuple[int, dict]:
-    host, port = server.httpd.server_address[:2]
+    host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request("POST", path, body=body, headers={"Content-Type": content_type})
     resp = conn.getresponse()
@@ -59,8 +60,10 @@ def test_a_good_request_is_answered_with_the_model_version_and_logged(server, tm
     status, body = post_json(server.url + "/predict", {"rows": [GOOD, {**GOOD, "customer_id": 7}]})
     assert status == 200 and body["version"] == 1 and body["model"] == "churn"
     assert len(body["predictions"]) == 2 and all(0 <= p <= 1 for p in body["predictions"])
-    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    server.flush_log()
+    logged, _ = read_since(tmp_path / "log", "churn")
     assert [r["inputs"]["monthly_charges"] for r in logged] == [70.5, 70.5]
+    assert [r.get("entity") for r in logged] == [None, 7] and logged[0]["request_id"]
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
@@ -118,7 +121,7 @@ def test_hot_swap_under_load_drops_no_request(server, predictors) -> None:
 
 
 def test_health_and_metadata(server) -> None:
-    host, port = server.httpd.server_address[:2]
+    host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request("GET", "/health")
     health = json.loads(conn.getresponse().read())

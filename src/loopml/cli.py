@@ -422,6 +422,27 @@ def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if m
         out.print(f"report: {path}")
 
 
+@app.command("serve")
+def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. churn@production.")],
+          host: Annotated[str | None, typer.Option(help="Bind address (default [serving.options] host, "
+                                                        "127.0.0.1).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (default [serving.options] port; 0: free).")] = None,
+          canary_weight: Annotated[float | None, typer.Option(help="Share for the version under alias "
+                                                                   "'canary'.")] = None,
+          poll_seconds: Annotated[float | None, typer.Option(help="How often to read the registry.")] = None,
+          config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Serve a model alias until stopped, following promotions and rollbacks (POST /predict, OIP v2, /metrics).
+
+    The token clients must send comes from [serving.options] token or $LOOPML_SERVE_TOKEN."""
+    import logging
+
+    from loopml import service
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service.serve(_workspace(config, profile), target, host=host, port=port, canary_weight=canary_weight,
+                  poll_seconds=poll_seconds)
+
+
 @app.command("config")
 def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Print the resolved configuration (backends and validated options, secrets masked)."""

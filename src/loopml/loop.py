@@ -173,7 +173,7 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
                         "loopml.trainer": trainer.name, "loopml.fingerprint": fingerprint})
     session = TrackingSession(ws.trackers, run)
     session.log_params(params)
-    stage = f"train {cfg.model_name}"
+    stage = f"train {cfg.model_name} {fingerprint[:8]}"
 
     def epoch_done(epoch: int, total: int, metrics: dict[str, float]) -> None:
         session.log_metrics(metrics, step=epoch)
@@ -419,15 +419,31 @@ class PredictionWindow:
     versions: tuple[int, ...]
 
 
-def prediction_window(ws: Workspace, model_name: str, since: float) -> PredictionWindow:
-    """Rows the configured serving backend logged since ``since`` (unix seconds)."""
+def prediction_window(ws: Workspace, model_name: str, since: float | None = None) -> PredictionWindow:
+    """Rows the configured serving backend logged since ``since`` (unix seconds).
+
+    With ``since=None`` the window is everything logged after the previous such call: a cursor of
+    byte offsets per log segment is kept in ``<home>/monitoring/<model>.log-cursor.json``, so a
+    scheduled monitor reads only new rows. A torn last line is left for the next read.
+    """
     import pandas as pd
 
-    path = Path(ws.serving.prediction_log_dir) / f"{model_name}.jsonl"
-    records = []
-    if path.is_file():
-        with open(path, encoding="utf-8") as src:
-            records = [rec for rec in map(json.loads, src) if rec["ts"] >= since]
+    from loopml.predlog import LogCursor, read_since
+
+    flush = getattr(ws.serving, "flush_log", None)
+    if callable(flush):  # an in-process server writes its log from a background thread
+        flush()
+    root = Path(ws.serving.prediction_log_dir)
+    cursor_file = ws.context.home / "monitoring" / f"{model_name}.log-cursor.json"
+    if since is None:
+        cursor = LogCursor.from_json(cursor_file.read_text()) if cursor_file.is_file() else LogCursor()
+        records, moved = read_since(root, model_name, cursor)
+        cursor_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cursor_file.with_suffix(".tmp")
+        tmp.write_text(moved.to_json())
+        tmp.replace(cursor_file)
+    else:
+        records, _ = read_since(root, model_name, since=since)
     return PredictionWindow(pd.DataFrame([r["inputs"] for r in records]),
                             tuple(r["output"] if isinstance(r["output"], str) else float(r["output"])
                                   for r in records),

@@ -1,0 +1,194 @@
+"""The prediction log: what servers answered, partitioned by hour, written off the request path.
+
+Layout under a log folder: ``<model>/<YYYY-MM-DD>/<HH>/<writer>.jsonl`` where ``writer`` is
+``<host>-<pid>-<start>``, so replicas and restarts never share a file. A segment is closed when the
+hour turns or it reaches ``max_segment_bytes``; with a ``sink`` (the artifact store), closed
+segments are uploaded under ``predictions/<model>/…`` so a monitor on another machine reads them.
+
+Each line: ``{"ts", "request_id", "version", "inputs", "output", ["probabilities"], ["entity"],
+["unknown"], "latency_ms"}``. Readers (:func:`read_since`) keep a cursor of byte offsets per
+segment, so a monitor run reads only new rows, and stop at the last complete line, so a torn last
+line (a writer killed mid-write) is skipped now and read once it is complete, never half-parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+def segment_dir(root: Path, model: str, ts: float) -> Path:
+    stamp = datetime.fromtimestamp(ts, UTC)
+    return root / model / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H")
+
+
+class PredictionLogWriter:
+    """Appends records from a queue in a background thread; ``write`` never blocks on disk.
+
+    When the queue is full (disk far slower than traffic), records are dropped and counted
+    (``dropped``), rather than slowing answers down.
+    """
+
+    def __init__(self, root: Path, model: str, *, max_segment_bytes: int = 64 << 20, queue_size: int = 100_000,
+                 sink: Any = None, flush_seconds: float = 0.2) -> None:
+        self.root = Path(root)
+        self.model = model
+        self.max_segment_bytes = max_segment_bytes
+        self.sink = sink
+        self.flush_seconds = flush_seconds
+        self.writer_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}"
+        self.dropped = 0
+        self.written = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name=f"loopml-predlog-{model}", daemon=True)
+        self._file: Any = None
+        self._path: Path | None = None
+        self._hour: str | None = None
+        self._part = 0
+        self._thread.start()
+
+    def write(self, records: list[Mapping[str, Any]]) -> None:
+        try:
+            self._queue.put_nowait(records)
+        except queue.Full:
+            self.dropped += len(records)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is queued, close (and upload) the open segment."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything written so far is on disk (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    # ------------------------------------------------------------ the writer thread
+    def _segment(self, ts: float) -> Any:
+        stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H")
+        if self._file is not None and (stamp != self._hour or self._file.tell() >= self.max_segment_bytes):
+            self._close_segment()
+        if self._file is None:
+            folder = segment_dir(self.root, self.model, ts)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._path = folder / f"{self.writer_id}-{self._part:04d}.jsonl"
+            self._part += 1
+            self._file = open(self._path, "ab")  # noqa: SIM115 - closed in _close_segment
+            self._hour = stamp
+        return self._file
+
+    def _close_segment(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        if self.sink is not None and self._path is not None:
+            key = "predictions/" + self._path.relative_to(self.root).as_posix()
+            try:
+                self.sink.put(key, self._path, metadata={"content-type": "application/x-ndjson"})
+            except Exception as exc:  # the local segment stays; the next close retries nothing
+                log.warning("could not upload prediction log segment %s: %s", key, exc)
+
+    def _run(self) -> None:
+        pending = False
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._close_segment()
+                return
+            if isinstance(item, threading.Event):
+                if self._file is not None:
+                    self._file.flush()
+                pending = False
+                item.set()
+                continue
+            if item:
+                now = time.time()
+                data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in item).encode()
+                try:
+                    self._segment(now).write(data)
+                    self.written += len(item)
+                    pending = True
+                except OSError as exc:
+                    self.dropped += len(item)
+                    log.warning("prediction log write failed (%d rows dropped): %s", len(item), exc)
+            if pending and (item is None or time.monotonic() - last_flush >= self.flush_seconds):
+                self._file.flush()
+                pending = False
+                last_flush = time.monotonic()
+
+
+# ---------------------------------------------------------------------------- reading
+@dataclass
+class LogCursor:
+    """Byte offsets already read, per segment path (relative to the log root)."""
+
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.offsets, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LogCursor:
+        return cls(dict(json.loads(text)))
+
+
+def segments(root: Path, model: str) -> Iterator[Path]:
+    folder = Path(root) / model
+    if folder.is_dir():
+        yield from sorted(folder.glob("*/*/*.jsonl"))
+    legacy = Path(root) / f"{model}.jsonl"  # loopml 0.1 and the TorchServe handler: one file per model
+    if legacy.is_file():
+        yield legacy
+
+
+def read_since(root: Path, model: str, cursor: LogCursor | None = None,
+               since: float = 0.0) -> tuple[list[dict[str, Any]], LogCursor]:
+    """New complete records (``ts >= since``) after ``cursor``; returns them and the moved cursor.
+
+    A line that does not end in a newline is not consumed (a writer may still be writing it); a
+    complete line that is not JSON is skipped with a warning, never fails the read.
+    """
+    cursor = LogCursor(dict(cursor.offsets)) if cursor else LogCursor()
+    out: list[dict[str, Any]] = []
+    root = Path(root)
+    for path in segments(root, model):
+        rel = path.relative_to(root).as_posix()
+        start = cursor.offsets.get(rel, 0)
+        with open(path, "rb") as src:
+            src.seek(start)
+            data = src.read()
+        end = data.rfind(b"\n") + 1
+        if end <= 0:
+            continue
+        for line in data[:end].splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.warning("skipping a corrupt line in prediction log %s", rel)
+                continue
+            if isinstance(record, dict) and record.get("ts", 0) >= since:
+                out.append(record)
+        cursor.offsets[rel] = start + end
+    out.sort(key=lambda r: r.get("ts", 0))
+    return out, cursor

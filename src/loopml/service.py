@@ -1,0 +1,150 @@
+"""``loopml serve NAME@ALIAS``: a long-running model server that follows the registry.
+
+The server (:mod:`loopml.server`) answers from an immutable routing table. A follower reads the
+registry every ``poll_seconds``: when the alias (``production``) moves, by promotion or rollback,
+it downloads and verifies the new version's artifact, loads it next to the old one, moves all
+traffic to it in one assignment, then drops the old one. Requests in flight finish on the version
+they started with, so none fails during a swap. A version under the alias ``canary`` (when
+``canary_weight`` > 0) gets that share of traffic. SIGTERM/SIGINT stop accepting connections, let
+requests in flight finish, then flush the prediction log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loopml.errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from loopml.context import Workspace
+    from loopml.server import ServingCore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RegistryFollower:
+    """Keeps a server's routing equal to what the registry's aliases say."""
+
+    ws: Workspace
+    core: ServingCore
+    model: str
+    alias: str = "production"
+    canary_alias: str = "canary"
+    canary_weight: float = 0.0
+    poll_seconds: float = 2.0
+    swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
+
+    def desired(self) -> dict[int, float]:
+        aliases = self.ws.registry.aliases(self.model)
+        main = aliases.get(self.alias)
+        if main is None:
+            return {}
+        canary = aliases.get(self.canary_alias)
+        if canary is not None and canary != main and self.canary_weight > 0:
+            return {main: 1.0 - self.canary_weight, canary: self.canary_weight}
+        return {main: 1.0}
+
+    def sync(self) -> bool:
+        """One pass: load what the aliases name, route to it, drop the rest. True if anything moved."""
+        from loopml import loop
+        from loopml.artifacts import Predictor
+
+        wanted = self.desired()
+        routing = self.core.routing
+        if not wanted or dict(routing.weights) == wanted:
+            return False
+        for version in wanted:
+            if version not in routing.predictors:
+                model = self.ws.registry.get(self.model, version)
+                predictor = Predictor.from_bytes(loop.artifact_file(self.ws, model).read_bytes())
+                self.core.add_version(version, predictor)
+        self.core.set_traffic(wanted)
+        for version in list(self.core.routing.predictors):
+            if version not in wanted:
+                self.core.remove_version(version)
+        self.swaps.append((time.time(), wanted))
+        log.warning("serving %s: %s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()))
+        return True
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sync)
+            except Exception as exc:  # keep serving what is loaded; try again next poll
+                log.warning("could not follow the registry for %s (still serving %s): %s", self.model,
+                            sorted(self.core.routing.predictors), exc)
+            await asyncio.sleep(self.poll_seconds)
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``churn@production`` -> ("churn", "production"); a bare name follows ``production``."""
+    name, _, alias = target.partition("@")
+    if not name:
+        raise ConfigError(f"{target!r}: give a model as NAME@ALIAS, e.g. churn@production")
+    return name, alias or "production"
+
+
+def build_service(ws: Workspace, target: str, *, host: str | None = None, port: int | None = None,
+                  token: str | None = None, canary_weight: float | None = None,
+                  poll_seconds: float | None = None) -> tuple[Any, RegistryFollower, Any]:
+    """(uvicorn server, follower, bound socket) for ``target``, defaults from ``[serving.options]``."""
+    import dataclasses
+
+    import uvicorn
+
+    from loopml.predlog import PredictionLogWriter
+    from loopml.server import ServingCore, bind, build_app, uvicorn_config, warn_if_exposed
+    from loopml.serving import BuiltinServingOptions
+
+    name, alias = parse_target(target)
+    options = ws.selected["serving"].options  # type: ignore[union-attr]
+    if not isinstance(options, BuiltinServingOptions):
+        options = BuiltinServingOptions()
+    limits = options.limits()
+    if token:
+        limits = dataclasses.replace(limits, token=token)
+    host = host or options.host
+    warn_if_exposed(host)
+    log_dir = ws.context.resolve(options.log_dir, "predictions")
+    writer = PredictionLogWriter(log_dir, name, sink=ws.store if options.log_to_store else None)
+    entity = None
+    try:
+        entity = ws.registry.get(name, alias=alias).lineage.get("entity")
+    except ModelNotFoundError:
+        log.warning("%s has no version under alias %r yet; the server waits for one", name, alias)
+    core = ServingCore(name, entity=entity, limits=limits, log_writer=writer)
+    if ws.config.pipeline is not None and entity:
+        view = ws.config.pipeline.features.view
+        core.feature_lookup = lambda ids: ws.feature_store.online_features(view, ids)
+    follower = RegistryFollower(ws, core, name, alias,
+                                canary_weight=options.canary_weight if canary_weight is None else canary_weight,
+                                poll_seconds=options.poll_seconds if poll_seconds is None else poll_seconds)
+    follower.sync()  # load before accepting: the first request already finds the model
+    tasks: list[asyncio.Task[None]] = []
+
+    def start_following() -> None:
+        tasks.append(asyncio.get_running_loop().create_task(follower.run()))
+
+    def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+
+    app = build_app(core, on_startup=[start_following], on_shutdown=[stop])
+    sock = bind(host, options.port if port is None else port)
+    server = uvicorn.Server(uvicorn_config(app, limits))
+    return server, follower, sock
+
+
+def serve(ws: Workspace, target: str, **kwargs: Any) -> None:
+    """Run until SIGTERM/SIGINT (graceful: requests in flight finish)."""
+    server, follower, sock = build_service(ws, target, **kwargs)
+    host, port = sock.getsockname()[:2]
+    log.warning("loopml serving %s on http://%s:%d (POST /predict, /v2 OIP, /metrics)", follower.model, host, port)
+    print(f"loopml: serving {target} on http://{host}:{port}", flush=True)
+    server.run(sockets=[sock])
