@@ -547,8 +547,11 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
         given = request.headers.get("x-request-id", "")
         return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
-    async def json_body(request: Request) -> Any:
-        if "json" not in request.headers.get("content-type", ""):
+    async def json_body(request: Request, *, oip: bool = False) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if oip and "inference-header-content-length" in request.headers:
+            raise RequestError(415, "binary tensor data is not supported; send JSON tensors (binary_data=False)")
+        if "json" not in ctype and not (oip and not ctype):  # OIP clients (tritonclient) may omit it
             raise RequestError(415, "Content-Type must be application/json")
         return parse_json(await read_body(request, limits), limits.max_json_depth)
 
@@ -571,7 +574,7 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
 
     async def infer(request: Request) -> Response:
         version = model_version(request)
-        body = await json_body(request)
+        body = await json_body(request, oip=True)
         routing = core.routing
         if not routing.predictors:
             raise RequestError(503, "no model version is deployed yet")
@@ -668,11 +671,19 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
 
 
 # ---------------------------------------------------------------------------- running it
-def header_timeout_protocol(header_timeout: float) -> type:
-    """uvicorn's httptools protocol, closing connections whose request headers are too slow.
+def _raw_json(status: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def header_timeout_protocol(header_timeout: float, max_connections: int) -> type:
+    """uvicorn's httptools protocol with a header deadline and a connection cap, answering in JSON.
 
     uvicorn arms no timer until a request's headers are complete, so a client that trickles
-    header bytes (slowloris) would hold a connection forever.
+    header bytes (slowloris) would hold a connection forever; and its own concurrency limit counts
+    requests, answering in plain text. Here a connection past ``max_connections`` gets a JSON 503
+    and is closed at once.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -691,15 +702,22 @@ def header_timeout_protocol(header_timeout: float) -> type:
         def _too_slow(self) -> None:
             self._header_timer = None
             if not self.transport.is_closing():
-                body = b'{"error": "request headers did not arrive in time"}'
-                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                     b"connection: close\r\ncontent-length: " + str(len(body)).encode()
-                                     + b"\r\n\r\n" + body)
+                self.transport.write(_raw_json("408 Request Timeout", "request headers did not arrive in time"))
                 self.transport.close()
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(_raw_json("503 Service Unavailable", f"more than {max_connections} connections "
+                                          "are open; retry shortly"))
+                transport.close()
+                return
             self._arm()
+
+        def send_400_response(self, msg: str) -> None:  # the parser's own 400s, in JSON like the rest
+            self.transport.write(_raw_json("400 Bad Request", f"malformed HTTP request ({msg.rstrip('.')}): "
+                                           "check the request line, headers and Content-Length"))
+            self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -719,8 +737,8 @@ def header_timeout_protocol(header_timeout: float) -> type:
 def uvicorn_config(app: Any, limits: ServerLimits, **kwargs: Any) -> Any:
     import uvicorn
 
-    return uvicorn.Config(app, http=header_timeout_protocol(limits.header_timeout), loop="asyncio",
-                          limit_concurrency=limits.max_connections, timeout_keep_alive=int(limits.keep_alive_timeout),
+    return uvicorn.Config(app, http=header_timeout_protocol(limits.header_timeout, limits.max_connections),
+                          loop="asyncio", timeout_keep_alive=int(limits.keep_alive_timeout),
                           timeout_graceful_shutdown=30, access_log=False, log_level="warning", lifespan="on",
                           **kwargs)
 

@@ -1,0 +1,154 @@
+"""`loopml serve`: a process of its own that follows promotions and rollbacks with no failed request,
+drains requests in flight on SIGTERM, and speaks the Open Inference Protocol and Prometheus."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from servers import start, stop
+
+from loopml.context import Workspace
+from loopml.examples import churn
+from loopml.features import FeatureView, point_in_time_join
+from loopml.trainers import train_model
+from loopml.traffic import TrafficGenerator
+
+pytestmark = pytest.mark.slow
+VIEW = FeatureView("activity", "customer_id", "event_timestamp",
+                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
+GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> float:
+    """Wait until ``condition()`` is true; returns the seconds it took (fails after ``timeout``)."""
+    t0 = time.monotonic()
+    while not condition():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose registry holds churn v1 (production) and v2 (approved)."""
+    folder = tmp_path_factory.mktemp("served")
+    config = churn.init_project(folder, n_customers=300, seed=3)
+    ws = Workspace.open(config)
+    data = churn.generate(600, seed=5)
+    frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
+    for seed in (1, 2):
+        trained = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=2, seed=seed)
+        info = ws.store.put(f"models/churn/test-{seed}/model.pt2", trained.artifact)
+        ws.registry.register("churn", artifact_key=info.key, artifact_sha256=info.sha256, status="approved",
+                             actor="test", lineage={"entity": "customer_id"})
+    ws.registry.set_alias("churn", "production", 1, expected=None, actor="test", reason="first")
+    return config
+
+
+@pytest.fixture
+def served(project: Path, tmp_path: Path):
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = start([sys.executable, "-m", "loopml.cli", "serve", "churn@production", "--port", "0",
+                  "--poll-seconds", "0.2", "--config", str(project)], log, env=env)
+    wait_for(lambda: "serving churn@production on" in log.read_text() or proc.poll() is not None, 120,
+             "server start")
+    assert proc.poll() is None, log.read_text()[-3000:]
+    url = re.search(r"on (http://\S+)", log.read_text()).group(1)
+    yield url, proc, log
+    stop(proc)
+
+
+def test_promotion_and_rollback_reach_a_running_server_with_no_failed_request(project: Path, served) -> None:
+    url, _proc, _log = served
+    ws = Workspace.open(project)
+    clients = [TrafficGenerator(url + "/predict", [GOOD]).start() for _ in range(8)]
+    try:
+        wait_for(lambda: all(c.versions[1] >= 5 for c in clients), 60, "traffic on v1")
+        promoted = time.monotonic()
+        ws.registry.set_alias("churn", "production", 2, expected=1, actor="test", reason="promote v2")
+        took = wait_for(lambda: all(c.versions[2] >= 5 for c in clients), 60, "v2 served")
+        result = subprocess.run([sys.executable, "-m", "loopml.cli", "models", "rollback", "churn",
+                                 "--config", str(project)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        before = [c.versions[1] for c in clients]
+        wait_for(lambda: all(c.versions[1] >= b + 5 for c, b in zip(clients, before, strict=True)), 60,
+                 "v1 served again")
+    finally:
+        for c in clients:
+            c.stop()
+    assert time.monotonic() - promoted < 60 and took < 15, took  # "within a few seconds"
+    assert sum(c.sent for c in clients) > 100
+    assert sum(c.failed for c in clients) == 0, [c.errors[:2] for c in clients]
+
+
+def test_sigterm_drains_a_request_in_flight(served) -> None:
+    url, proc, _ = served
+    host, port = url.removeprefix("http://").split(":")
+    body = ('{"rows": [%s]}' % ", ".join(f'"{k}": {v!r}'.replace("'", '"') for k, v in GOOD.items())
+            .join("{}")).encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    time.sleep(0.5)  # the request is in flight: headers read, body incomplete
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    sock.sendall(body[10:])
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after draining
+
+
+def test_open_inference_protocol_with_tritons_http_client(served) -> None:
+    import numpy as np
+    import tritonclient.http as triton
+
+    url, _, _ = served
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("churn")
+    meta = client.get_model_metadata("churn")
+    assert {i["name"] for i in meta["inputs"]} == set(GOOD) and meta["outputs"][0]["name"] == "predictions"
+    inputs = []
+    for name, value in GOOD.items():
+        if isinstance(value, str):
+            tensor = triton.InferInput(name, [2], "BYTES")
+            tensor.set_data_from_numpy(np.array([value, "south"], dtype=object), binary_data=False)
+        else:
+            tensor = triton.InferInput(name, [2], "FP32")
+            tensor.set_data_from_numpy(np.array([value, value], dtype=np.float32), binary_data=False)
+        inputs.append(tensor)
+    result = client.infer("churn", inputs, outputs=[triton.InferRequestedOutput("predictions", binary_data=False)])
+    scores = result.as_numpy("predictions")
+    assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
+    with pytest.raises(Exception, match="unknown|not an input|lack"):
+        client.infer("churn", inputs[:2])
+
+
+def test_metrics_count_requests_errors_and_predictions(served) -> None:
+    import urllib.request
+
+    from loopml.serving import post_json
+
+    url, _, _ = served
+    assert post_json(url + "/predict", {"rows": [GOOD, GOOD]})[0] == 200
+    assert post_json(url + "/predict", {"rows": [{**GOOD, "contract": 3}]})[0] == 422
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="422"\} [1-9]', text)
+    assert re.search(r'loopml_prediction_rows_total\{model="churn",version="\d+"\} [2-9]', text)
+    assert "loopml_request_latency_seconds_bucket" in text and "loopml_prediction_value_bucket" in text

@@ -1,0 +1,241 @@
+"""The model server under hostile input: every bad request is a JSON 4xx naming the problem, slow or
+lying clients are cut off, and the server keeps answering good requests throughout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from loopml.artifacts import Predictor
+from loopml.examples import churn
+from loopml.features import FeatureView, point_in_time_join
+from loopml.server import ModelServer, ServerLimits, json_depth
+from loopml.serving import post_json
+from loopml.trainers import train_model
+
+VIEW = FeatureView("activity", "customer_id", "event_timestamp",
+                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
+GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
+LIMITS = ServerLimits(header_timeout=1.0, body_timeout=1.0, max_connections=64)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    data = churn.generate(400, seed=5)
+    frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
+    return Predictor.from_bytes(train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=1).artifact)
+
+
+@pytest.fixture
+def server(predictor, tmp_path):
+    srv = ModelServer("churn", log_dir=tmp_path / "log", limits=LIMITS).start()
+    srv.add_version(1, predictor)
+    yield srv
+    srv.stop()
+
+
+def exchange(server: ModelServer, raw: bytes, timeout: float = 15.0) -> tuple[int, dict]:
+    """Send raw bytes, read one HTTP answer; (status, JSON body). (0, {}) if the server closed."""
+    with socket.create_connection(server.address, timeout=timeout) as sock:
+        sock.sendall(raw)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if length is not None and len(body) >= length:
+                break
+    if not data:
+        return 0, {}
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body or b"{}")
+
+
+def request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+    headers = {"Host": "x", "Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+    return (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + "\r\n").encode() + body
+
+
+def rows(*items: dict) -> bytes:
+    return json.dumps({"rows": list(items)}).encode()
+
+
+BATTERY = [
+    ("malformed JSON", request("POST", "/predict", b"{not json"), 400, "not valid JSON"),
+    ("NaN literal", request("POST", "/predict", b'{"rows": [{"tenure_months": NaN}]}'), 400, "NaN"),
+    ("deeply nested JSON", request("POST", "/predict", b"[" * 50_000 + b"]" * 50_000), 400, "nested deeper"),
+    ("deep inside a row", request("POST", "/predict", rows({**GOOD, "region": [[[[[[[[[[[[]]]]]]]]]]]]})),
+     422, "rows[0].region: expected a string"),
+    ("400-digit integer", request("POST", "/predict", b'{"rows": [{"tenure_months": 1' + b"0" * 400 + b"}]}"),
+     422, "outside the float32 range"),
+    ("5000-digit integer", request("POST", "/predict", b'{"rows": [{"tenure_months": 1' + b"0" * 5000 + b"}]}"),
+     400, "not valid JSON"),
+    ("1e39 overflows float32", request("POST", "/predict", rows({**GOOD, "monthly_charges": 1e39})), 422,
+     "outside the float32 range"),
+    ("500 KB category string", request("POST", "/predict", rows({**GOOD, "region": "r" * 500_000})), 422,
+     "at most 256"),
+    ("wrong type", request("POST", "/predict", rows({**GOOD, "contract": 3})), 422, "expected a string"),
+    ("unknown field", request("POST", "/predict", rows({**GOOD, "shoe": 1})), 422, "rows[0].shoe: unknown field"),
+    ("missing field", request("POST", "/predict", rows({k: v for k, v in GOOD.items() if k != "region"})), 422,
+     "rows[0].region: missing"),
+    ("empty rows", request("POST", "/predict", b'{"rows": []}'), 422, "non-empty"),
+    ("not an object", request("POST", "/predict", b"[1, 2]"), 422, "JSON object"),
+    ("too many rows", request("POST", "/predict", rows(*[GOOD] * 1001)), 422, "at most 1000"),
+    ("body over the limit", request("POST", "/predict", b"x" * (2 << 20)), 413, "limit"),
+    ("declared over the limit, not sent", request("POST", "/predict", b"", {"Content-Length": str(50 << 20)}),
+     413, "limit"),
+    ("negative Content-Length", request("POST", "/predict", b"{}", {"Content-Length": "-1"}), 400, ""),
+    ("non-numeric Content-Length", request("POST", "/predict", b"{}", {"Content-Length": "ten"}), 400, ""),
+    ("body shorter than Content-Length", request("POST", "/predict", b'{"rows"', {"Content-Length": "100"}), 408,
+     "did not arrive"),
+    ("no Content-Length", request("POST", "/predict", b"").replace(b"Content-Length: 0\r\n", b""), 411,
+     "Content-Length"),
+    ("text/plain", request("POST", "/predict", rows(GOOD), {"Content-Type": "text/plain"}), 415, "Content-Type"),
+    ("PUT", request("PUT", "/predict", rows(GOOD)), 405, "method PUT is not allowed"),
+    ("DELETE", request("DELETE", "/predict"), 405, "method DELETE"),
+    ("OPTIONS", request("OPTIONS", "/predict"), 405, "method OPTIONS"),
+    ("GET on /predict", request("GET", "/predict"), 405, "method GET"),
+    ("unknown route", request("GET", "/admin"), 404, "no route"),
+    ("OIP unknown model", request("POST", "/v2/models/other/infer", b"{}"), 404, "no model 'other'"),
+    ("OIP unknown version", request("POST", "/v2/models/churn/versions/9/infer", b"{}"), 404, "not served"),
+    ("OIP wrong tensors", request("POST", "/v2/models/churn/infer", b'{"inputs": [{"name": "x"}]}'), 422,
+     "not an input"),
+    ("OIP binary tensors", request("POST", "/v2/models/churn/infer", b"{}", {"Inference-Header-Content-Length": "2"}),
+     415, "binary"),
+]
+
+
+def test_malformed_request_battery(server) -> None:
+    answered_4xx = 0
+    for name, raw, status, message in BATTERY:
+        got, body = exchange(server, raw)
+        assert got == status, (name, got, body)
+        assert 400 <= got < 500
+        if message:
+            assert message in body.get("error", ""), (name, body)
+        answered_4xx += 1
+        assert post_json(server.url + "/predict", {"rows": [GOOD]})[0] == 200, f"stopped serving after {name}"
+    assert answered_4xx == len(BATTERY) == 30
+
+
+def test_slow_clients_are_cut_off_and_do_not_block_others(server) -> None:
+    """Slowloris: 20 connections trickling header bytes are closed; good requests go on meanwhile."""
+    slow = []
+    for _ in range(20):
+        sock = socket.create_connection(server.address, timeout=30)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        slow.append(sock)
+    stop = threading.Event()
+
+    def trickle(sock: socket.socket) -> None:
+        try:
+            while not stop.is_set():
+                sock.sendall(b"X-a: b\r\n")
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=trickle, args=(s,), daemon=True) for s in slow]
+    for t in threads:
+        t.start()
+    assert post_json(server.url + "/predict", {"rows": [GOOD]})[0] == 200
+    closed = 0
+    for sock in slow:
+        sock.settimeout(30)
+        try:
+            data = sock.recv(65536)
+            closed += data.startswith(b"HTTP/1.1 408") or data == b""
+        except OSError:
+            closed += 1
+    stop.set()
+    for sock in slow:
+        sock.close()
+    assert closed == 20
+
+
+def test_connections_past_the_cap_get_503_not_a_hang(predictor, tmp_path) -> None:
+    srv = ModelServer("churn", limits=ServerLimits(max_connections=4, header_timeout=30, body_timeout=30)).start()
+    srv.add_version(1, predictor)
+    holders = []
+    try:
+        for _ in range(6):  # requests in flight: headers sent, body pending
+            sock = socket.create_connection(srv.address, timeout=30)
+            sock.sendall(request("POST", "/predict", b"", {"Content-Length": "10"}))
+            holders.append(sock)
+        refused = []
+        for sock in holders:
+            status, body = read_answer(sock)
+            refused.append(status)
+            if status == 503:
+                assert "connections are open" in body["error"]
+        assert refused.count(503) == 2  # the 5th and 6th connection, answered at once
+    finally:
+        for sock in holders:
+            sock.close()
+    assert post_json(srv.url + "/predict", {"rows": [GOOD]})[0] == 200  # capacity is back
+    srv.stop()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict]:
+    sock.settimeout(0.5)
+    try:
+        data = sock.recv(65536)
+    except TimeoutError:
+        return 0, {}  # still in flight: held, not refused
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body or b"{}")
+
+
+def test_bearer_token_is_required_and_never_echoed(predictor, caplog) -> None:
+    secret = "CANARY-serve-token-91d2"
+    srv = ModelServer("churn", limits=ServerLimits(token=secret)).start()
+    srv.add_version(1, predictor)
+    try:
+        status, body = post_json(srv.url + "/predict", {"rows": [GOOD]})
+        assert status == 401 and "bearer token" in body["error"]
+        assert post_json(srv.url + "/predict", {"rows": [GOOD]}, token="wrong")[0] == 401
+        assert post_json(srv.url + "/predict", {"rows": [GOOD]}, token=secret)[0] == 200
+        import urllib.request
+
+        with urllib.request.urlopen(srv.url + "/v2/health/ready", timeout=10) as resp:  # probes need no token
+            assert resp.status == 200
+    finally:
+        srv.stop()
+    assert secret not in caplog.text
+
+
+def test_binding_beyond_loopback_warns(predictor, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="loopml.server"):
+        srv = ModelServer("churn", host="0.0.0.0").start()
+        srv.stop()
+    assert "reachable from other machines" in caplog.text
+
+
+def test_unknown_categories_are_counted_and_logged_as_such(server, tmp_path) -> None:
+    import urllib.request
+
+    from loopml.predlog import read_since
+
+    assert post_json(server.url + "/predict", {"rows": [{**GOOD, "region": "atlantis"}]})[0] == 200
+    metrics = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+    assert 'loopml_unknown_category_total{feature="region",model="churn"} 1.0' in metrics
+    server.flush_log()
+    records, _ = read_since(tmp_path / "log", "churn")
+    assert records[-1]["unknown"] == ["region"]
+
+
+def test_json_depth_ignores_brackets_inside_strings() -> None:
+    assert json_depth(b'{"a": "[[[[[[", "b": [1, {"c": 2}]}') == 3
