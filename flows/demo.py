@@ -59,10 +59,11 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     if first.report_path:
         summary.reports.append(first.report_path)
     url = ws.serving.status()["predict_url"]
+    token = getattr(ws.serving, "inference_token", None)  # TorchServe's token auth
     summary.add(f"serve ({ws.serving.name})", url)
 
     def traffic_then_drift_check(label: str, data: churn.ChurnData):
-        traffic = TrafficGenerator(url, churn.request_rows(data, features))
+        traffic = TrafficGenerator(url, churn.request_rows(data, features), token=token)
         since = time.time()
         traffic.send(requests)
         summary.add(f"traffic, {label}", f"{traffic.statuses[200]}/{traffic.sent} answered")
@@ -77,7 +78,7 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
 
     if drift.drift_detected:
         churn.write(fresh, project / "data")  # the fresh export that retraining reads
-        during = TrafficGenerator(url, churn.request_rows(fresh, features)).start()
+        during = TrafficGenerator(url, churn.request_rows(fresh, features), token=token).start()
         second = pipeline(config=config, profile=profile)
         during.stop()
         summary.add("retrain on fresh data", f"{second.model} {second.status}"

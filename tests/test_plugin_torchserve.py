@@ -46,12 +46,31 @@ class TestTorchServe(ServingBackendSuite):
         url = serving.deploy(self.model_version(1, model_files[1]), model_files[1])
         assert url.startswith("http://127.0.0.1:")
         endpoint = f"{url}/predictions/suite-model"
+        token = serving.inference_token
+        assert token  # token auth is on by default; the backend holds the key
         status, body = post_json(endpoint, {"rows": [self.GOOD]})
+        assert status == 400 and "token" in json.dumps(body).lower()  # TorchServe answers 400 without a token
+        status, body = post_json(endpoint, {"rows": [self.GOOD]}, token=token)
         assert status == 200 and body["version"] == 1
-        status, body = post_json(endpoint, {"rows": [{**self.GOOD, "region": 5}]})
+        status, body = post_json(endpoint, {"rows": [{**self.GOOD, "region": 5}]}, token=token)
         assert status == 422 and "rows[0].region" in json.dumps(body)
-        request = urllib.request.Request(endpoint, data=b"{oops", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(endpoint, data=b"{oops", headers={"Content-Type": "application/json",
+                                                                            "Authorization": f"Bearer {token}"})
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=30)
         assert 400 <= info.value.code < 500
-        assert post_json(endpoint, {"rows": [self.GOOD]})[0] == 200  # still serving
+        assert post_json(endpoint, {"rows": [self.GOOD]}, token=token)[0] == 200  # still serving
+
+    def test_a_second_torchserve_runs_beside_it_and_archives_are_keyed_by_content(
+            self, serving, model_files, tmp_path) -> None:
+        serving.deploy(self.model_version(1, model_files[1]), model_files[1])
+        other = make_backend(tmp_path)
+        try:  # its own HTTP, gRPC and worker ports: both answer at once
+            other.deploy(self.model_version(1, model_files[2]), model_files[2])
+            assert other.predict([self.GOOD])["version"] == 1
+            assert serving.predict([self.GOOD])["version"] == 1
+            assert set(other.ports.values()).isdisjoint(serving.ports.values())
+        finally:
+            other.stop()
+        names = sorted(p.name for p in serving.store.glob("suite-model-v1-*.mar"))
+        assert all(len(n.split("-v1-")[1]) == len("0123456789abcdef.mar") for n in names)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from servers import start, stop
 from loopml.context import Workspace
 from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
-from loopml.trainers import train_model
 from loopml.traffic import TrafficGenerator
+from loopml.trainers import train_model
 
 pytestmark = pytest.mark.slow
 VIEW = FeatureView("activity", "customer_id", "event_timestamp",

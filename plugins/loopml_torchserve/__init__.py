@@ -50,7 +50,7 @@ class TorchServeOptions(BaseModel):
     management_port: int = 0
     metrics_port: int = 0
     workers: int = 1
-    token_authorization: bool = False  # TorchServe's own API tokens; keep APIs on 127.0.0.1 either way
+    token_authorization: bool = True  # TorchServe's API tokens: the backend reads and sends them
     startup_timeout: float = 120.0
     response_timeout: int = 30
     drain_seconds: float = 3.0  # after traffic moves away from a version, wait this long before unregistering it
@@ -63,8 +63,10 @@ def _free_port() -> int:
 
 
 def _request(method: str, url: str, body: bytes | None = None, timeout: float = 60.0,
-             content_type: str = "application/json") -> tuple[int, bytes]:
+             content_type: str = "application/json", token: str | None = None) -> tuple[int, bytes]:
     headers = {"Content-Type": content_type} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -91,6 +93,10 @@ class TorchServeBackend:
         self._traffic_moved_at = 0.0
         self.ports = {k: getattr(options, f"{k}_port") or _free_port()
                       for k in ("inference", "management", "metrics")}
+        # gRPC ports and the first worker port (it names the worker's Unix socket, .ts.sock.<port>)
+        # are per instance too, so two TorchServes run side by side on one host.
+        self.ports.update({k: _free_port() for k in ("grpc_inference", "grpc_management", "worker")})
+        self._keys: dict[str, str] = {}
 
     # ------------------------------------------------------------------ process
     @property
@@ -101,6 +107,19 @@ class TorchServeBackend:
     def management_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['management']}"
 
+    @property
+    def inference_token(self) -> str | None:
+        """The bearer token direct clients of the inference API need (None with token auth off)."""
+        return self._keys.get("inference")
+
+    def _manage(self, method: str, path: str, timeout: float = 60.0) -> tuple[int, bytes]:
+        return _request(method, self.management_url + path, timeout=timeout, token=self._keys.get("management"))
+
+    def _read_keys(self) -> None:
+        """TorchServe writes its generated keys to key_file.json in its working directory."""
+        raw = json.loads((self.home / "key_file.json").read_text())
+        self._keys = {kind: raw[kind]["key"] for kind in ("management", "inference") if kind in raw}
+
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
@@ -108,6 +127,8 @@ class TorchServeBackend:
             raise LoopmlError("TorchServe needs Java 11+ on PATH (or JAVA_HOME); install a JDK")
         for sub in ("model-store", "logs", "tmp"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
+        (self.home / "key_file.json").unlink(missing_ok=True)  # keys of an earlier process are stale
+        self._keys = {}
         config = self.home / "config.properties"
         config.write_text("\n".join([
             f"inference_address=http://127.0.0.1:{self.ports['inference']}",
@@ -116,6 +137,11 @@ class TorchServeBackend:
             f"model_store={self.store}",
             "enable_model_api=true",
             f"disable_token_authorization={'false' if self.options.token_authorization else 'true'}",
+            "token_expiration_min=5256000",  # the backend holds the keys for the life of the process
+            f"grpc_inference_port={self.ports['grpc_inference']}",
+            f"grpc_management_port={self.ports['grpc_management']}",
+            f"initial_worker_port={self.ports['worker']}",
+            f"vmargs=-Djava.io.tmpdir={self.home / 'tmp'}",
             f"default_workers_per_model={self.options.workers}",
             f"default_response_timeout={self.options.response_timeout}",
             "install_py_dep_per_model=false",
@@ -130,16 +156,21 @@ class TorchServeBackend:
         with open(self.home / "logs" / "launcher.log", "w") as log:
             self.process = subprocess.Popen(
                 [exe, "--start", "--foreground", "--ncs", "--ts-config", str(config), "--model-store",
-                 str(self.store)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                 str(self.store)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.home)
         deadline = time.monotonic() + self.options.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LoopmlError(f"TorchServe exited at start-up; see {self.home / 'logs'}")
             try:
-                if _request("GET", self.inference_url + "/ping", timeout=2)[0] == 200:
+                if self.options.token_authorization and not self._keys:
+                    if not (self.home / "key_file.json").is_file():
+                        raise OSError("no key file yet")
+                    self._read_keys()
+                if _request("GET", self.inference_url + "/ping", timeout=2, token=self.inference_token)[0] == 200:
                     return
-            except OSError:
-                pass
+            except (OSError, ValueError, KeyError):  # not up yet, or its key file half-written
+                self._keys = {}
             time.sleep(0.5)
         self.stop()
         raise LoopmlError(f"TorchServe did not answer /ping within {self.options.startup_timeout:.0f} s")
@@ -161,8 +192,9 @@ class TorchServeBackend:
 
     # ------------------------------------------------------------------ archives
     def archive(self, model: ModelVersion, artifact_path: Path) -> Path:
-        """Package the artifact as ``<name>-v<version>.mar`` in the model store."""
-        target = self.store / f"{model.name}-v{model.version}.mar"
+        """Package the artifact as ``<name>-v<version>-<sha256[:16]>.mar`` in the model store: a
+        cached archive is reused only for the very same artifact bytes."""
+        target = self.store / f"{model.name}-v{model.version}-{model.artifact_sha256[:16]}.mar"
         if target.is_file():
             return target
         self.store.mkdir(parents=True, exist_ok=True)
@@ -184,9 +216,9 @@ class TorchServeBackend:
             raise LoopmlError(f"this TorchServe serves {self.model!r}, not {model.name!r}")
         self.start()
         mar = self.archive(model, Path(artifact_path))
-        status, body = _request(
-            "POST", f"{self.management_url}/models?url={mar.name}&initial_workers={self.options.workers}"
-            "&synchronous=true", timeout=self.options.startup_timeout)
+        status, body = self._manage(
+            "POST", f"/models?url={mar.name}&initial_workers={self.options.workers}&synchronous=true",
+            timeout=self.options.startup_timeout)
         if status not in (200, 201) and b"already registered" not in body.lower() and status != 409:
             raise LoopmlError(f"TorchServe refused {model.ref} (HTTP {status}): {body.decode()[:300]}")
         self.model = model.name
@@ -197,7 +229,7 @@ class TorchServeBackend:
         return self.inference_url
 
     def _set_default(self, version: int) -> None:
-        status, body = _request("PUT", f"{self.management_url}/models/{self.model}/{version}/set-default")
+        status, body = self._manage("PUT", f"/models/{self.model}/{version}/set-default")
         if status != 200:
             raise LoopmlError(f"TorchServe could not make v{version} the default (HTTP {status}): "
                               f"{body.decode()[:300]}")
@@ -205,7 +237,7 @@ class TorchServeBackend:
     def registered_versions(self) -> list[int]:
         if self.model is None:
             return []
-        status, body = _request("GET", f"{self.management_url}/models/{self.model}/all")
+        status, body = self._manage("GET", f"/models/{self.model}/all")
         if status != 200:
             return []
         return sorted(int(float(m["modelVersion"])) for m in json.loads(body))
@@ -232,7 +264,7 @@ class TorchServeBackend:
             version = versions[0] if len(versions) == 1 else self._rng.choices(
                 versions, weights=[self.weights[v] for v in versions])[0]
         status, body = _request("POST", f"{self.inference_url}/predictions/{self.model}/{version}",
-                                json.dumps({"rows": list(rows)}).encode())
+                                json.dumps({"rows": list(rows)}).encode(), token=self._keys.get("inference"))
         if status != 200:
             try:
                 message = json.loads(body).get("message", body.decode())
@@ -261,7 +293,7 @@ class TorchServeBackend:
         wait = self._traffic_moved_at + self.options.drain_seconds - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        status, body = _request("DELETE", f"{self.management_url}/models/{self.model}/{version}")
+        status, body = self._manage("DELETE", f"/models/{self.model}/{version}")
         if status not in (200, 404):
             raise LoopmlError(f"TorchServe could not unregister v{version} (HTTP {status}): {body.decode()[:300]}")
 

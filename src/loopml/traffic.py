@@ -13,8 +13,9 @@ from loopml.serving import post_json
 class TrafficGenerator:
     """Posts rows one request at a time and counts answers by HTTP status and model version."""
 
-    def __init__(self, predict_url: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, predict_url: str, rows: Sequence[Mapping[str, Any]], token: str | None = None) -> None:
         self.url = predict_url
+        self.token = token
         self.rows = list(rows)
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[int] = Counter()
@@ -28,7 +29,7 @@ class TrafficGenerator:
             row = self.rows[self._i % len(self.rows)]
             self._i += 1
             try:
-                status, body = post_json(self.url, {"rows": [row]})
+                status, body = post_json(self.url, {"rows": [row]}, token=self.token)
             except OSError as exc:  # connection refused/reset: a dropped request
                 self.statuses[0] += 1
                 self.errors.append(str(exc))
