@@ -31,7 +31,7 @@ def test_demo_on_feast_and_torchserve_promotes_the_retrained_model_without_faile
     swap = next(line for line in out.splitlines() if "requests during the swap" in line)
     assert ", 0 failed," in swap, swap
     assert (project / ".loopml" / "feast" / "registry.db").is_file()  # Feast really held the features
-    assert any((project / ".loopml" / "torchserve" / "model-store").glob("churn-v2.mar"))
+    assert any((project / ".loopml" / "torchserve" / "model-store").glob("churn-v2-*.mar"))
     registry = SqliteRegistry(project / ".loopml" / "registry.db")
     assert registry.aliases("churn") == {"production": 2}
     java = subprocess.run(["pgrep", "-f", str(project / ".loopml" / "torchserve")], capture_output=True, text=True)

@@ -3,6 +3,7 @@ drains requests in flight on SIGTERM, and speaks the Open Inference Protocol and
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -94,8 +95,7 @@ def test_promotion_and_rollback_reach_a_running_server_with_no_failed_request(pr
 def test_sigterm_drains_a_request_in_flight(served) -> None:
     url, proc, _ = served
     host, port = url.removeprefix("http://").split(":")
-    body = ('{"rows": [%s]}' % ", ".join(f'"{k}": {v!r}'.replace("'", '"') for k, v in GOOD.items())
-            .join("{}")).encode()
+    body = json.dumps({"rows": [GOOD]}).encode()
     sock = socket.create_connection((host, int(port)), timeout=30)
     sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
@@ -135,7 +135,7 @@ def test_open_inference_protocol_with_tritons_http_client(served) -> None:
     result = client.infer("churn", inputs, outputs=[triton.InferRequestedOutput("predictions", binary_data=False)])
     scores = result.as_numpy("predictions")
     assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
-    with pytest.raises(Exception, match="unknown|not an input|lack"):
+    with pytest.raises(Exception, match=r"inputs lack"):
         client.infer("churn", inputs[:2])
 
 

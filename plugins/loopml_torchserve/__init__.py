@@ -50,6 +50,8 @@ class TorchServeOptions(BaseModel):
     management_port: int = 0
     metrics_port: int = 0
     workers: int = 1
+    batch_size: int = 1  # TorchServe's server-side batching: requests per handler call
+    max_batch_delay_ms: int = 5  # how long TorchServe waits to fill a batch
     token_authorization: bool = True  # TorchServe's API tokens: the backend reads and sends them
     startup_timeout: float = 120.0
     response_timeout: int = 30
@@ -217,7 +219,8 @@ class TorchServeBackend:
         self.start()
         mar = self.archive(model, Path(artifact_path))
         status, body = self._manage(
-            "POST", f"/models?url={mar.name}&initial_workers={self.options.workers}&synchronous=true",
+            "POST", f"/models?url={mar.name}&initial_workers={self.options.workers}&synchronous=true"
+                    f"&batch_size={self.options.batch_size}&max_batch_delay={self.options.max_batch_delay_ms}",
             timeout=self.options.startup_timeout)
         if status not in (200, 201) and b"already registered" not in body.lower() and status != 409:
             raise LoopmlError(f"TorchServe refused {model.ref} (HTTP {status}): {body.decode()[:300]}")

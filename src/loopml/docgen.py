@@ -196,6 +196,8 @@ MEANINGS: dict[str, str] = {
     "TorchServeOptions.management_port": "management API port; 0 picks a free one",
     "TorchServeOptions.metrics_port": "metrics API port; 0 picks a free one",
     "TorchServeOptions.workers": "workers per model version",
+    "TorchServeOptions.batch_size": "requests TorchServe batches into one handler call",
+    "TorchServeOptions.max_batch_delay_ms": "how long TorchServe waits to fill a batch",
     "TorchServeOptions.token_authorization": "TorchServe's token auth",
     "TorchServeOptions.startup_timeout": "seconds to wait for start and registration",
     "TorchServeOptions.response_timeout": "seconds TorchServe gives one prediction",
