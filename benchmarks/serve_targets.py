@@ -7,6 +7,7 @@ metrics, no log: the floor an ASGI app can reach).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ def main() -> None:
     t0 = time.perf_counter()
     predictor = Predictor.from_bytes(artifact.read_bytes())
     if kind.startswith("loopml"):
-        log_dir = Path(tempfile.mkdtemp()) if kind == "loopml" else None
+        log_dir = Path(tempfile.mkdtemp(dir=os.environ.get("BENCH_LOG_DIR"))) if kind == "loopml" else None
         server = ModelServer("bench", port=port, log_dir=log_dir)
         server.add_version(1, predictor)
         server.start()

@@ -4,6 +4,7 @@ trigger that closes the loop (what Prefect Cloud runs, minus the cloud)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -77,8 +78,31 @@ def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
     assert registry.aliases("churn") == {"production": 1}
 
 
-def test_drift_event_triggers_the_retrain_deployment(prefect_stack) -> None:
+@pytest.fixture(scope="module")
+def served(prefect_stack) -> Iterator[str]:
+    """The serve deployment, running on the worker; yields its URL; cancelled afterwards."""
     env, _ = prefect_stack
+    port = free_port()
+    out = subprocess.run([*PREFECT, "deployment", "run", "loopml-serve/serve", "--param", f"port={port}"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/v2/health/ready", timeout=240)
+        yield url
+    finally:
+        subprocess.run([*PREFECT, "flow-run", "cancel", run_id], env=env, capture_output=True, timeout=60)
+
+
+def test_drift_event_triggers_the_retrain_and_the_served_model_follows(prefect_stack, served) -> None:
+    from loopml.examples import churn
+    from loopml.serving import post_json
+
+    env, project = prefect_stack
+    row = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
+    assert post_json(served + "/predict", {"rows": [row]})[1]["version"] == 1
+    churn.write(churn.generate(2000, seed=22, drift=1.0, id_offset=1_000_000), project / "data")  # fresh data
     assert flow_runs(env, "retrain-on-drift") == []
     emit = ("from prefect.events import emit_event\n"
             "emit_event(event='loopml.drift.detected', resource={'prefect.resource.id': 'loopml.model.churn'},"
@@ -92,3 +116,8 @@ def test_drift_event_triggers_the_retrain_deployment(prefect_stack) -> None:
             break
         time.sleep(2)
     assert states == ["COMPLETED"]
+    assert SqliteRegistry(project / ".loopml" / "registry.db").aliases("churn") == {"production": 2}
+    deadline = time.monotonic() + 60  # the serve run follows the promotion within its poll interval
+    while post_json(served + "/predict", {"rows": [row]})[1].get("version") != 2:
+        assert time.monotonic() < deadline, "the served model did not follow the promotion"
+        time.sleep(0.5)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-_STOP = object()
 
 
 def segment_dir(root: Path, model: str, ts: float) -> Path:
@@ -36,46 +34,72 @@ def segment_dir(root: Path, model: str, ts: float) -> Path:
 
 
 class PredictionLogWriter:
-    """Appends records from a queue in a background thread; ``write`` never blocks on disk.
+    """Buffers records in memory and writes them every ``flush_seconds``: from a background thread,
+    or (``threaded=False``) from the server's event loop via :meth:`tick`, which costs the loop a
+    millisecond or two a few times a second and avoids GIL hand-offs between threads entirely.
 
-    When the queue is full (disk far slower than traffic), records are dropped and counted
-    (``dropped``), rather than slowing answers down.
+    ``write`` is a list append: no lock, no thread wake-up on the request path. The writer swaps
+    the buffer and encodes and appends it in one go, so the serving thread and the writer compete
+    for the GIL a few times a second, not once per request. Past ``max_buffered`` records (disk far
+    slower than traffic) new records are dropped and counted (``dropped``) rather than slowing answers.
     """
 
-    def __init__(self, root: Path, model: str, *, max_segment_bytes: int = 64 << 20, queue_size: int = 100_000,
-                 sink: Any = None, flush_seconds: float = 0.2) -> None:
+    def __init__(self, root: Path, model: str, *, max_segment_bytes: int = 64 << 20, max_buffered: int = 200_000,
+                 sink: Any = None, flush_seconds: float = 0.25, threaded: bool = True) -> None:
         self.root = Path(root)
         self.model = model
         self.max_segment_bytes = max_segment_bytes
+        self.max_buffered = max_buffered
         self.sink = sink
         self.flush_seconds = flush_seconds
         self.writer_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}"
         self.dropped = 0
         self.written = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._run, name=f"loopml-predlog-{model}", daemon=True)
+        self._buffer: list[Mapping[str, Any]] = []
+        self._wake = threading.Event()
+        self._flushed = threading.Condition()
+        self._generation = 0
+        self._closing = False
         self._file: Any = None
         self._path: Path | None = None
         self._hour: str | None = None
         self._part = 0
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"loopml-predlog-{model}", daemon=True)
+            self._thread.start()
 
     def write(self, records: list[Mapping[str, Any]]) -> None:
-        try:
-            self._queue.put_nowait(records)
-        except queue.Full:
+        if len(self._buffer) >= self.max_buffered:
             self.dropped += len(records)
+            return
+        self._buffer.extend(records)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush what is queued, close (and upload) the open segment."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+    def tick(self) -> None:
+        """Write what is buffered now (the server calls this from its event loop, unthreaded mode)."""
+        self._drain()
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything written so far is on disk (tests, shutdown)."""
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
+        """Return once everything written so far is on disk (monitors in the same process, tests)."""
+        if self._thread is None:
+            self._drain()
+            return
+        with self._flushed:
+            target = self._generation + 1
+            self._wake.set()
+            self._flushed.wait_for(lambda: self._generation >= target, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is buffered, close (and upload) the open segment."""
+        self._closing = True
+        if self._thread is None:
+            self._drain()
+            with self._lock:
+                self._close_segment()
+            return
+        self._wake.set()
+        self._thread.join(timeout)
 
     # ------------------------------------------------------------ the writer thread
     def _segment(self, ts: float) -> Any:
@@ -100,40 +124,39 @@ class PredictionLogWriter:
             key = "predictions/" + self._path.relative_to(self.root).as_posix()
             try:
                 self.sink.put(key, self._path, metadata={"content-type": "application/x-ndjson"})
-            except Exception as exc:  # the local segment stays; the next close retries nothing
+            except Exception as exc:  # the segment stays on local disk
                 log.warning("could not upload prediction log segment %s: %s", key, exc)
 
-    def _run(self) -> None:
-        pending = False
-        last_flush = time.monotonic()
-        while True:
+    def _drain(self) -> None:
+        with self._lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        records, self._buffer = self._buffer, []  # one swap; the serving thread appends to the new list
+        if records:
+            data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
             try:
-                item = self._queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._close_segment()
+                out = self._segment(time.time())
+                out.write(data)
+                out.flush()
+                self.written += len(records)
+            except OSError as exc:
+                self.dropped += len(records)
+                log.warning("prediction log write failed (%d rows dropped): %s", len(records), exc)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self._drain()
+            with self._flushed:
+                self._generation += 1
+                self._flushed.notify_all()
+            if self._closing:
+                with self._lock:
+                    self._drain_locked()
+                    self._close_segment()
                 return
-            if isinstance(item, threading.Event):
-                if self._file is not None:
-                    self._file.flush()
-                pending = False
-                item.set()
-                continue
-            if item:
-                now = time.time()
-                data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in item).encode()
-                try:
-                    self._segment(now).write(data)
-                    self.written += len(item)
-                    pending = True
-                except OSError as exc:
-                    self.dropped += len(item)
-                    log.warning("prediction log write failed (%d rows dropped): %s", len(item), exc)
-            if pending and (item is None or time.monotonic() - last_flush >= self.flush_seconds):
-                self._file.flush()
-                pending = False
-                last_flush = time.monotonic()
 
 
 # ---------------------------------------------------------------------------- reading
