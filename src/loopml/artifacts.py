@@ -172,6 +172,19 @@ def _check_archive(data: bytes) -> None:
                                         f"({type(exc).__name__})") from None
 
 
+def _without_input_checks(module: Any) -> Any:
+    """Drop the exported module's per-call input-constraint hook (~80 µs of a ~300 µs call).
+
+    loopml builds every input itself (:meth:`Signature.encode_rows`): float32 ``[n, k]`` and int64
+    ``[n, c]`` with ``n >= 1``, exactly the shapes the program was exported for.
+    """
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del module._forward_pre_hooks[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
+    return module
+
+
 class Predictor:
     """A loaded artifact: scores JSON rows or DataFrames. Thread-safe for inference."""
 
@@ -192,7 +205,7 @@ class Predictor:
             _check_archive(data)
             extra = {SIGNATURE_FILE: ""}
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
-            return cls(program.module(), Signature.from_json(extra[SIGNATURE_FILE]))
+            return cls(_without_input_checks(program.module()), Signature.from_json(extra[SIGNATURE_FILE]))
         if any(n.endswith("extra/" + SIGNATURE_FILE) for n in names):  # loopml 0.1: TorchScript
             import warnings
 

@@ -1,0 +1,70 @@
+"""A real Prometheus (Debian's binary) scrapes loopml's /metrics; its own query API reads them back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from servers import free_port, start, stop, wait_http
+
+from loopml.artifacts import Predictor
+from loopml.examples import churn
+from loopml.features import FeatureView, point_in_time_join
+from loopml.server import ModelServer
+from loopml.serving import post_json
+from loopml.trainers import train_model
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("prometheus") is None, reason="apt-get install prometheus")]
+VIEW = FeatureView("activity", "customer_id", "event_timestamp",
+                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
+GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
+
+
+def query(base: str, expr: str) -> list[dict]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())["data"]["result"]
+
+
+def test_prometheus_scrapes_requests_errors_latency_and_predictions(tmp_path: Path) -> None:
+    data = churn.generate(400, seed=5)
+    frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
+    predictor = Predictor.from_bytes(train_model(frame, "churned", VIEW.numeric, VIEW.categorical,
+                                                 epochs=1).artifact)
+    server = ModelServer("churn").start()
+    server.add_version(3, predictor)
+    port = free_port()
+    host, served_port = server.address
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: loopml\n    static_configs: [{{targets: ['{host}:{served_port}']}}]\n")
+    proc = start(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                  f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                 tmp_path / "prometheus.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/-/ready", timeout=60, log=tmp_path / "prometheus.log")
+        for _ in range(20):
+            assert post_json(server.url + "/predict", {"rows": [GOOD, GOOD]})[0] == 200
+        assert post_json(server.url + "/predict", {"rows": [{**GOOD, "region": 5}]})[0] == 422
+        deadline = time.monotonic() + 90
+        while True:
+            ok = query(base, 'loopml_requests_total{route="/predict",status="200"}')
+            bad = query(base, 'loopml_requests_total{route="/predict",status="422"}')
+            rows = query(base, 'loopml_prediction_rows_total{version="3"}')
+            if ok and bad and rows and float(ok[0]["value"][1]) >= 20 and float(rows[0]["value"][1]) >= 40:
+                break
+            assert time.monotonic() < deadline, "Prometheus never scraped the served metrics"
+            time.sleep(0.5)
+        assert query(base, "histogram_quantile(0.99, sum by (le) (loopml_request_latency_seconds_bucket))")
+        assert query(base, 'sum(loopml_prediction_value_count{model="churn"})')
+        assert query(base, 'loopml_traffic_weight{version="3"}')[0]["value"][1] == "1"
+    finally:
+        stop(proc)
+        server.stop()
