@@ -26,10 +26,12 @@ demo: install
 	$(BIN)/loopml demo
 
 ## Servers the integration tests start themselves (Debian packages; Java comes with the machine).
+## Installing Debian's prometheus package may start a system service; the tests run their own.
 services:
-	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
-	  echo "redis-server is missing and could not be installed: run 'apt-get install redis-server'"
+	@{ command -v redis-server >/dev/null && command -v prometheus >/dev/null; } || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; } || \
+	  echo "redis-server or prometheus is missing and could not be installed: run 'apt-get install redis-server prometheus'"
 
 ## Every test, slow integration tests included (what CI runs).
 test: install services
