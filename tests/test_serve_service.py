@@ -151,3 +151,22 @@ def test_metrics_count_requests_errors_and_predictions(served) -> None:
     assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="422"\} [1-9]', text)
     assert re.search(r'loopml_prediction_rows_total\{model="churn",version="\d+"\} [2-9]', text)
     assert "loopml_request_latency_seconds_bucket" in text and "loopml_prediction_value_bucket" in text
+
+
+def test_a_canary_alias_gets_its_weight_and_leaves_when_the_alias_goes(project: Path) -> None:
+    from loopml.server import ServingCore
+    from loopml.service import RegistryFollower
+
+    ws = Workspace.open(project)
+    core = ServingCore("churn")
+    follower = RegistryFollower(ws, core, "churn", canary_weight=0.2, poll_seconds=0.1)
+    production = ws.registry.aliases("churn")["production"]
+    canary = 2 if production == 1 else 1
+    follower.sync()
+    assert dict(core.routing.weights) == {production: 1.0}
+    ws.registry.set_alias("churn", "canary", canary, expected=None, actor="test", reason="try it")
+    assert follower.sync()
+    assert dict(core.routing.weights) == pytest.approx({production: 0.8, canary: 0.2})
+    ws.registry.set_alias("churn", "canary", production, expected=canary, actor="test", reason="enough")
+    assert follower.sync()
+    assert dict(core.routing.weights) == {production: 1.0} and set(core.routing.predictors) == {production}

@@ -297,6 +297,8 @@ class ServingCore:
         self._request_children: dict[tuple[str, int], Any] = {}
         self._dropped = self.metrics.log_dropped.labels(model_name)
         self._inflight = 0
+        self.active = 0  # prediction requests received and not yet answered (batching decisions)
+        self.server_state: Any = None  # uvicorn's, set by the protocol: its request tasks tell concurrency
         self._queue: asyncio.Queue[_Pending] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,6 +338,11 @@ class ServingCore:
         self.metrics.traffic.clear()
         for version, weight in self.routing.weights.items():
             self.metrics.traffic.labels(self.model_name, str(version)).set(weight / total)
+
+    def concurrency(self) -> int:
+        """Requests the server is handling right now (uvicorn's request tasks, when known)."""
+        state = self.server_state
+        return len(state.tasks) if state is not None else self.active
 
     def count_request(self, route: str, status: int) -> None:
         child = self._request_children.get((route, status))
@@ -379,7 +386,7 @@ class ServingCore:
         assert queue is not None
         while True:
             first = await queue.get()
-            if self._inflight > queue.qsize() + 1:  # others are being read: let them join this batch
+            if self.concurrency() > queue.qsize() + 1:  # others are being read: let them join this batch
                 await asyncio.sleep(0)
             batch = [first]
             while not queue.empty() and sum(len(p.rows) for p in batch) < 1024:
@@ -423,7 +430,7 @@ class ServingCore:
         t0 = time.perf_counter()
         self._inflight += 1
         try:
-            if self._inflight == 1 and (self._queue is None or self._queue.empty()):
+            if self.concurrency() <= 1 and (self._queue is None or self._queue.empty()):
                 scores = predictor.predict_rows(rows)  # alone: no batch to join, skip the queue hop
             else:
                 scores = await self._score(predictor, rows)
@@ -582,7 +589,11 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), limits.token.encode())
 
     def guarded(route: str, handler: Callable[[Request], Any], *, public: bool = False) -> Callable[[Request], Any]:
+        scoring = route in ("/predict", "/v2/models/infer")
+
         async def endpoint(request: Request) -> Response:
+            if scoring:
+                core.active += 1
             try:
                 if not public and not authorized(request):
                     raise RequestError(401, "a valid bearer token is required (Authorization: Bearer <token>)")
@@ -595,6 +606,9 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
             except Exception as exc:  # a bug, not the client's fault: say so, keep serving
                 log.exception("internal error on %s", route)
                 response = error(500, f"internal error: {type(exc).__name__}")
+            finally:
+                if scoring:
+                    core.active -= 1
             core.count_request(route, response.status_code)
             return response
 
@@ -737,7 +751,7 @@ def _raw_json(status: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-def header_timeout_protocol(header_timeout: float, max_connections: int) -> type:
+def header_timeout_protocol(header_timeout: float, max_connections: int, core: ServingCore | None = None) -> type:
     """uvicorn's httptools protocol with a header deadline and a connection cap, answering in JSON.
 
     uvicorn arms no timer until a request's headers are complete, so a client that trickles
@@ -767,6 +781,8 @@ def header_timeout_protocol(header_timeout: float, max_connections: int) -> type
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if core is not None:
+                core.server_state = self.server_state
             if len(self.connections) > max_connections:
                 transport.write(_raw_json("503 Service Unavailable", f"more than {max_connections} connections "
                                           "are open; retry shortly"))
@@ -794,10 +810,10 @@ def header_timeout_protocol(header_timeout: float, max_connections: int) -> type
     return HeaderTimeoutProtocol
 
 
-def uvicorn_config(app: Any, limits: ServerLimits, **kwargs: Any) -> Any:
+def uvicorn_config(app: Any, limits: ServerLimits, core: ServingCore | None = None, **kwargs: Any) -> Any:
     import uvicorn
 
-    return uvicorn.Config(app, http=header_timeout_protocol(limits.header_timeout, limits.max_connections),
+    return uvicorn.Config(app, http=header_timeout_protocol(limits.header_timeout, limits.max_connections, core),
                           loop="asyncio", timeout_keep_alive=int(limits.keep_alive_timeout),
                           timeout_graceful_shutdown=30, access_log=False, log_level="warning", lifespan="on",
                           **kwargs)
@@ -837,7 +853,7 @@ class ModelServer:
                   if log_dir is not None else None)
         self.core = ServingCore(model_name, entity=entity, limits=limits, log_writer=writer)
         self.socket = bind(host, port)
-        self._server = uvicorn.Server(uvicorn_config(build_app(self.core), self.core.limits))
+        self._server = uvicorn.Server(uvicorn_config(build_app(self.core), self.core.limits, self.core))
         self._thread: threading.Thread | None = None
 
     @property

@@ -137,7 +137,7 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
 
     app = build_app(core, on_startup=[start_following], on_shutdown=[stop])
     sock = bind(host, options.port if port is None else port)
-    server = uvicorn.Server(uvicorn_config(app, limits))
+    server = uvicorn.Server(uvicorn_config(app, limits, core))
     return server, follower, sock
 
 
