@@ -17,7 +17,7 @@ from pathlib import Path
 def main() -> None:
     kind, artifact, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     t_imports = time.perf_counter()
-    import torch  # noqa: F401 - imports are timed apart from start-up (the cold-start goal is after them)
+    import torch
     import torch.export  # noqa: F401
     import uvicorn
 
