@@ -310,8 +310,7 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
         status=status, actor=current_actor(), reason=reason,
         dataset_version=candidate.dataset_versions["labels"], git_commit=git_commit(ws.config.root),
         run_id=candidate.run_id, params=candidate.params,
-        metrics={**candidate.metrics, **{f"holdout_{c.name}": c.value for c in report.checks
-                                         if c.name in _task_metric_names(cfg.task) and c.value is not None}},
+        metrics={**candidate.metrics, **{f"holdout_{k}": v for k, v in report.metrics.items()}},
         environment=environment(),
         lineage={"datasets": candidate.dataset_versions, "fingerprint": candidate.fingerprint,
                  "feature_view": cfg.features.view, "features": list(view_of(ws).features),
@@ -344,12 +343,6 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
     return model, event
 
 
-def _task_metric_names(task: str) -> set[str]:
-    from loopml import tasks
-
-    return {m.name for m in tasks.METRICS[task]}  # type: ignore[index]
-
-
 def model_card(model: ModelVersion, report: GateReport) -> str:
     """A short Markdown card: what the model is, what it was trained on, how it was judged."""
     lines = [f"# {model.ref} ({model.status})", "",
@@ -359,7 +352,7 @@ def model_card(model: ModelVersion, report: GateReport) -> str:
              f"- git commit {model.git_commit}; training run {model.run_id}",
              f"- environment: {', '.join(f'{k} {v}' for k, v in model.environment.items())}", "",
              f"- task: {model.params.get('task', 'binary')}; trainer: {model.params.get('trainer', 'mlp')}", "",
-             "## Training metrics (last epoch)", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
+             "## Metrics", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
              f"## Validation against {report.baseline or 'no production model'}", "",
              "| check | verdict | reason |", "|---|---|---|",
              *(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.reason} |" for c in report.checks)]

@@ -170,6 +170,7 @@ class GateReport:
     baseline: str | None
     checks: tuple[GateCheck, ...]
     html_key: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)  # every task metric on the holdout
 
     @property
     def passed(self) -> bool:

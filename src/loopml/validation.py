@@ -208,7 +208,7 @@ def evaluate(
             except Exception as exc:  # a broken check fails its gate, it does not pass silently
                 checks.append(GateCheck(name, None, None, False, f"check failed to run: {type(exc).__name__}: {exc}"))
 
-    report = GateReport(model_name, candidate_ref, baseline_ref, tuple(checks))
+    report = GateReport(model_name, candidate_ref, baseline_ref, tuple(checks), metrics=dict(metrics))
     return Evaluation(report, task, classes, cand, base, y, slices, lat, base_lat, metrics, base_metrics, ci, dci)
 
 
