@@ -17,7 +17,10 @@ from pathlib import Path
 def main() -> None:
     kind, artifact, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     t_imports = time.perf_counter()
+    import prometheus_client  # noqa: F401 - every import the server needs is timed apart from start-up
+    import starlette.applications  # noqa: F401
     import torch
+    import torch._export.serde.serialize
     import torch.export  # noqa: F401
     import uvicorn
 
