@@ -288,6 +288,7 @@ class ServingCore:
         self.entity = entity
         self.limits = limits or ServerLimits()
         self.routing = Routing({}, {})
+        self._exported_versions: set[int] = set()
         self.log_writer = log_writer
         self.metrics = ServerMetrics(model_name)
         self.feature_lookup: Callable[[list[Any]], Any] | None = None
@@ -335,7 +336,9 @@ class ServingCore:
 
     def _export_traffic(self) -> None:
         total = sum(self.routing.weights.values()) or 1.0
-        self.metrics.traffic.clear()
+        for gone in self._exported_versions - set(self.routing.weights):
+            self.metrics.traffic.remove(self.model_name, str(gone))
+        self._exported_versions = set(self.routing.weights)
         for version, weight in self.routing.weights.items():
             self.metrics.traffic.labels(self.model_name, str(version)).set(weight / total)
 
