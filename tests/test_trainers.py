@@ -204,8 +204,6 @@ def test_a_promotion_veto_lands_in_the_report_and_the_history(project: Path, tmp
 
 
 def test_a_single_class_holdout_is_a_failed_gate_with_a_reason() -> None:
-    import pandas as pd
-
     from loopml.artifacts import Predictor
     from loopml.config import GatesConfig
     from loopml.trainers import train_model
@@ -226,7 +224,8 @@ def test_a_single_class_holdout_is_a_failed_gate_with_a_reason() -> None:
     holdout_check = next(c for c in ev.report.checks if c.name == "holdout")
     assert not holdout_check.passed and "all have class 0" in holdout_check.reason
     assert not ev.report.passed
-    assert isinstance(pd.DataFrame(ev.slices), pd.DataFrame)
+    assert ev.metrics == {} and ev.slices == {}  # nothing is computed on rows that cannot judge
+    assert [c.name for c in ev.report.checks][:2] == ["holdout", "latency"]  # no metric gate pretends to pass
 
 
 @pytest.mark.slow
@@ -243,5 +242,5 @@ def test_gates_and_report_follow_the_task(project: Path, task: str, label: str, 
     evaluation, _, html = loop.validate(ws, candidate, labels)
     assert set(evaluation.metrics) == expect
     assert evaluation.report.passed, evaluation.report.failed_checks
-    assert ("Confusion matrix" if task == "multiclass" else "Predicted vs actual") in html or html.count("<img") >= 3
+    assert {"regression": "alt='predicted vs actual'", "multiclass": "alt='confusion matrix'"}[task] in html
     assert np.isfinite(list(evaluation.metrics.values())).all()

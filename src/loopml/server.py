@@ -173,6 +173,14 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit + 2 else text[:limit] + "…"
 
 
+def log_outputs(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-row ``output`` fields of the prediction log: the score/value, or the class + probabilities."""
+    if "probabilities" in answer:
+        return [{"output": c, "probabilities": p} for c, p in zip(answer["predictions"], answer["probabilities"],
+                                                                  strict=True)]
+    return [{"output": v} for v in answer["predictions"]]
+
+
 # ---------------------------------------------------------------------------- OIP v2 tensors
 _OIP_NUMERIC = {"FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
@@ -472,8 +480,6 @@ class ServingCore:
             unknown_per_row.append(unknown)
         if self.log_writer is None:
             return
-        from loopml.serving import log_outputs
-
         now = time.time()
         per_row_ms = elapsed * 1000 / len(rows)
         records = []
@@ -559,12 +565,12 @@ async def read_body(request: Any, limits: ServerLimits) -> bytes:
 
 async def _discard(request: Any, limit: int, timeout: float) -> None:
     seen = 0
-    stream = request.stream().__aiter__()
-    deadline = time.monotonic() + timeout
     with contextlib.suppress(Exception):
-        while seen < limit and time.monotonic() < deadline:
-            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - time.monotonic(), 0.001))
-            seen += len(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen >= limit:
+                    break
 
 
 def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = (),

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
 from loopml.records import ModelVersion
-from loopml.server import ModelServer, RequestError, ServerLimits, validate_rows
+from loopml.server import ModelServer, RequestError, ServerLimits, log_outputs, validate_rows
 
 __all__ = ["MAX_BODY_BYTES", "MAX_ROWS", "BuiltinServing", "BuiltinServingOptions", "ModelServer", "RequestError",
            "log_outputs", "output_problem", "post_json", "validate_rows"]
@@ -54,14 +54,6 @@ class BuiltinServingOptions(BaseModel):
         return ServerLimits(max_body_bytes=self.max_body_bytes, max_rows=self.max_rows,
                             max_string_chars=self.max_string_chars, header_timeout=self.header_timeout,
                             body_timeout=self.body_timeout, max_connections=self.max_connections, token=token)
-
-
-def log_outputs(answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-row ``output`` fields of the prediction log: the score/value, or the class + probabilities."""
-    if "probabilities" in answer:
-        return [{"output": c, "probabilities": p} for c, p in zip(answer["predictions"], answer["probabilities"],
-                                                                  strict=True)]
-    return [{"output": v} for v in answer["predictions"]]
 
 
 def post_json(url: str, body: Any, timeout: float = 10.0, token: str | None = None) -> tuple[int, dict[str, Any]]:

@@ -172,32 +172,29 @@ def code_fingerprint(obj: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- the loop
-class _Program:
-    """Builds the exported program: scaling + the network + the task's output head."""
-
-    @staticmethod
-    def wrap(net: torch.nn.Module, mean: np.ndarray, std: np.ndarray, task: TaskKind,
+def _program(net: torch.nn.Module, mean: np.ndarray, std: np.ndarray, task: TaskKind,
              y_mean: float, y_std: float) -> torch.nn.Module:
-        import torch
-        from torch import nn
+    """The exported program: scaling + the network + the task's output head."""
+    import torch
+    from torch import nn
 
-        class LoopmlProgram(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-                self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-                self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+    class LoopmlProgram(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
-            def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-                out = self.net((numeric - self.mean) / self.std, codes)
-                if task == "multiclass":
-                    return torch.softmax(out, dim=1)
-                out = out.reshape(-1)
-                if task == "binary":
-                    return torch.sigmoid(out)
-                return out * y_std + y_mean
+        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            out = self.net((numeric - self.mean) / self.std, codes)
+            if task == "multiclass":
+                return torch.softmax(out, dim=1)
+            out = out.reshape(-1)
+            if task == "binary":
+                return torch.sigmoid(out)
+            return out * y_std + y_mean
 
-        return LoopmlProgram()
+    return LoopmlProgram()
 
 
 def _head(logits: torch.Tensor, task: TaskKind, y_mean: float, y_std: float) -> np.ndarray:
@@ -315,7 +312,7 @@ def fit_network(build: Callable[[Signature], torch.nn.Module], request: TrainReq
     if best is not None:
         net.load_state_dict(best[1])
     net.eval()
-    artifact = export_artifact(_Program.wrap(net, mean, std, sig.task, y_mean, y_std), sig)
+    artifact = export_artifact(_program(net, mean, std, sig.task, y_mean, y_std), sig)
     return TrainedModel(artifact, sha256(artifact), sig, tuple(history))
 
 
@@ -324,12 +321,13 @@ class NetworkTrainer:
     """A trainer that runs loopml's loop over a network factory (``mlp``, ``torch-module``, ad hoc)."""
 
     def __init__(self, name: str, build: Callable[[Signature], torch.nn.Module], options: LoopOptions,
-                 code: str, origin: str) -> None:
+                 code: str, origin: str, extra_params: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self.build = build
         self.options = options
         self._code = code
         self.origin = origin
+        self._extra_params = dict(extra_params or {})
 
     def fingerprint(self) -> str:
         """Options and the code that defines the network: a change to either retrains."""
@@ -337,7 +335,8 @@ class NetworkTrainer:
         return hashlib.sha256(f"{self.name}\n{opts}\n{self._code}".encode()).hexdigest()
 
     def params(self) -> dict[str, Any]:
-        return {"trainer": self.name, **self.options.model_dump(mode="json")}
+        """What the tracker and the registry record: trainer, its own options, the loop's options."""
+        return {"trainer": self.name, **self._extra_params, **self.options.model_dump(mode="json")}
 
     def fit(self, request: TrainRequest) -> TrainedModel:
         return fit_network(self.build, request, self.options, self.origin)
@@ -346,7 +345,8 @@ class NetworkTrainer:
 def mlp_trainer(options: MlpOptions, ctx: Any = None) -> NetworkTrainer:
     loop_opts = LoopOptions(**options.model_dump(exclude={"hidden_units"}))
     return NetworkTrainer("mlp", _mlp_factory(options.hidden_units), loop_opts,
-                          code_fingerprint(fit_network) + str(options.hidden_units), "trainer 'mlp'")
+                          code_fingerprint(fit_network) + str(options.hidden_units), "trainer 'mlp'",
+                          extra_params={"hidden_units": options.hidden_units})
 
 
 def torch_module_trainer(options: TorchModuleOptions, ctx: Any = None) -> NetworkTrainer:
@@ -358,10 +358,8 @@ def torch_module_trainer(options: TorchModuleOptions, ctx: Any = None) -> Networ
 
     loop_opts = LoopOptions(**options.model_dump(exclude={"module", "kwargs"}))
     code = code_fingerprint(factory) + code_fingerprint(fit_network) + json.dumps(kwargs, sort_keys=True)
-    trainer = NetworkTrainer("torch-module", build, loop_opts, code, f"module {options.module!r}")
-    trainer.params = lambda: {"trainer": "torch-module", "module": options.module,  # type: ignore[method-assign]
-                              **options.model_dump(mode="json", exclude={"module"})}
-    return trainer
+    return NetworkTrainer("torch-module", build, loop_opts, code, f"module {options.module!r}",
+                          extra_params={"module": options.module, "kwargs": kwargs})
 
 
 def ad_hoc_trainer(obj: Any, options: Mapping[str, Any] | None = None) -> Any:

@@ -286,8 +286,8 @@ def render_html(ev: Evaluation) -> str:
         if ev.baseline_metrics:
             mrows.append((f"production {r.baseline}", *(ev.baseline_metrics[n] for n in names)))
         sections.append(table(["model", *names], mrows))
-        plot = {"binary": _roc, "multiclass": _confusion, "regression": _residuals}[ev.task]
-        sections.append(img(figure_png(lambda ax: plot(ax, ev), (6, 4)), f"{ev.task} plot"))
+        title, plot = TASK_PLOTS[ev.task]
+        sections.append(img(figure_png(lambda ax: plot(ax, ev), (6, 4)), title))
     if ev.slices:
         primary = ev.primary
         srows = [(k, int(v["rows"]), v[primary], v.get("positive_rate")) for k, v in ev.slices.items()]
@@ -352,3 +352,7 @@ def _latency(ax: Any, ev: Evaluation) -> None:
     ax.axvline(np.percentile(ev.latencies_ms, 99), color="r", ls="--", label="candidate p99")
     ax.set(xlabel="ms per single-row prediction", ylabel="requests", title="Latency")
     ax.legend(fontsize=8)
+
+
+TASK_PLOTS: dict[str, tuple[str, Any]] = {"binary": ("ROC", _roc), "multiclass": ("confusion matrix", _confusion),
+                                          "regression": ("predicted vs actual", _residuals)}
