@@ -83,9 +83,17 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
         during.stop()
         summary.add("retrain on fresh data", f"{second.model} {second.status}"
                     + (" -> production" if second.promoted else
-                       f" (failed: {', '.join(second.failed_checks)})"))
+                       f" (failed: {', '.join(second.failed_checks) or 'canary'})")
+                    + (f" after a canary ({second.canary})" if second.canary else ""))
+        verdict_reports = sorted((project / ".loopml" / "reports").glob("v[0-9]*.html"))
+        if second.canary:
+            last = loop.production_model(ws, loop.pipeline_config(ws).model_name)
+            history = [e for e in ws.registry.history(last.name) if e.actor == "loopml-canary"]
+            if history:
+                summary.add("canary verdict", history[-1].reason[:300])
         if second.report_path:
             summary.reports.append(second.report_path)
+        summary.reports.extend(str(p) for p in verdict_reports)
         summary.add("requests during the swap", f"{during.sent} sent, {during.failed} failed, "
                     f"by version {dict(sorted(during.versions.items()))}"
                     + (f"; first error: {during.errors[0][:120]}" if during.errors else ""))

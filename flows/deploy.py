@@ -1,29 +1,32 @@
-"""Deploy: serve the production model (canary, then all traffic, no dropped requests)."""
+"""Deploy: serve what the registry says (production, plus a canary), judge the canary, serve the winner."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prefect import flow, get_run_logger
 
+from flows.canary import judge_canary
 from flows.common import on_failure, workspace
-from loopml import loop
+from loopml import canary, loop
 
 
 @flow(name="loopml-deploy", on_failure=on_failure("deploy"))
-def deploy(config: str | None = None, profile: str | None = None, canary_fraction: float = 0.1,
-           during_canary: Callable[[], None] | None = None) -> str | None:
-    """Roll the production model out to the configured serving backend; returns its URL."""
+def deploy(config: str | None = None, profile: str | None = None) -> tuple[str | None, str | None]:
+    """Serve the production model on the configured backend. If a canary is active, serve it too
+    (share or shadow), judge it on live traffic, and serve whichever version won.
+
+    Returns (serving URL, canary decision or None). No request is dropped at any step."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    model = loop.production_model(ws, loop.pipeline_config(ws).model_name)
-    if model is None:
+    name = loop.pipeline_config(ws).model_name
+    url = loop.sync_serving(ws, name)
+    if url is None:
         logger.warning("no production model yet: nothing to deploy")
-        return None
-    served = ws.serving.status().get("traffic", {})
-    if served == {str(model.version): 1.0}:
-        logger.info("%s already serves all traffic", model.ref)
-        return ws.serving.status().get("url")
-    url = loop.rollout(ws, model, canary_fraction=canary_fraction, during_canary=during_canary)
-    logger.info("%s serving at %s", model.ref, url)
-    return url
+        return None, None
+    logger.info("serving %s at %s: %s", name, url, ws.serving.status().get("traffic"))
+    decision = None
+    if canary.active(ws, name) is not None:
+        verdict = judge_canary(config=config, profile=profile, poll_seconds=0.5)
+        decision = verdict.decision if verdict else None
+        url = loop.sync_serving(ws, name)
+        logger.info("after the canary, %s serves %s", name, ws.serving.status().get("traffic"))
+    return url, decision

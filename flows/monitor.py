@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
 
 from flows.common import on_failure, publish_markdown, save_report, workspace
 from loopml import loop
@@ -35,10 +34,6 @@ def monitor(since: float | None = None, config: str | None = None,
                      f"# Drift check: {report.reason}\n\n| feature | test | statistic | Holm p | verdict |"
                      f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
                      "drift of live inputs vs training data")
-    if alert:
-        emit_event(event="loopml.drift.detected",
-                   resource={"prefect.resource.id": f"loopml.model.{cfg.model_name}",
-                             "prefect.resource.name": cfg.model_name},
-                   payload={"features": list(report.drifted_features), "reason": report.reason,
-                            "production_version": model.version, "report": key})
+    if alert:  # loop.check_drift announced it: hooks, monitors and the Prefect event loopml.drift.detected
+        logger.warning("drift alert raised for %s: %s", model.ref, report.reason)
     return report, str(path)

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.canary import judge_canary
 from flows.common import workspace
 from flows.deploy import deploy
 from flows.features import features
@@ -13,13 +14,19 @@ from flows.ingest import ingest
 from flows.register import register
 from flows.train import train
 from flows.validate import validate
-from loopml import loop
+from loopml import canary, loop
 
 
 @flow(name="loopml-pipeline", log_prints=True)
 def pipeline(config: str | None = None, profile: str | None = None,
-             deploy_model: bool = True, trainer: Any = None) -> loop.PipelineResult:
-    """Version the data, train, validate against production, register, promote and serve.
+             deploy_model: bool = True, trainer: Any = None, await_canary: bool = False) -> loop.PipelineResult:
+    """Version the data, train, validate against production, register, then roll out.
+
+    When a production model exists, an approved candidate becomes a canary first
+    (``[pipeline.rollout]``). With ``deploy_model`` this process serves both and judges the canary;
+    with ``await_canary`` (and no deploy) the run waits while another process serves (the ``serve``
+    deployment, ``loopml serve``) and judges it from the prediction log. Otherwise the canary stays
+    active for a later ``loopml-canary`` run.
 
     ``trainer`` (ad hoc, from Python) replaces the configured one: a Trainer object or a factory
     ``build(signature) -> nn.Module``."""
@@ -34,18 +41,28 @@ def pipeline(config: str | None = None, profile: str | None = None,
     if existing is not None:
         logger.info("%s already holds this model (%s); nothing to validate or register",
                     existing.ref, existing.status)
-        url = deploy(config=config, profile=profile) if deploy_model else None
+        url, decision = deploy(config=config, profile=profile) if deploy_model else (None, None)
         production = loop.production_model(ws, cfg.model_name)
         return loop.PipelineResult(existing.ref, existing.status,
                                    production is not None and production.version == existing.version,
-                                   True, existing.lineage.get("validation_report"), (), url)
+                                   True, existing.lineage.get("validation_report"), (), url, decision)
     baseline = loop.production_model(ws, cfg.model_name)
     report, key, path = validate(candidate, labels, config=config, profile=profile)
     model, event = register(candidate, report, key, baseline.version if baseline else None,
                             config=config, profile=profile)
-    url = deploy(config=config, profile=profile) if deploy_model else None
-    return loop.PipelineResult(model.ref, model.status, event is not None, candidate.skipped, path,
-                               tuple(c.name for c in report.failed_checks), url)
+    url, decision = deploy(config=config, profile=profile) if deploy_model else (None, None)
+    if event is not None and event.alias == canary.CANARY and not deploy_model:
+        if await_canary:
+            verdict = judge_canary(config=config, profile=profile)
+            decision = verdict.decision if verdict else None
+        else:
+            decision = "running"
+            logger.info("%s is the canary; run the loopml-canary flow while it is served", model.ref)
+    model = ws.registry.get(model.name, model.version)
+    production = loop.production_model(ws, cfg.model_name)
+    promoted = production is not None and production.version == model.version
+    return loop.PipelineResult(model.ref, model.status, promoted, candidate.skipped, path,
+                               tuple(c.name for c in report.failed_checks), url, decision)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ def register(candidate: loop.Candidate, report: GateReport, report_key: str,
     logger = get_run_logger()
     model, event = loop.register_and_promote(workspace(config, profile), candidate, report,
                                              report_key, baseline_version)
-    if event:
+    if event and event.alias == "canary":
+        logger.info("%s approved: canary next to production v%s before production moves", model.ref,
+                    loop.production_model(workspace(config, profile), model.name).version)
+    elif event:
         logger.info("%s is now production (was v%s)", model.ref, event.from_version or "-")
     else:
         logger.warning("%s registered as %s; production unchanged", model.ref, model.status)

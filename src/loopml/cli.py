@@ -241,6 +241,7 @@ def models_promote(
     config: ConfigOpt = None, profile: ProfileOpt = None,
 ) -> None:
     """Move ALIAS to a version, atomically (compare-and-set)."""
+    from loopml import events
     from loopml.context import current_actor
     from loopml.errors import ModelNotFoundError
 
@@ -255,7 +256,7 @@ def models_promote(
             expected = None
     event = ws.registry.set_alias(name, alias, version, expected=expected, actor=current_actor(),
                                   reason=reason)
-    ws.notify("loopml_after_promotion", event=event)
+    events.announce(ws, events.promotion_event(ws, event), promotion=event)
     out.print(f"{name}@{alias}: v{event.from_version or '-'} -> v{event.to_version}")
 
 
@@ -267,11 +268,12 @@ def models_rollback(
     config: ConfigOpt = None, profile: ProfileOpt = None,
 ) -> None:
     """Point ALIAS back at the version it held before."""
+    from loopml import events
     from loopml.context import current_actor
 
     ws = _workspace(config, profile)
     event = ws.registry.rollback(name, alias, actor=current_actor(), reason=reason)
-    ws.notify("loopml_after_promotion", event=event)
+    events.announce(ws, events.promotion_event(ws, event), promotion=event)
     out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback)")
 
 

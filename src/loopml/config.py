@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -127,6 +127,38 @@ class DriftConfig(_Strict):
     cooldown_minutes: float = 60.0
 
 
+class RolloutConfig(_Strict):
+    """How an approved candidate reaches production when a production model exists."""
+
+    mode: Literal["canary", "shadow", "direct"] = Field(
+        default="canary", description="canary: a share of live traffic; shadow: a copy of every request, "
+                                      "answers still from production; direct: move production at once")
+    canary_weight: float = Field(default=0.1, gt=0, lt=1, description="share of traffic for the canary")
+    min_requests: int = Field(default=200, ge=10, description="answered rows per version before judging")
+    max_wait_minutes: float = Field(default=30.0, gt=0, description="judge (and roll back for lack of "
+                                                                    "traffic) after this long")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="failed rows / rows of the candidate")
+    max_p99_ratio: float = Field(default=2.0, gt=0, description="candidate p99 / production p99 (ignored below "
+                                                                "gates.latency_p99_ms)")
+    max_output_shift: float = Field(default=0.3, ge=0, le=1, description="KS distance (scores, values) or total "
+                                    "variation (classes) between candidate and production answers")
+    max_disagreement: float = Field(default=0.2, ge=0, le=1, description="shadow: share of rows where the "
+                                    "candidate's answer differs from production's (class, 0.5 cut, or 10% of "
+                                    "the production IQR for values)")
+
+
+class MonitoringConfig(_Strict):
+    """Live performance from labels that arrive after the predictions."""
+
+    labels_dataset: str | None = Field(default=None, description="dataset of delayed labels (entity, "
+                                       "timestamp, label); default: pipeline.labels_dataset")
+    max_label_delay_hours: float = Field(default=24 * 30, gt=0, description="a label joins the entity's latest "
+                                         "prediction at most this long before it")
+    min_labels: int = Field(default=100, ge=10, description="joined labels per version before a verdict")
+    max_drop: float = Field(default=0.05, ge=0, description="degraded when the live primary metric is worse "
+                                                            "than its holdout value by more than this")
+
+
 class PipelineConfig(_Strict):
     """What the loop trains: labels, task, features, trainer, holdout, gates and drift settings."""
 
@@ -143,6 +175,8 @@ class PipelineConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _thresholds_fit_task(self) -> PipelineConfig:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         DatasetVersion,
         DriftReport,
         GateReport,
+        LoopEvent,
         ModelVersion,
         PromotionEvent,
         RunInfo,
@@ -309,6 +310,27 @@ def loopml_on_drift(report: DriftReport) -> None:
 
 
 @hookspec
+def loopml_on_event(event: LoopEvent) -> None:
+    """Something happened to a model: validated, promoted, rejected, rolled back, canary started,
+    drift detected, live performance measured or degraded (kinds in :mod:`loopml.events`).
+
+    When: after the fact is committed (registry moved, report stored), from flows and from the CLI
+    alike, just before the same event goes to Prefect with resource ``loopml.model.<project>.<model>``.
+    Args: ``event`` with ``kind``, ``project``, ``model``, ``version``, ``reason``, ``actor`` and a
+    JSON-ready ``payload``.
+    Returns: nothing. Call semantics: every implementation is called; the specific hooks
+    (``loopml_after_promotion``, ``loopml_on_drift``) fire first for their kinds.
+    Failure policy: a raise is recorded as a HookFailure and logged; the loop goes on.
+    Example::
+
+        @hookimpl
+        def loopml_on_event(event):
+            if event.kind == "loopml.model.rolled-back":
+                pager.alert(f"{event.project}/{event.model}: {event.reason}")
+    """
+
+
+@hookspec
 def loopml_on_error(stage: str, error: BaseException) -> None:
     """A stage of the loop failed.
 
@@ -342,5 +364,6 @@ LIFECYCLE_HOOKS: tuple[str, ...] = (
     "loopml_after_model_registered",
     "loopml_after_promotion",
     "loopml_on_drift",
+    "loopml_on_event",
     "loopml_on_error",
 )

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loopml import __version__
+from loopml import __version__, events
 from loopml.context import Workspace, current_actor
 from loopml.errors import ConfigError, ModelNotFoundError, ObjectExistsError, StaleAliasError
 from loopml.features import FeatureView
@@ -329,17 +329,29 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                                                          "loopml.registry_status": model.status})
             _safely(tracker.log_artifact, candidate.run_id, card)
             _safely(tracker.log_artifact, candidate.run_id, html)
+    checks = {c.name: {"passed": c.passed, "value": c.value, "threshold": c.threshold} for c in report.checks}
+    gates = {"checks": checks, "metrics": dict(report.metrics), "baseline": report.baseline, "report": report_key}
+    events.announce(ws, events.make_event(ws, events.VALIDATED, model.name, model.version, reason, gates))
     if not report.passed:
+        events.announce(ws, events.make_event(ws, events.REJECTED, model.name, model.version, reason, gates))
         return model, None
+    policy = cfg.rollout
+    if baseline_version is not None and policy.mode != "direct":
+        current = production_model(ws, cfg.model_name)
+        if current is None or current.version != baseline_version:
+            log.warning("not starting a canary of %s: production moved from v%s to %s since validation",
+                        model.ref, baseline_version, current.ref if current else "nothing")
+            return model, None
+        from loopml import canary
+
+        return model, canary.start(ws, model, reason=f"{reason}; {policy.mode} before production moves")
     try:
         event = ws.registry.set_alias(cfg.model_name, PRODUCTION, model.version, expected=baseline_version,
                                       actor=current_actor(), reason=reason, evidence_sha256=report_sha)
     except StaleAliasError as exc:
         log.warning("not promoting %s: %s", model.ref, exc)
         return model, None
-    ws.notify("loopml_after_promotion", event=event)
-    for monitor in ws.monitors:
-        _safely(monitor.on_promotion, event)
+    events.announce(ws, events.promotion_event(ws, event, gates), promotion=event)
     return model, event
 
 
@@ -375,30 +387,48 @@ def artifact_file(ws: Workspace, model: ModelVersion) -> Path:
     return path
 
 
-def rollout(ws: Workspace, model: ModelVersion, *, canary_fraction: float = 0.1,
-            during_canary: Callable[[], None] | None = None) -> str:
-    """Deploy ``model`` next to what is served, send it a canary share, then all traffic.
+def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | None]:
+    """(traffic weights, shadow version) the registry's aliases call for (see :mod:`loopml.canary`)."""
+    from loopml import canary
 
-    ``during_canary`` runs while both versions serve (e.g. a smoke load). The old version is
-    removed only after the new one takes all traffic, so no request is dropped.
-    """
+    aliases = ws.registry.aliases(name)
+    main, cand = aliases.get(PRODUCTION), aliases.get(canary.CANARY)
+    if main is None:
+        return {}, None
+    if cand is None or cand == main:
+        return {main: 1.0}, None
+    policy = canary.policy_of(ws)
+    if policy.mode == "shadow":
+        return {main: 1.0}, cand
+    return {main: 1.0 - policy.canary_weight, cand: policy.canary_weight}, None
+
+
+def sync_serving(ws: Workspace, name: str) -> str | None:
+    """Make the configured serving backend serve what the aliases say: production, plus the canary
+    (a traffic share, or a shadow copy of requests). New versions load before traffic moves and old
+    ones leave after it moved, so no request is dropped. Returns the serving URL (None: nothing)."""
     serving = ws.serving
     if hasattr(serving, "use_online_features"):  # requests may name just the entity
         view = view_of(ws)
         serving.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
+    weights, shadow = wanted_serving(ws, name)
+    if not weights:
+        return None
     before = serving.status()
-    old_versions = [int(v) for v, w in before.get("traffic", {}).items() if w > 0]
-    url = serving.deploy(model, artifact_file(ws, model))
-    if old_versions and model.version not in old_versions:
-        rest = (1 - canary_fraction) / len(old_versions)
-        serving.set_traffic({**dict.fromkeys(old_versions, rest), model.version: canary_fraction})
-        if during_canary:
-            during_canary()
-    serving.set_traffic({model.version: 1.0})
-    for v in old_versions:
-        if v != model.version:
-            serving.undeploy(v)
-    return url
+    served = {int(v) for v in before.get("traffic", {})} | {int(v) for v in before.get("versions", [])}
+    url = before.get("url")
+    for version in [*weights, *([shadow] if shadow is not None else [])]:
+        if version not in served:
+            url = serving.deploy(ws.registry.get(name, version), artifact_file(ws, ws.registry.get(name, version)))
+    serving.set_traffic(weights)
+    set_shadow = getattr(serving, "set_shadow", None)
+    if callable(set_shadow):
+        set_shadow(shadow)
+    elif shadow is not None:
+        raise ConfigError(f"serving backend {serving.name!r} cannot mirror requests; use rollout mode 'canary'")
+    for version in served - set(weights) - ({shadow} if shadow is not None else set()):
+        serving.undeploy(version)
+    return url or serving.status().get("url")
 
 
 # ---------------------------------------------------------------------------- monitoring
@@ -437,6 +467,8 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
         tmp.replace(cursor_file)
     else:
         records, _ = read_since(root, model_name, since=since)
+    # What clients were answered: not the shadow copies, not the rows a model failed on.
+    records = [r for r in records if not r.get("shadow") and "error" not in r]
     return PredictionWindow(pd.DataFrame([r["inputs"] for r in records]),
                             tuple(r["output"] if isinstance(r["output"], str) else float(r["output"])
                                   for r in records),
@@ -503,9 +535,12 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
     tmp = state_file.with_suffix(".tmp")  # replace atomically: a crash never leaves half a file
     tmp.write_text(json.dumps({"ts": now, "production_version": production_version, "report": key}))
     tmp.replace(state_file)
-    ws.notify("loopml_on_drift", report=report)
-    for monitor in ws.monitors:
-        _safely(monitor.on_drift, report)
+    report = dataclasses.replace(report, html_key=key)
+    payload = {"features": list(report.drifted_features), "production_version": production_version, "report": key,
+               "statistics": {f.feature: {"statistic": f.statistic, "p_adjusted": f.p_adjusted, "drifted": f.drifted}
+                              for f in report.features}}
+    events.announce(ws, events.make_event(ws, events.DRIFT, cfg.model_name, production_version, report.reason,
+                                          payload), drift=report)
     return report, key, True
 
 
@@ -528,3 +563,4 @@ class PipelineResult:
     report_path: str | None
     failed_checks: tuple[str, ...]
     serving_url: str | None
+    canary: str | None = None  # what the canary decided: "promote", "rollback", or "running"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -101,6 +101,7 @@ class ModelRegistry(Protocol):
         actor: str,
         reason: str,
         evidence_sha256: str | None = None,
+        action: Literal["promote", "rollback"] = "promote",
     ) -> PromotionEvent: ...
     def rollback(self, name: str, alias: str, *, actor: str, reason: str) -> PromotionEvent: ...
     def history(self, name: str) -> list[HistoryEntry]: ...

@@ -221,3 +221,26 @@ class HookFailure:
 
     def __str__(self) -> str:
         return f"plugin {self.plugin!r} failed in {self.hook}: {type(self.error).__name__}: {self.error}"
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """Something happened to a model of a project: one record for every monitor, hook and Prefect.
+
+    ``kind`` is a dotted name (see :mod:`loopml.events`); ``payload`` holds JSON-ready details
+    (gate values, drifted features, the canary's numbers). ``version`` is the version it is about.
+    """
+
+    kind: str
+    project: str
+    model: str
+    version: int | None
+    reason: str
+    actor: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+
+    @property
+    def resource_id(self) -> str:
+        """The Prefect resource: ``loopml.model.<project>.<model>``; triggers match on it."""
+        return f"loopml.model.{self.project}.{self.model}"

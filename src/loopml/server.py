@@ -86,6 +86,7 @@ class Routing:
 
     predictors: Mapping[int, Predictor]
     weights: Mapping[int, float]
+    shadow: int | None = None  # gets a copy of every request; its answers are logged, never returned
 
     def pick(self, rng: random.Random) -> int:
         versions = [v for v, w in self.weights.items() if w > 0]
@@ -270,6 +271,11 @@ class ServerMetrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         self.traffic = Gauge("loopml_traffic_weight", "Share of traffic per served version",
                              ["model", "version"], registry=self.registry)
+        self.errors = Counter("loopml_prediction_errors", "Rows the model failed to answer (valid input)",
+                              ["model", "version"], registry=self.registry)
+        self.shadow_latency = Histogram("loopml_shadow_latency_seconds", "Time the shadow version took on a "
+                                        "mirrored request", ["model", "version"], registry=self.registry,
+                                        buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.log_dropped = Gauge("loopml_prediction_log_dropped", "Log records dropped (queue full)",
                                  ["model"], registry=self.registry)
 
@@ -311,6 +317,7 @@ class ServingCore:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ versions and traffic
     def add_version(self, version: int, predictor: Predictor) -> None:
@@ -320,7 +327,7 @@ class ServingCore:
         gc.freeze()
         current = self.routing
         weights = dict(current.weights) if current.weights else {version: 1.0}
-        self.routing = Routing({**current.predictors, version: predictor}, weights)
+        self.routing = Routing({**current.predictors, version: predictor}, weights, current.shadow)
         self._export_traffic()
 
     def set_traffic(self, weights: Mapping[int, float]) -> None:
@@ -331,15 +338,24 @@ class ServingCore:
                               f"(deployed: {sorted(current.predictors)})")
         if not any(w > 0 for w in weights.values()) or any(w < 0 for w in weights.values()):
             raise LoopmlError("traffic weights must be >= 0 and at least one > 0")
-        self.routing = Routing(current.predictors, dict(weights))
+        self.routing = Routing(current.predictors, dict(weights), current.shadow)
         self._export_traffic()
+
+    def set_shadow(self, version: int | None) -> None:
+        """Mirror every request to ``version`` (None: stop). Its answers go to the prediction log
+        with ``"shadow": true`` and the answer production gave; clients never see them."""
+        current = self.routing
+        if version is not None and version not in current.predictors:
+            raise LoopmlError(f"cannot shadow version {version}: not deployed (deployed: {sorted(current.predictors)})")
+        self.routing = Routing(current.predictors, current.weights, version)
 
     def remove_version(self, version: int) -> None:
         current = self.routing
         if current.weights.get(version, 0) > 0:
             raise LoopmlError(f"version {version} still receives traffic; move traffic first")
         self.routing = Routing({v: p for v, p in current.predictors.items() if v != version},
-                               {v: w for v, w in current.weights.items() if v != version})
+                               {v: w for v, w in current.weights.items() if v != version},
+                               None if current.shadow == version else current.shadow)
         self._export_traffic()
 
     def _export_traffic(self) -> None:
@@ -445,13 +461,54 @@ class ServingCore:
                 scores = predictor.predict_rows(rows)  # alone: no batch to join, skip the queue hop
             else:
                 scores = await self._score(predictor, rows)
+            answer = predictor.answer(scores)
+        except Exception as exc:  # the model failed on valid input: count it against its version
+            self._log_failure(version, rows, exc, request_id)
+            raise
         finally:
             self._inflight -= 1
-        answer = predictor.answer(scores)
         elapsed = time.perf_counter() - t0
         self._observe(version, predictor.signature, rows, answer, elapsed, request_id)
         self.requests_served += 1
+        shadow = routing.shadow
+        if shadow is not None and shadow != version and shadow in routing.predictors:
+            task = asyncio.get_running_loop().create_task(
+                self._mirror(shadow, routing.predictors[shadow], rows, version, answer, request_id))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
         return {"model": self.model_name, "version": version, **answer}
+
+    def _log_failure(self, version: int, rows: list[dict[str, Any]], exc: BaseException, request_id: str | None,
+                     shadow: bool = False) -> None:
+        self.metrics.errors.labels(self.model_name, str(version)).inc(len(rows))
+        if self.log_writer is not None:
+            now = time.time()
+            extra = {"shadow": True} if shadow else {}
+            self.log_writer.write([{"ts": now, "request_id": request_id, "version": version,
+                                    "error": type(exc).__name__, **extra} for _ in rows])
+
+    async def _mirror(self, version: int, predictor: Predictor, rows: list[dict[str, Any]], primary: int,
+                      primary_answer: Mapping[str, Any], request_id: str | None) -> None:
+        """Score a copy of a request on the shadow version, after the client has its answer."""
+        t0 = time.perf_counter()
+        try:
+            answer = predictor.answer(await self._score(predictor, rows))
+        except Exception as exc:
+            self._log_failure(version, rows, exc, request_id, shadow=True)
+            return
+        elapsed = time.perf_counter() - t0
+        self.metrics.shadow_latency.labels(self.model_name, str(version)).observe(elapsed)
+        if self.log_writer is None:
+            return
+        now = time.time()
+        per_row_ms = elapsed * 1000 / len(rows)
+        sig = predictor.signature
+        records = []
+        for row, out, prim in zip(rows, log_outputs(answer), log_outputs(primary_answer), strict=True):
+            records.append({"ts": now, "request_id": request_id, "version": version, "shadow": True,
+                            "primary_version": primary, "primary_output": prim["output"],
+                            "inputs": {k: row[k] for k in sig.features}, **out, "latency_ms": per_row_ms})
+        self.log_writer.write(records)
 
     def _observe(self, version: int, sig: Signature, rows: list[dict[str, Any]], answer: Mapping[str, Any],
                  elapsed: float, request_id: str | None) -> None:
@@ -520,6 +577,7 @@ class ServingCore:
         routing = self.routing
         return {"status": "ok" if routing.predictors else "empty", "model": self.model_name,
                 "versions": sorted(routing.predictors), "traffic": {str(k): v for k, v in routing.weights.items()},
+                "shadow": routing.shadow,
                 "requests_served": self.requests_served}
 
 
@@ -905,6 +963,9 @@ class ModelServer:
 
     def set_traffic(self, weights: Mapping[int, float]) -> None:
         self.core.set_traffic(weights)
+
+    def set_shadow(self, version: int | None) -> None:
+        self.core.set_shadow(version)
 
     def remove_version(self, version: int) -> None:
         self.core.remove_version(version)

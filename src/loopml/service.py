@@ -37,38 +37,49 @@ class RegistryFollower:
     canary_alias: str = "canary"
     canary_weight: float = 0.0
     poll_seconds: float = 2.0
+    mode: str = "canary"  # canary | shadow | direct, from [pipeline.rollout]
     swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
 
-    def desired(self) -> dict[int, float]:
+    def desired(self) -> tuple[dict[int, float], int | None]:
+        """(traffic weights, shadow version) that the aliases call for.
+
+        The version under ``canary`` (when it differs from the main alias) gets ``canary_weight``
+        of traffic, or, with ``[pipeline.rollout] mode = "shadow"``, a copy of every request."""
         aliases = self.ws.registry.aliases(self.model)
         main = aliases.get(self.alias)
         if main is None:
-            return {}
+            return {}, None
         canary = aliases.get(self.canary_alias)
-        if canary is not None and canary != main and self.canary_weight > 0:
-            return {main: 1.0 - self.canary_weight, canary: self.canary_weight}
-        return {main: 1.0}
+        if canary is None or canary == main:
+            return {main: 1.0}, None
+        if self.mode == "shadow":
+            return {main: 1.0}, canary
+        if self.mode == "canary" and self.canary_weight > 0:
+            return {main: 1.0 - self.canary_weight, canary: self.canary_weight}, None
+        return {main: 1.0}, None
 
     def sync(self) -> bool:
         """One pass: load what the aliases name, route to it, drop the rest. True if anything moved."""
         from loopml import loop
         from loopml.artifacts import Predictor
 
-        wanted = self.desired()
+        wanted, shadow = self.desired()
         routing = self.core.routing
-        if not wanted or dict(routing.weights) == wanted:
+        if not wanted or (dict(routing.weights) == wanted and routing.shadow == shadow):
             return False
-        for version in wanted:
+        for version in [*wanted, *([shadow] if shadow is not None else [])]:
             if version not in routing.predictors:
                 model = self.ws.registry.get(self.model, version)
                 predictor = Predictor.from_bytes(loop.artifact_file(self.ws, model).read_bytes())
                 self.core.add_version(version, predictor)
         self.core.set_traffic(wanted)
+        self.core.set_shadow(shadow)
         for version in list(self.core.routing.predictors):
-            if version not in wanted:
+            if version not in wanted and version != shadow:
                 self.core.remove_version(version)
         self.swaps.append((time.time(), wanted))
-        log.warning("serving %s: %s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()))
+        log.warning("serving %s: %s%s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()),
+                    f"; shadow v{shadow}" if shadow is not None else "")
         return True
 
     async def run(self) -> None:
@@ -121,8 +132,12 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     if ws.config.pipeline is not None and entity:
         view = ws.config.pipeline.features.view
         core.feature_lookup = lambda ids: ws.feature_store.online_features(view, ids)
-    follower = RegistryFollower(ws, core, name, alias,
-                                canary_weight=options.canary_weight if canary_weight is None else canary_weight,
+    from loopml.canary import policy_of
+
+    policy = policy_of(ws)
+    if canary_weight is None:
+        canary_weight = options.canary_weight if options.canary_weight is not None else policy.canary_weight
+    follower = RegistryFollower(ws, core, name, alias, canary_weight=canary_weight, mode=policy.mode,
                                 poll_seconds=options.poll_seconds if poll_seconds is None else poll_seconds)
     follower.sync()  # load before accepting: the first request already finds the model
     tasks: list[asyncio.Task[None]] = []

@@ -41,8 +41,8 @@ class BuiltinServingOptions(BaseModel):
     max_connections: int = Field(default=512, ge=1, description="concurrent connections; more get 503")
     token: SecretStr | None = Field(default=None, description="bearer token clients must send (secret); "
                                                               "default: $LOOPML_SERVE_TOKEN, else none")
-    canary_weight: float = Field(default=0.1, ge=0, le=1, description="`loopml serve`: share of traffic for "
-                                                                     "the version under alias 'canary'")
+    canary_weight: float | None = Field(default=None, ge=0, le=1, description="`loopml serve`: share of traffic "
+                                        "for the version under alias 'canary'; default: [pipeline.rollout]")
     poll_seconds: float = Field(default=2.0, gt=0, description="`loopml serve`: how often the registry is read")
     log_to_store: bool = Field(default=False, description="upload closed prediction-log segments to the "
                                                           "artifact store (server and monitor share no disk)")
@@ -131,6 +131,12 @@ class BuiltinServing:
         if self.server is None:
             raise LoopmlError("nothing is deployed")
         self.server.set_traffic(weights)
+
+    def set_shadow(self, version: int | None) -> None:
+        """Mirror every request to ``version`` (None: stop); see :meth:`ServingCore.set_shadow`."""
+        if self.server is None:
+            raise LoopmlError("nothing is deployed")
+        self.server.set_shadow(version)
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         status, body = post_json(self.url + "/predict", {"rows": list(rows)}, token=self.options.limits().token)

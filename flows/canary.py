@@ -1,0 +1,51 @@
+"""Canary: judge the candidate serving next to production, then promote it or roll it back."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import on_failure, publish_markdown, save_report, workspace
+from loopml import canary, loop
+
+
+@flow(name="loopml-canary", on_failure=on_failure("canary"))
+def judge_canary(config: str | None = None, profile: str | None = None,
+                 poll_seconds: float = 5.0) -> canary.CanaryVerdict | None:
+    """Watch the active canary (alias ``canary`` ≠ ``production``) until it is decided.
+
+    Whoever serves the model (``loopml serve``, the ``serve`` deployment, the in-process server)
+    gives the canary its share of traffic; this flow reads the prediction log, judges, and moves
+    the aliases. Returns None when no canary is active."""
+    logger = get_run_logger()
+    ws = workspace(config, profile)
+    name = loop.pipeline_config(ws).model_name
+    active = canary.active(ws, name)
+    if active is None:
+        logger.info("no canary of %s is active", name)
+        return None
+    policy = canary.policy_of(ws)
+    logger.info("judging %s v%s (%s) next to production v%s: %d rows each, at most %g minutes",
+                name, active.candidate, policy.mode, active.production, policy.min_requests, policy.max_wait_minutes)
+    seen: list[int] = []
+
+    def waiting(verdict: canary.CanaryVerdict) -> None:
+        rows = verdict.arms[1].rows
+        if not seen or rows - seen[-1] >= max(policy.min_requests // 4, 1):
+            seen.append(rows)
+            logger.info("canary so far: %s", verdict.reason)
+
+    verdict = canary.watch(ws, name, poll_seconds=poll_seconds, on_wait=waiting)
+    if verdict is None:
+        logger.warning("the canary of %s ended before it was judged (aliases moved by someone else)", name)
+        return None
+    key = canary.store_report(ws, verdict)
+    path = save_report(ws, key, ws.store.get(key).decode())
+    rows = "\n".join(f"| {c.name} | {'-' if c.value is None else f'{c.value:.4g}'} | "
+                     f"{'-' if c.threshold is None else f'{c.threshold:.4g}'} | {'pass' if c.passed else '**FAIL**'} "
+                     f"| {c.reason} |" for c in verdict.checks)
+    publish_markdown(f"{name}-canary", f"# Canary of {name} v{verdict.candidate}: {verdict.decision.upper()}\n\n"
+                     f"{verdict.reason}\n\n| check | value | limit | verdict | reason |\n|---|---|---|---|---|\n{rows}"
+                     f"\n\nReport with plots: `{path}`", "canary verdict")
+    (logger.info if verdict.decision == "promote" else logger.warning)(
+        "%s v%s: %s", name, verdict.candidate, verdict.reason)
+    return verdict
