@@ -40,6 +40,8 @@ ROLLED_BACK = "loopml.model.rolled-back"
 """An alias moved back to an earlier version (by a person or a failed canary)."""
 CANARY_STARTED = "loopml.canary.started"
 """A candidate receives a canary share of traffic (or a shadow copy) next to production."""
+DRIFT_CHECKED = "loopml.drift.checked"
+"""A drift check ran (payload: per-feature statistics, rows, whether drift was confirmed)."""
 DRIFT = "loopml.drift.detected"
 """Live inputs or outputs drifted from the training reference (confirmed, after cooldown)."""
 PERFORMANCE = "loopml.performance.measured"
@@ -47,7 +49,8 @@ PERFORMANCE = "loopml.performance.measured"
 DEGRADED = "loopml.performance.degraded"
 """Live performance fell below the bound (``[pipeline.monitoring]``); triggers retraining."""
 
-KINDS: tuple[str, ...] = (VALIDATED, REJECTED, PROMOTED, ROLLED_BACK, CANARY_STARTED, DRIFT, PERFORMANCE,
+KINDS: tuple[str, ...] = (VALIDATED, REJECTED, PROMOTED, ROLLED_BACK, CANARY_STARTED, DRIFT_CHECKED, DRIFT,
+                          PERFORMANCE,
                           DEGRADED)
 
 

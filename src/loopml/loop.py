@@ -520,6 +520,12 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
     html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
     key = f"reports/{cfg.model_name}/drift/drift-{_stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
+    payload = {"features": list(report.drifted_features), "production_version": production_version, "report": key,
+               "rows": len(current), "drifted": report.drift_detected,
+               "statistics": {f.feature: {"statistic": f.statistic, "p_adjusted": f.p_adjusted, "drifted": f.drifted}
+                              for f in report.features}}
+    events.announce(ws, events.make_event(ws, events.DRIFT_CHECKED, cfg.model_name, production_version,
+                                          report.reason, payload))
     if not report.drift_detected:
         return report, key, False
     now = time.time() if now is None else now
@@ -536,9 +542,6 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
     tmp.write_text(json.dumps({"ts": now, "production_version": production_version, "report": key}))
     tmp.replace(state_file)
     report = dataclasses.replace(report, html_key=key)
-    payload = {"features": list(report.drifted_features), "production_version": production_version, "report": key,
-               "statistics": {f.feature: {"statistic": f.statistic, "p_adjusted": f.p_adjusted, "drifted": f.drifted}
-                              for f in report.features}}
     events.announce(ws, events.make_event(ws, events.DRIFT, cfg.model_name, production_version, report.reason,
                                           payload), drift=report)
     return report, key, True

@@ -1,0 +1,5 @@
+import sys
+
+from loopml_grafana import main
+
+sys.exit(main())
