@@ -16,7 +16,7 @@ $(BIN)/loopml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[loop,mlflow,wandb,s3,feast,torchserve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[loop,mlflow,wandb,s3,feast,torchserve,prometheus,grafana,dev]"
 	touch $(BIN)/loopml
 
 install: $(BIN)/loopml
@@ -28,10 +28,11 @@ demo: install
 ## Servers the integration tests start themselves (Debian packages; Java comes with the machine).
 ## Installing Debian's prometheus package may start a system service; the tests run their own.
 services:
-	@{ command -v redis-server >/dev/null && command -v prometheus >/dev/null; } || \
+	@{ command -v redis-server >/dev/null && command -v prometheus >/dev/null && \
+	    command -v prometheus-alertmanager >/dev/null && command -v prometheus-pushgateway >/dev/null; } || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; } || \
-	  echo "redis-server or prometheus is missing and could not be installed: run 'apt-get install redis-server prometheus'"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus prometheus-alertmanager prometheus-pushgateway >/dev/null; } || \
+	  echo "redis-server or prometheus is missing and could not be installed: run 'apt-get install redis-server prometheus prometheus-alertmanager prometheus-pushgateway'"
 
 ## Every test, slow integration tests included (what CI runs).
 test: install services

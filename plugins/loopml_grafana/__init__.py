@@ -149,8 +149,8 @@ class GrafanaMonitor:
                 if exc.status_code != 404:
                     raise
                 self.api.folder.create_folder(folder, uid=folder)
-            self.api.dashboard.update_dashboard({"dashboard": dashboard(self.project, model, self.options.datasource_uid),
-                                                 "folderUid": folder, "overwrite": True,
+            board = dashboard(self.project, model, self.options.datasource_uid)
+            self.api.dashboard.update_dashboard({"dashboard": board, "folderUid": folder, "overwrite": True,
                                                  "message": "provisioned by loopml"})
             self._provisioned.add(model)
             return uid

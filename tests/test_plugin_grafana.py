@@ -1,0 +1,140 @@
+"""The `grafana` monitor through grafana-client, against a local HTTP server implementing exactly the
+Grafana API endpoints it calls (no Grafana server can be installed here): folders, dashboards,
+annotations. The dashboard JSON is built from Grafana's schema-generated builders and round-trips
+through the schema's own model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from loopml.records import LoopEvent
+from loopml_grafana import GrafanaMonitor, GrafanaMonitorOptions, dashboard, dashboard_uid
+
+ROOT = Path(__file__).parent.parent
+
+
+class FakeGrafana(BaseHTTPRequestHandler):
+    """The subset of Grafana's HTTP API (v10/11) that the plugin uses, with its status codes."""
+
+    folders: ClassVar[dict[str, dict]] = {}
+    dashboards: ClassVar[dict[str, dict]] = {}
+    annotations: ClassVar[list[dict]] = []
+    auth: ClassVar[list[str]] = []
+
+    def _send(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+
+    def do_GET(self) -> None:
+        self.auth.append(self.headers.get("Authorization", ""))
+        if self.path.startswith("/api/folders/"):
+            uid = self.path.rsplit("/", 1)[1]
+            if uid in self.folders:
+                return self._send(200, self.folders[uid])
+            return self._send(404, {"message": "folder not found"})
+        return self._send(404, {"message": "not found"})
+
+    def do_POST(self) -> None:
+        self.auth.append(self.headers.get("Authorization", ""))
+        body = self._body()
+        if self.path == "/api/folders":
+            if body.get("uid") in self.folders:
+                return self._send(409, {"message": "a folder with the same uid already exists"})
+            folder = {"uid": body.get("uid"), "title": body["title"], "id": len(self.folders) + 1}
+            self.folders[folder["uid"]] = folder
+            return self._send(200, folder)
+        if self.path == "/api/dashboards/db":
+            dash = body["dashboard"]
+            if not dash.get("title") or not isinstance(dash.get("panels"), list):
+                return self._send(400, {"message": "Dashboard title cannot be empty"})
+            if body.get("folderUid") not in self.folders:
+                return self._send(400, {"message": "folder not found"})
+            if dash["uid"] in self.dashboards and not body.get("overwrite"):
+                return self._send(412, {"message": "The dashboard has been changed by someone else",
+                                        "status": "version-mismatch"})
+            version = self.dashboards.get(dash["uid"], {}).get("version", 0) + 1
+            self.dashboards[dash["uid"]] = {**body, "version": version}
+            return self._send(200, {"uid": dash["uid"], "status": "success", "version": version,
+                                    "url": f"/d/{dash['uid']}"})
+        if self.path == "/api/annotations":
+            if body.get("dashboardUID") not in self.dashboards:
+                return self._send(404, {"message": "Dashboard not found"})
+            self.annotations.append(body)
+            return self._send(200, {"message": "Annotation added", "id": len(self.annotations)})
+        return self._send(404, {"message": "not found"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def grafana() -> Any:
+    for store in (FakeGrafana.folders, FakeGrafana.dashboards):
+        store.clear()
+    FakeGrafana.annotations.clear()
+    FakeGrafana.auth.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def event(kind: str, version: int, reason: str) -> LoopEvent:
+    return LoopEvent(kind, "shop", "churn", version, reason, "ci", {"alias": "production"}, time.time())
+
+
+def test_promotions_provision_the_dashboard_once_and_become_annotations(grafana: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAFANA_TOKEN", "glsa_secret")
+    monitor = GrafanaMonitor(GrafanaMonitorOptions(url=grafana), "shop")
+    monitor.on_event(event("loopml.canary.started", 3, "v3 gets 10% of traffic"))
+    monitor.on_event(event("loopml.model.promoted", 3, "canary passed"))
+    monitor.on_event(event("loopml.model.rolled-back", 2, "manual rollback"))
+    monitor.on_event(event("loopml.drift.checked", 2, "quiet"))  # not annotated
+    uid = dashboard_uid("shop", "churn")
+    assert set(FakeGrafana.folders) == {"loopml"}
+    assert FakeGrafana.dashboards[uid]["version"] == 1 and FakeGrafana.dashboards[uid]["folderUid"] == "loopml"
+    assert [a["tags"][-1] for a in FakeGrafana.annotations] == ["started", "promoted", "rolled-back"]
+    assert all(a["dashboardUID"] == uid for a in FakeGrafana.annotations)
+    assert "canary passed" in FakeGrafana.annotations[1]["text"]
+    assert set(FakeGrafana.auth) == {"Bearer glsa_secret"}
+    # A second process (another flow run) overwrites the dashboard rather than failing.
+    GrafanaMonitor(GrafanaMonitorOptions(url=grafana), "shop").provision("churn")
+    assert FakeGrafana.dashboards[uid]["version"] == 2
+
+
+def test_the_dashboard_fits_grafanas_schema_and_covers_the_overview(grafana: str) -> None:
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    board = dashboard("shop", "churn")
+    # through the schema's own model and back
+    again = json.loads(json.dumps(Dashboard.from_json(board), cls=JSONEncoder))
+    assert again["panels"] == board["panels"] and again["uid"] == board["uid"]
+    titles = [p["title"] for p in board["panels"]]
+    for wanted in ("Traffic by version", "p99 latency", "Errors", "Drift: test statistic", "Live performance"):
+        assert any(t.startswith(wanted) for t in titles), titles
+    kinds = {p["title"].split(":")[0]: p["type"] for p in board["panels"]}
+    assert kinds["Drift"] == "heatmap"
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    assert "loopml_request_latency_seconds_bucket" in exprs and 'project="shop"' in exprs
+    assert board["annotations"]["list"][0]["target"]["tags"] == ["loopml", "model:churn"]
+
+
+def test_the_shipped_example_dashboard_is_what_the_plugin_generates() -> None:
+    shipped = json.loads((ROOT / "deployments" / "grafana" / "dashboards" / "loopml-demo-churn.json").read_text())
+    assert shipped == dashboard("demo", "churn"), "regenerate: python -m loopml_grafana demo churn > …"
