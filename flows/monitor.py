@@ -34,6 +34,16 @@ def monitor(since: float | None = None, config: str | None = None,
                      f"# Drift check: {report.reason}\n\n| feature | test | statistic | Holm p | verdict |"
                      f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
                      "drift of live inputs vs training data")
+    if any(r.get("entity") is not None for r in window.records):
+        from loopml import performance
+
+        skew = performance.skew(ws, window.records)
+        publish_markdown(f"{cfg.model_name}-skew", "# Training-serving skew of served entities\n\n"
+                         + performance.skew_markdown(skew), "served inputs vs point-in-time and training values")
+        worst = max(skew, key=lambda s: s.online_vs_offline, default=None)
+        if worst is not None and worst.online_vs_offline > 0:
+            logger.warning("online features differ from point-in-time values for %s on %.1f%% of served entities",
+                           worst.feature, 100 * worst.online_vs_offline)
     if alert:  # loop.check_drift announced it: hooks, monitors and the Prefect event loopml.drift.detected
         logger.warning("drift alert raised for %s: %s", model.ref, report.reason)
     return report, str(path)

@@ -28,6 +28,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("pipeline.training.holdout", "HoldoutConfig"),
     ("pipeline.gates", "GatesConfig"),
     ("pipeline.drift", "DriftConfig"),
+    ("pipeline.rollout", "RolloutConfig"),
+    ("pipeline.monitoring", "MonitoringConfig"),
 )
 
 
@@ -154,6 +156,8 @@ MEANINGS: dict[str, str] = {
     "PipelineConfig.training": "seed and holdout",
     "PipelineConfig.gates": "validation gates",
     "PipelineConfig.drift": "drift detection",
+    "PipelineConfig.rollout": "how an approved candidate reaches production: canary, shadow or direct",
+    "PipelineConfig.monitoring": "live performance from delayed labels",
     "FeaturesConfig.view": "feature view name",
     "FeaturesConfig.timestamp": "event time column of the feature rows",
     "FeaturesConfig.numeric": "numeric feature columns",

@@ -440,6 +440,7 @@ class PredictionWindow:
     outputs: tuple[Any, ...]  # score or value; the predicted class for multiclass
     latency_ms: tuple[float, ...]
     versions: tuple[int, ...]
+    records: tuple[dict[str, Any], ...] = ()  # the raw log records (entity, request id, time)
 
 
 def prediction_window(ws: Workspace, model_name: str, since: float | None = None) -> PredictionWindow:
@@ -473,7 +474,7 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
                             tuple(r["output"] if isinstance(r["output"], str) else float(r["output"])
                                   for r in records),
                             tuple(float(r.get("latency_ms", 0.0)) for r in records),
-                            tuple(int(r["version"]) for r in records))
+                            tuple(int(r["version"]) for r in records), tuple(records))
 
 
 def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:

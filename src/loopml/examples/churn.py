@@ -83,10 +83,13 @@ def generate(n_customers: int = 4000, *, seed: int = 0, drift: float = 0.0,
     plan_p = np.exp(plan_logits - plan_logits.max(axis=1, keepdims=True))
     plan_p /= plan_p.sum(axis=1, keepdims=True)
     plan = np.array(PLANS)[[rng.choice(3, p=row) for row in plan_p]]
-    # Leakage bait: snapshots after the label time of a churner show many support calls.
+    # A churner leaves: no snapshots after the label time. (An earlier generator gave those
+    # snapshots +6 support calls as leakage bait; serving by entity id then read them as the
+    # "latest" features and the example alarmed drift on its own artefact.) A join that leaks
+    # future rows is still caught: tenure grows by one each snapshot.
     for k in range(SNAPSHOTS):
         after = (snap_times[k] > label_ts) & churned
-        frames[k].loc[after, "support_calls"] += 6
+        frames[k] = frames[k].loc[~after]
     activity = pd.concat(frames, ignore_index=True).sort_values(["event_timestamp", "customer_id"])
     labels = pd.DataFrame({"customer_id": ids, "label_timestamp": label_ts,
                            "churned": churned.astype(int), "spend_next": spend_next, "plan": plan,

@@ -69,6 +69,10 @@ class HookRecorder:
         self.calls.append(("loopml_on_drift", {"report": report}))
 
     @hookimpl
+    def loopml_on_event(self, event: Any) -> None:
+        self.calls.append(("loopml_on_event", {"event": event}))
+
+    @hookimpl
     def loopml_on_error(self, stage: str, error: BaseException) -> None:
         self.calls.append(("loopml_on_error", {"stage": stage, "error": error}))
 

@@ -1,0 +1,29 @@
+"""Live performance: join delayed labels to the prediction log; emits loopml.performance.degraded."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import on_failure, publish_markdown, save_report, workspace
+from loopml import loop, performance
+
+
+@flow(name="loopml-performance", on_failure=on_failure("performance"))
+def live_performance(config: str | None = None, profile: str | None = None,
+                     labels: str | None = None) -> performance.LivePerformance:
+    """Measure each served version on the labels that arrived (``labels``: a dataset ref; default
+    the latest version of ``[pipeline.monitoring] labels_dataset``)."""
+    logger = get_run_logger()
+    ws = workspace(config, profile)
+    cfg = loop.pipeline_config(ws)
+    frame = ws.datasets.load(ws.datasets.get(labels)) if labels else None
+    result, key = performance.live_performance(ws, frame)
+    path = save_report(ws, key, ws.store.get(key).decode())
+    rows = "\n".join(f"| v{v.version} | {v.labels} | {v.metrics.get(result.primary, float('nan')):.4f} | "
+                     f"{'-' if v.holdout is None else f'{v.holdout:.4f}'} |" for v in result.versions)
+    publish_markdown(f"{cfg.model_name}-performance",
+                     f"# Live performance: {'DEGRADED' if result.degraded else 'ok'}\n\n{result.reason}\n\n"
+                     f"| version | labels | live {result.primary} | holdout |\n|---|---|---|---|\n{rows}\n\n"
+                     f"Report with plots: `{path}`", "live performance from delayed labels")
+    (logger.warning if result.degraded else logger.info)("%s", result.reason)
+    return result
