@@ -11,7 +11,8 @@ compared with the version's holdout value from the registry, and announced as
 
 **Skew.** For served entities, what the server fed the model (logged inputs) is compared with
 (a) the point-in-time features at the time of the request, from the offline store: a difference
-means the online store is stale or computes features differently; and (b) the features the same
+means the online store lags or computes features differently, and no value at all means the
+served features are older than the view's ``ttl_days`` (``stale``); and (b) the features the same
 entity had in the training rows: how far serving inputs sit from what the model learned on.
 """
 
@@ -217,7 +218,8 @@ class FeatureSkew:
     feature: str
     kind: str  # numeric | categorical
     rows: int
-    online_vs_offline: float  # share of rows whose served value differs from the point-in-time value then
+    online_vs_offline: float  # of rows with a point-in-time value at request time: share served differently
+    stale: float  # share of rows with no point-in-time value at request time (older than the view's ttl)
     serving_vs_training: float | None  # numeric: standardised mean difference; categorical: share differing
     training_rows: int
 
@@ -252,6 +254,8 @@ def skew(ws: Workspace, records: Sequence[Mapping[str, Any]], training: pd.DataF
     ids = [latest[k]["entity"] for k in frame["entity_key"]]
     entities = pd.DataFrame({cfg.entity: ids, "request_time": frame["request_time"]})
     offline = ws.feature_store.historical_features(view.name, entities, "request_time", list(view.features))
+    offline = (offline.assign(entity_key=offline[cfg.entity].astype(str)).drop_duplicates("entity_key")
+               .set_index("entity_key").reindex(frame["entity_key"]).reset_index(drop=True))  # same row order
     if training is None:
         labels = ws.datasets.load(ws.datasets.get(cfg.labels_dataset))
         training = loop.training_frame(labels, ws.feature_store, view, cfg, list(view.features))
@@ -262,7 +266,11 @@ def skew(ws: Workspace, records: Sequence[Mapping[str, Any]], training: pd.DataF
     for feature in view.features:
         numeric = feature in view.numeric
         served_values = frame[f"served__{feature}"].reset_index(drop=True)
-        online_vs_offline = float(_differs(served_values, offline[feature].reset_index(drop=True), numeric).mean())
+        then = offline[feature].reset_index(drop=True)
+        fresh = then.notna().to_numpy()
+        stale = float(1 - fresh.mean())
+        online_vs_offline = (float(_differs(served_values[fresh], then[fresh], numeric).mean())
+                             if fresh.any() else 0.0)
         vs_training, n_train = None, int(in_training.sum())
         if n_train:
             trained = train_by_id.loc[frame["entity_key"][in_training], feature].reset_index(drop=True)
@@ -273,17 +281,18 @@ def skew(ws: Workspace, records: Sequence[Mapping[str, Any]], training: pd.DataF
             else:
                 vs_training = float(_differs(now, trained, False).mean())
         out.append(FeatureSkew(feature, "numeric" if numeric else "categorical", len(frame), online_vs_offline,
-                               vs_training, n_train))
+                               stale, vs_training, n_train))
     return tuple(out)
 
 
 def skew_markdown(rows: Sequence[FeatureSkew]) -> str:
-    lines = ["| feature | rows | served ≠ point-in-time at request | serving vs training (same entities) |",
-             "|---|---|---|---|"]
+    lines = ["| feature | rows | older than the ttl at request | served ≠ point-in-time at request | "
+             "serving vs training (same entities) |", "|---|---|---|---|---|"]
     for s in rows:
         vs = "-" if s.serving_vs_training is None else (
             f"{s.serving_vs_training:+.3f} sd" if s.kind == "numeric" else f"{s.serving_vs_training:.1%} differ")
-        lines.append(f"| {s.feature} | {s.rows} | {s.online_vs_offline:.1%} | {vs} ({s.training_rows} entities) |")
+        lines.append(f"| {s.feature} | {s.rows} | {s.stale:.1%} | {s.online_vs_offline:.1%} | {vs} "
+                     f"({s.training_rows} entities) |")
     return "\n".join(lines)
 
 

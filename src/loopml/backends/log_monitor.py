@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import pandas as pd
 
-    from loopml.records import DriftReport, PromotionEvent
+    from loopml.records import DriftReport, LoopEvent, PromotionEvent
 
 
 class LogMonitorOptions(BaseModel):
@@ -51,6 +51,12 @@ class LogMonitor:
 
     def on_promotion(self, event: PromotionEvent) -> None:
         self._write("promotion", asdict(event))
+
+    def on_event(self, event: LoopEvent) -> None:
+        """Every loop event (validated, canary, performance, ...) as ``{"event": "event", "kind": ...}``."""
+        body = asdict(event)
+        body["event_ts"] = body.pop("ts")
+        self._write("event", body)
 
     def events(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
