@@ -19,6 +19,7 @@ from loopml.backends.sqlite_registry import SqliteRegistry
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
+PROJECT = "churn-example"  # the `project` of the example's loopml.toml; scopes the triggers
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[di
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "LOOPML_REPO": str(REPO)}
+           "DO_NOT_TRACK": "1", "LOOPML_REPO": str(REPO), "LOOPML_PROJECT": PROJECT}
     server = start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                    tmp / "server.log", env, REPO)
     worker = None
@@ -41,6 +42,10 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[di
         project = tmp / "project"
         subprocess.run([sys.executable, "-m", "loopml.cli", "init", str(project), "--customers", "2000"],
                        check=True, capture_output=True, timeout=120)
+        with open(project / "loopml.toml", "a") as toml:  # a profile whose canary fails on any change
+            toml.write("\n[profiles.strict.pipeline.rollout]\nmax_output_shift = 0.0\n"
+                       "[profiles.strict.pipeline.training]\nseed = 5\n"
+                       "[profiles.strict.pipeline.model.options]\nepochs = 10\n")
         worker_env = {**env, "LOOPML_CONFIG": str(project / "loopml.toml"), "LOOPML_PROFILE": "ci"}
         worker = start([*PREFECT, "worker", "start", "--pool", "loopml-process"], tmp / "worker.log",
                        worker_env, REPO)
@@ -95,29 +100,103 @@ def served(prefect_stack) -> Iterator[str]:
         subprocess.run([*PREFECT, "flow-run", "cancel", run_id], env=env, capture_output=True, timeout=60)
 
 
-def test_drift_event_triggers_the_retrain_and_the_served_model_follows(prefect_stack, served) -> None:
+def emit(env: dict[str, str], event: str, project: str) -> None:
+    code = ("from prefect.events import emit_event\n"
+            f"emit_event(event={event!r}, resource={{'prefect.resource.id': 'loopml.model.{project}.churn', "
+            f"'loopml.project': {project!r}, 'loopml.model': 'churn'}}, payload={{'features': ['monthly_charges']}})")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def wait_for_runs(env: dict[str, str], deployment: str, n: int, timeout: float = 600) -> list[str]:
+    deadline = time.monotonic() + timeout
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        states = flow_runs(env, deployment)
+        if states.count("COMPLETED") + states.count("FAILED") + states.count("CRASHED") >= n:
+            return states
+        time.sleep(2)
+    return states
+
+
+def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_traffic(prefect_stack,
+                                                                                     served) -> None:
     from loopml.examples import churn
     from loopml.serving import post_json
+    from loopml.traffic import TrafficGenerator
 
     env, project = prefect_stack
     row = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
     assert post_json(served + "/predict", {"rows": [row]})[1]["version"] == 1
-    churn.write(churn.generate(2000, seed=22, drift=1.0, id_offset=1_000_000), project / "data")  # fresh data
+    fresh = churn.generate(2000, seed=22, drift=1.0, id_offset=1_000_000)
+    churn.write(fresh, project / "data")
     assert flow_runs(env, "retrain-on-drift") == []
-    emit = ("from prefect.events import emit_event\n"
-            "emit_event(event='loopml.drift.detected', resource={'prefect.resource.id': 'loopml.model.churn'},"
-            " payload={'features': ['monthly_charges']})")
-    subprocess.run([sys.executable, "-c", emit], env=env, check=True, timeout=60)
-    deadline = time.monotonic() + 240
-    states: list[str] = []
-    while time.monotonic() < deadline:
-        states = flow_runs(env, "retrain-on-drift")
-        if "COMPLETED" in states:
-            break
-        time.sleep(2)
-    assert states == ["COMPLETED"]
-    assert SqliteRegistry(project / ".loopml" / "registry.db").aliases("churn") == {"production": 2}
+    emit(env, "loopml.drift.detected", "another-project")  # shares the work pool: must not retrain ours
+    traffic = TrafficGenerator(served + "/predict", churn.request_rows(fresh, tuple(row))).start()
+    try:
+        emit(env, "loopml.drift.detected", PROJECT)
+        states = wait_for_runs(env, "retrain-on-drift", 1)
+    finally:
+        traffic.stop()
+    assert states == ["COMPLETED"], states  # one run: the other project's event started nothing
+    registry = SqliteRegistry(project / ".loopml" / "registry.db")
+    assert registry.aliases("churn") == {"production": 2, "canary": 2}
+    actions = [(e.action, e.alias, e.to_version, e.actor) for e in registry.history("churn") if e.action != "register"]
+    assert actions[-2:] == [("promote", "canary", 2, actions[-2][3]), ("promote", "production", 2, "loopml-canary")]
+    assert traffic.failed == 0 and traffic.versions[2] > 0  # the canary answered real requests, none failed
     deadline = time.monotonic() + 60  # the serve run follows the promotion within its poll interval
     while post_json(served + "/predict", {"rows": [row]})[1].get("version") != 2:
         assert time.monotonic() < deadline, "the served model did not follow the promotion"
         time.sleep(0.5)
+
+
+def test_a_failing_canary_is_rolled_back_and_the_automation_calls_the_webhook(prefect_stack, served) -> None:
+    import json
+    import queue
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from loopml.examples import churn
+    from loopml.prefect_setup import apply_automations
+    from loopml.serving import post_json
+    from loopml.traffic import TrafficGenerator
+
+    env, project = prefect_stack
+    received: queue.Queue[dict] = queue.Queue()
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    code = ("from loopml.prefect_setup import apply_automations; "
+            f"apply_automations('http://127.0.0.1:{hook.server_port}/hook', {PROJECT!r}, allow_private=True)")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=180, cwd=REPO)
+    assert apply_automations  # the same function the CLI `python -m loopml.prefect_setup` runs
+    fresh = churn.generate(2000, seed=23, drift=1.0, id_offset=2_000_000)
+    row = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
+    traffic = TrafficGenerator(served + "/predict", churn.request_rows(fresh, tuple(row))).start()
+    try:
+        out = subprocess.run([*PREFECT, "deployment", "run", "loopml-pipeline/retrain-on-drift", "--param",
+                              "profile=strict", "--watch", "--watch-timeout", "600"], env=env, capture_output=True,
+                             text=True, timeout=700)
+    finally:
+        traffic.stop()
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    registry = SqliteRegistry(project / ".loopml" / "registry.db")
+    v3 = registry.get("churn", 3)
+    assert v3.status == "rejected" and registry.aliases("churn") == {"production": 2, "canary": 2}
+    last = registry.history("churn")[-2]
+    assert (last.action, last.alias, last.actor) == ("rollback", "canary", "loopml-canary")
+    assert "canary-output-shift" in last.reason
+    assert traffic.failed == 0 and post_json(served + "/predict", {"rows": [row]})[1]["version"] == 2
+    try:
+        note = received.get(timeout=120)
+    finally:
+        hook.shutdown()
+    assert "rolled-back" in note["subject"] and "canary failed" in note["body"], note

@@ -37,21 +37,25 @@ def test_demo_runs_the_whole_loop_to_its_summary(demo) -> None:
     swap = next(line for line in out.splitlines() if "requests during the swap" in line)
     assert ", 0 failed," in swap, swap  # no request dropped while v2 replaced v1
     reports = [line.split("report: ", 1)[1].strip() for line in out.splitlines() if "report: " in line]
-    assert len(reports) == 4 and all(Path(r).is_file() for r in reports)
+    assert len(reports) == 5 and all(Path(r).is_file() for r in reports)  # validation x2, drift x2, canary
+    assert "churn:v2 approved -> production after a canary (promote)" in out
 
 
 def test_the_registry_holds_lineage_and_history(demo) -> None:
     folder, _, _ = demo
     registry = SqliteRegistry(folder / ".loopml" / "registry.db")
     v1, v2 = registry.list_versions("churn")
-    assert registry.aliases("churn") == {"production": 2}
+    assert registry.aliases("churn") == {"production": 2, "canary": 2}
     assert v1.dataset_version != v2.dataset_version  # retrained on a new data version
     for model in (v1, v2):
         assert model.lineage["datasets"]["features"].startswith("activity@")
         assert model.environment["torch"] and model.run_id and model.git_commit
-    actions = [(e.action, e.from_version, e.to_version) for e in registry.history("churn")
+    actions = [(e.action, e.alias, e.from_version, e.to_version) for e in registry.history("churn")
                if e.action != "register"]
-    assert actions == [("promote", None, 1), ("promote", 1, 2)]
+    # v2 served as a canary next to v1 before production moved; the canary's verdict moved it.
+    assert actions == [("promote", "production", None, 1), ("promote", "canary", None, 2),
+                       ("promote", "production", 1, 2)]
+    assert registry.history("churn")[-1].actor == "loopml-canary"
 
 
 def test_monitors_saw_drift_and_promotions(demo) -> None:
