@@ -16,6 +16,7 @@ import pytest
 from servers import free_port, start, stop, wait_http
 
 from loopml.records import LoopEvent
+from loopml.testing import MonitorSuite
 from loopml_prometheus import PrometheusMonitor, PrometheusMonitorOptions
 
 RULES = Path(__file__).parent.parent / "deployments" / "prometheus"
@@ -119,3 +120,31 @@ def test_drift_pushed_by_the_monitor_reaches_a_webhook_through_prometheus_and_al
         for proc in procs:
             stop(proc)
         hook.shutdown()
+
+
+class TestPrometheusMonitorConformance(MonitorSuite):
+    """The shared monitor contract, read back from the metrics the monitor wrote (textfile mode)."""
+
+    @pytest.fixture
+    def monitor(self, tmp_path: Path) -> PrometheusMonitor:
+        return PrometheusMonitor(PrometheusMonitorOptions(), "suite", tmp_path)
+
+    def recorded(self, monitor: PrometheusMonitor) -> list[dict]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out = []
+        for path in sorted(monitor.textfile_dir.glob("*.prom")):
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(path.read_text()) for s in family.samples}
+            names = {name for name, _ in samples}
+            if "loopml_drift_detected" in names and any(v == 1.0 for (n, _), v in samples.items()
+                                                        if n == "loopml_drift_detected"):
+                drifted = [dict(labels)["feature"] for (n, labels), v in samples.items()
+                           if n == "loopml_drift_feature_drifted" and v == 1.0]
+                out.append({"event": "drift", "features": drifted})
+            if "loopml_alias_version" in names:
+                version = next(v for (n, _), v in samples.items() if n == "loopml_alias_version")
+                out.append({"event": "promotion", "to_version": int(version)})
+            if "loopml_window_rows" in names:
+                out.append({"event": "observe"})
+        return out

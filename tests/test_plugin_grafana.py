@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from loopml.records import LoopEvent
+from loopml.records import LoopEvent, PromotionEvent
+from loopml.testing import MonitorSuite
 from loopml_grafana import GrafanaMonitor, GrafanaMonitorOptions, dashboard, dashboard_uid
 
 ROOT = Path(__file__).parent.parent
@@ -102,8 +103,8 @@ def test_promotions_provision_the_dashboard_once_and_become_annotations(grafana:
     monkeypatch.setenv("GRAFANA_TOKEN", "glsa_secret")
     monitor = GrafanaMonitor(GrafanaMonitorOptions(url=grafana), "shop")
     monitor.on_event(event("loopml.canary.started", 3, "v3 gets 10% of traffic"))
-    monitor.on_event(event("loopml.model.promoted", 3, "canary passed"))
-    monitor.on_event(event("loopml.model.rolled-back", 2, "manual rollback"))
+    monitor.on_promotion(PromotionEvent("churn", "production", 2, 3, "promote", "loopml-canary", "canary passed"))
+    monitor.on_promotion(PromotionEvent("churn", "production", 3, 2, "rollback", "me", "manual rollback"))
     monitor.on_event(event("loopml.drift.checked", 2, "quiet"))  # not annotated
     uid = dashboard_uid("shop", "churn")
     assert set(FakeGrafana.folders) == {"loopml"}
@@ -138,3 +139,22 @@ def test_the_dashboard_fits_grafanas_schema_and_covers_the_overview(grafana: str
 def test_the_shipped_example_dashboard_is_what_the_plugin_generates() -> None:
     shipped = json.loads((ROOT / "deployments" / "grafana" / "dashboards" / "loopml-demo-churn.json").read_text())
     assert shipped == dashboard("demo", "churn"), "regenerate: python -m loopml_grafana demo churn > …"
+
+
+class TestGrafanaMonitorConformance(MonitorSuite):
+    """The shared monitor contract, read back through the (local) Grafana API."""
+
+    @pytest.fixture
+    def monitor(self, grafana: str) -> GrafanaMonitor:
+        return GrafanaMonitor(GrafanaMonitorOptions(url=grafana), "suite")
+
+    def recorded(self, monitor: GrafanaMonitor) -> list[dict]:
+        out = [{"event": "observe"} for _ in FakeGrafana.dashboards]  # observing provisions the dashboard
+        for note in FakeGrafana.annotations:
+            action = note["tags"][-1]
+            if action == "drift":
+                out.append({"event": "drift", "text": note["text"]})
+            elif action in ("promoted", "rolled-back"):
+                version = int(note["text"].split(" v", 1)[1].split(":", 1)[0])
+                out.append({"event": "promotion", "to_version": version, "text": note["text"]})
+        return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -42,8 +43,11 @@ class TestTorchServe(ServingBackendSuite):
             shared.undeploy(version)
         shared.model = None
 
-    def test_bad_requests_sent_straight_to_torchserve_get_4xx(self, serving, model_files) -> None:
-        url = serving.deploy(self.model_version(1, model_files[1]), model_files[1])
+    @pytest.mark.parametrize("front", ["torchserve_url", "url"])
+    def test_bad_requests_get_4xx_from_torchserve_and_through_loopmls_router(self, serving, model_files,
+                                                                             front: str) -> None:
+        serving.deploy(self.model_version(1, model_files[1]), model_files[1])
+        url = serving.status()[front]
         assert url.startswith("http://127.0.0.1:")
         endpoint = f"{url}/predictions/suite-model"
         token = serving.inference_token
@@ -60,6 +64,33 @@ class TestTorchServe(ServingBackendSuite):
             urllib.request.urlopen(request, timeout=30)
         assert 400 <= info.value.code < 500
         assert post_json(endpoint, {"rows": [self.GOOD]}, token=token)[0] == 200  # still serving
+
+    def test_the_router_splits_traffic_and_mirrors_a_shadow_into_the_log(self, serving, model_files) -> None:
+        from loopml.predlog import read_since
+
+        serving.deploy(self.model_version(1, model_files[1]), model_files[1])
+        serving.deploy(self.model_version(2, model_files[2]), model_files[2])
+        endpoint = serving.status()["predict_url"]
+        token = serving.inference_token
+        serving.set_traffic({1: 0.5, 2: 0.5})
+        seen = [post_json(endpoint, {"rows": [self.GOOD]}, token=token)[1]["version"] for _ in range(60)]
+        assert set(seen) == {1, 2}
+        serving.set_traffic({1: 1.0})
+        serving.set_shadow(2)
+        answered = [post_json(endpoint, {"rows": [self.GOOD, self.GOOD]}, token=token)[1] for _ in range(20)]
+        assert {a["version"] for a in answered} == {1}  # answers come from production only
+        deadline = time.monotonic() + 120  # mirrored copies are sent after each answer: wait for all 40 rows
+        while True:
+            records, _ = read_since(serving.prediction_log_dir, "suite-model")
+            shadow = [r for r in records if r.get("shadow")]
+            if len(shadow) >= 40 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(shadow) == 40 and {r["version"] for r in shadow} == {2}
+        assert all(r["primary_version"] == 1 and isinstance(r["primary_output"], float) for r in shadow)
+        with pytest.raises(Exception, match="still receives traffic"):
+            serving.undeploy(2)
+        serving.set_shadow(None)
 
     def test_a_second_torchserve_runs_beside_it_and_archives_are_keyed_by_content(
             self, serving, model_files, tmp_path) -> None:

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from loopml.records import DriftReport, LoopEvent, PromotionEvent
 
 log = logging.getLogger(__name__)
-ANNOTATED = ("loopml.model.promoted", "loopml.model.rolled-back", "loopml.canary.started", "loopml.model.rejected",
-             "loopml.performance.degraded", "loopml.drift.detected")
+ANNOTATED = ("loopml.canary.started", "loopml.model.rejected", "loopml.performance.degraded")
+"""Kinds annotated from ``on_event``; promotions, rollbacks and drift come through their own methods."""
 
 
 class GrafanaMonitorOptions(BaseModel):
@@ -155,13 +155,14 @@ class GrafanaMonitor:
             self._provisioned.add(model)
             return uid
 
-    def annotate(self, event: LoopEvent) -> None:
-        uid = self.provision(event.model)
-        action = event.kind.rsplit(".", 1)[-1]
+    def annotate(self, model: str, version: int | None, action: str, reason: str, ts: float | None = None) -> None:
+        import time
+
+        uid = self.provision(model)
         self.api.annotations.add_annotation(
-            dashboard_uid=uid, time_from=int(event.ts * 1000),
-            tags=["loopml", f"model:{event.model}", f"project:{event.project}", action],
-            text=f"{event.model} v{event.version}: {action}. {event.reason}"[:1000])
+            dashboard_uid=uid, time_from=int((ts or time.time()) * 1000),
+            tags=["loopml", f"model:{model}", f"project:{self.project}", action],
+            text=f"{model} v{version}: {action}. {reason}"[:1000])
 
     # ------------------------------------------------------------------ Monitor protocol
     def observe(self, model: str, version: int, inputs: pd.DataFrame, outputs: Sequence[Any],
@@ -169,14 +170,16 @@ class GrafanaMonitor:
         self.provision(model)
 
     def on_drift(self, report: DriftReport) -> None:
-        pass  # annotated from on_event
+        self.annotate(report.model, None, "drift", report.reason)
 
     def on_promotion(self, event: PromotionEvent) -> None:
-        pass  # annotated from on_event
+        action = "rolled-back" if event.action == "rollback" else "promoted"
+        self.annotate(event.name, event.to_version, action,
+                      f"{event.alias}: v{event.from_version or '-'} -> v{event.to_version}. {event.reason}")
 
     def on_event(self, event: LoopEvent) -> None:
         if event.kind in ANNOTATED:
-            self.annotate(event)
+            self.annotate(event.model, event.version, event.kind.rsplit(".", 1)[-1], event.reason, event.ts)
 
 
 def _factory(options: GrafanaMonitorOptions, ctx: Any) -> GrafanaMonitor:

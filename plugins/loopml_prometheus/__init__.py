@@ -108,25 +108,31 @@ class PrometheusMonitor:
         self._publish(f"window-v{version}", model, fill)
 
     def on_drift(self, report: DriftReport) -> None:
-        pass  # published from on_event, which carries the project's view of the same report
+        """Confirmed drift (also published by every ``loopml.drift.checked`` event, quiet ones included)."""
+        stats = {f.feature: {"statistic": f.statistic, "p_adjusted": f.p_adjusted, "drifted": f.drifted}
+                 for f in report.features}
+        rows = max((f.n_current for f in report.features), default=0)
+        self._publish_drift(report.model, stats, report.drift_detected, rows)
 
     def on_promotion(self, event: PromotionEvent) -> None:
-        pass  # published from on_event (promoted / rolled-back)
+        self._publish_alias(event.name, event.alias, event.to_version,
+                            "rollback" if event.action == "rollback" else "promote", time.time())
 
     def on_event(self, event: LoopEvent) -> None:
         handler = {
             "loopml.drift.checked": self._drift, "loopml.model.validated": self._gates,
-            "loopml.model.promoted": self._alias, "loopml.model.rolled-back": self._alias,
             "loopml.canary.started": self._canary, "loopml.performance.measured": self._performance,
             "loopml.performance.degraded": self._performance,
-        }.get(event.kind)
+        }.get(event.kind)  # promotions and confirmed drift arrive through on_promotion / on_drift
         if handler is not None:
             handler(event)
 
     def _drift(self, event: LoopEvent) -> None:
         """Every drift check, quiet ones included, so the drift alert resolves when drift goes away."""
-        model, statistics = event.model, event.payload.get("statistics", {})
-        drifted, rows = bool(event.payload.get("drifted")), int(event.payload.get("rows", 0))
+        self._publish_drift(event.model, event.payload.get("statistics", {}), bool(event.payload.get("drifted")),
+                            int(event.payload.get("rows", 0)))
+
+    def _publish_drift(self, model: str, statistics: Any, drifted: bool, rows: int) -> None:
 
         def fill(registry: Any) -> None:
             stat = self._gauge(registry, "loopml_drift_statistic", "Test statistic per feature (KS or chi-square)",
@@ -161,18 +167,14 @@ class PrometheusMonitor:
 
         self._publish("gates", event.model, fill)
 
-    def _alias(self, event: LoopEvent) -> None:
-        alias = str(event.payload.get("alias", "production"))
-
+    def _publish_alias(self, model: str, alias: str, version: int, action: str, ts: float) -> None:
         def fill(registry: Any) -> None:
             self._gauge(registry, "loopml_alias_version", "Version an alias points at", ["alias"]).labels(
-                self.project, event.model, alias).set(event.version or 0)
+                self.project, model, alias).set(version)
             self._gauge(registry, "loopml_alias_moved_timestamp_seconds", "When the alias last moved, and how",
-                        ["alias", "action"]).labels(
-                self.project, event.model, alias,
-                "rollback" if event.kind.endswith("rolled-back") else "promote").set(event.ts)
+                        ["alias", "action"]).labels(self.project, model, alias, action).set(ts)
 
-        self._publish(f"alias-{alias}", event.model, fill)
+        self._publish(f"alias-{alias}", model, fill)
 
     def _canary(self, event: LoopEvent) -> None:
         def fill(registry: Any) -> None:

@@ -90,6 +90,8 @@ class TorchServeBackend:
         self.process: subprocess.Popen | None = None
         self.model: str | None = None
         self.weights: dict[int, float] = {}
+        self.shadow: int | None = None  # gets a copy of every request through the router
+        self.router: Any = None  # loopml's router in front of TorchServe (canary split, shadow)
         self._rng = random.Random(0)
         self._lock = threading.Lock()
         self._traffic_moved_at = 0.0
@@ -170,6 +172,9 @@ class TorchServeBackend:
                         raise OSError("no key file yet")
                     self._read_keys()
                 if _request("GET", self.inference_url + "/ping", timeout=2, token=self.inference_token)[0] == 200:
+                    from loopml_torchserve.router import Router
+
+                    self.router = Router(self).start()
                     return
             except (OSError, ValueError, KeyError):  # not up yet, or its key file half-written
                 self._keys = {}
@@ -178,6 +183,9 @@ class TorchServeBackend:
         raise LoopmlError(f"TorchServe did not answer /ping within {self.options.startup_timeout:.0f} s")
 
     def stop(self) -> None:
+        if self.router is not None:
+            self.router.stop()
+            self.router = None
         if self.process is None:
             return
         import signal
@@ -191,6 +199,7 @@ class TorchServeBackend:
                 self.process.wait()
         self.process = None
         self.weights = {}
+        self.shadow = None
 
     # ------------------------------------------------------------------ archives
     def archive(self, model: ModelVersion, artifact_path: Path) -> Path:
@@ -229,7 +238,7 @@ class TorchServeBackend:
             if not self.weights:
                 self._set_default(model.version)
                 self.weights = {model.version: 1.0}
-        return self.inference_url
+        return self.router.url if self.router is not None else self.inference_url
 
     def _set_default(self, version: int) -> None:
         status, body = self._manage("PUT", f"/models/{self.model}/{version}/set-default")
@@ -259,6 +268,12 @@ class TorchServeBackend:
             self.weights = {v: w for v, w in weights.items() if w > 0}
             self._traffic_moved_at = time.monotonic()
 
+    def set_shadow(self, version: int | None) -> None:
+        """Mirror every request through the router to ``version`` (None: stop)."""
+        if version is not None and version not in self.registered_versions():
+            raise LoopmlError(f"cannot shadow version {version}: not registered in TorchServe")
+        self.shadow = version
+
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if self.model is None:
             raise LoopmlError("nothing is deployed")
@@ -279,17 +294,18 @@ class TorchServeBackend:
     def status(self) -> dict[str, Any]:
         if self.process is None or self.process.poll() is not None:
             return {"status": "stopped"}
-        return {"status": "ok", "url": self.inference_url, "model": self.model,
-                "predict_url": f"{self.inference_url}/predictions/{self.model}",
-                "versions": self.registered_versions(),
-                "traffic": {str(k): v for k, v in self.weights.items()}}
+        front = self.router.url if self.router is not None else self.inference_url
+        return {"status": "ok", "url": front, "model": self.model,
+                "predict_url": f"{front}/predictions/{self.model}",  # canary split and shadow by loopml's router
+                "torchserve_url": self.inference_url, "versions": self.registered_versions(),
+                "traffic": {str(k): v for k, v in self.weights.items()}, "shadow": self.shadow}
 
     def undeploy(self, version: int | None = None) -> None:
         if version is None:
             self.stop()
             self.model = None
             return
-        if self.weights.get(version, 0) > 0:
+        if self.weights.get(version, 0) > 0 or self.shadow == version:
             raise LoopmlError(f"version {version} still receives traffic; move traffic first")
         # Requests TorchServe queued for this version before the default moved must finish first:
         # unregistering stops its workers.

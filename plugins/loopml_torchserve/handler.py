@@ -39,6 +39,7 @@ class LoopmlHandler:
         from loopml.serving import MAX_ROWS, RequestError, validate_rows
 
         batch: list[list[dict[str, Any]]] = []
+        shadows: list[dict[str, Any] | None] = []
         for request in data:  # with TorchServe batching, one bad request fails its whole batch
             body = request.get("body", request.get("data"))
             try:
@@ -47,6 +48,9 @@ class LoopmlHandler:
                         body = json.loads(body, parse_constant=_reject_constant)
                     except ValueError as exc:
                         raise RequestError(400, f"body is not valid JSON: {exc}") from None
+                # loopml's router tags mirrored copies: {"loopml": {"shadow_of", "primary_outputs"}}
+                tag = body.get("loopml") if isinstance(body, dict) else None
+                shadows.append(tag if isinstance(tag, dict) and "shadow_of" in tag else None)
                 batch.append(validate_rows(body, self.predictor.signature, max_rows=MAX_ROWS))
             except RequestError as exc:
                 raise PredictionException(str(exc), exc.status) from None
@@ -54,14 +58,15 @@ class LoopmlHandler:
         scores = self.predictor.predict_rows([row for rows in batch for row in rows])  # one call per batch
         per_row_ms = (time.perf_counter() - started) * 1000 / max(len(scores), 1)
         answers, start = [], 0
-        for rows in batch:
+        for rows, shadow in zip(batch, shadows, strict=True):
             answer = self.predictor.answer(scores[start:start + len(rows)])
             start += len(rows)
-            self._log(rows, answer, per_row_ms)
+            self._log(rows, answer, per_row_ms, shadow)
             answers.append(json.dumps({"model": self.model, "version": self.version, **answer}))
         return answers
 
-    def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float) -> None:
+    def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float,
+             shadow: dict[str, Any] | None = None) -> None:
         """Append to the prediction log the monitor reads (same format as the built-in server)."""
         from loopml.serving import log_outputs
 
@@ -69,9 +74,15 @@ class LoopmlHandler:
         if not folder:
             return
         now = time.time()
-        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, **out,
+        outs = log_outputs(answer)
+        tags: list[dict[str, Any]] = [{} for _ in rows]
+        if shadow is not None:
+            primary = shadow.get("primary_outputs") or []
+            tags = [{"shadow": True, "primary_version": shadow.get("shadow_of"),
+                     "primary_output": primary[i] if i < len(primary) else None} for i in range(len(rows))]
+        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, **out, **tag,
                                     "latency_ms": latency_ms}) + "\n"
-                        for r, out in zip(rows, log_outputs(answer), strict=True)).encode()
+                        for r, out, tag in zip(rows, outs, tags, strict=True)).encode()
         fd = os.open(Path(folder) / f"{self.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, lines)  # one write per request: lines from several workers never interleave
