@@ -89,6 +89,15 @@ def test_models_promote_rollback_and_history(project: Path, capsys) -> None:
     assert json.loads(out)["dataset_version"] == "orders@abc"
     code, _, err = run(capsys, "models", "show", "churn:9")
     assert code == 2 and "no version 9" in err
+    # The CLI's moves reach the monitors and hooks like the flows' do (one event path).
+    log = [json.loads(line) for line in (project / ".loopml" / "monitoring" / "events.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["to_version"]) for e in log if e["event"] == "promotion"] == [
+        ("promote", 1), ("promote", 2), ("rollback", 1)]
+    kinds = [e["kind"] for e in log if e["event"] == "event"]
+    assert kinds == ["loopml.model.promoted", "loopml.model.promoted", "loopml.model.rolled-back"]
+    assert all(e["project"] == "test" for e in log if e["event"] == "event")
+    code, out, _ = run(capsys, "models", "canary", "churn", "--json")
+    assert code == 0 and json.loads(out) == {"model": "churn", "active": False}
 
 
 def test_runs_list_and_show(project: Path, capsys) -> None:

@@ -277,6 +277,35 @@ def models_rollback(
     out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback)")
 
 
+@models_app.command("canary")
+def models_canary(
+    name: Annotated[str, typer.Argument()],
+    watch: Annotated[bool, typer.Option("--watch", help="Judge until decided, then promote or roll back.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between judgements with --watch.")] = 5.0,
+    config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Judge the active canary (alias canary != production) on the served traffic so far."""
+    from loopml import canary
+
+    ws = _workspace(config, profile)
+    if watch:
+        verdict = canary.watch(ws, name, poll_seconds=poll,
+                               on_wait=lambda v: out.print(f"waiting: {v.reason}") if not as_json else None)
+    else:
+        verdict = canary.judge_active(ws, name)
+    if verdict is None:
+        if as_json:
+            _print_json({"model": name, "active": False})
+        else:
+            out.print(f"{name} has no active canary (aliases: {ws.registry.aliases(name)})")
+        return
+    if as_json:
+        _print_json({**verdict.payload(), "model": name, "reason": verdict.reason})
+        return
+    out.print(f"{name} v{verdict.candidate} ({verdict.mode}) vs production v{verdict.production}: "
+              f"[bold]{verdict.decision}[/bold]: {verdict.reason}")
+
+
 @models_app.command("history")
 def models_history(name: Annotated[str, typer.Argument()], config: ConfigOpt = None,
                    profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
