@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,52 @@ PROJECT = "churn-example"  # the `project` of the example's loopml.toml; scopes 
 
 
 @pytest.fixture(scope="module")
-def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """A real Prometheus scraping a Pushgateway (what the flows' `prometheus` monitor pushes) and
+    every serve run (targets written to a file_sd file as they start), the whole module long."""
+    if not (shutil.which("prometheus") and shutil.which("prometheus-pushgateway")):
+        pytest.skip("apt-get install prometheus prometheus-pushgateway")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    push, prom = free_port(), free_port()
+    targets = tmp / "serve-targets.json"
+    targets.write_text("[]")
+    (tmp / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: pushgateway\n    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{push}']}}]\n"
+        f"  - job_name: loopml-serve\n    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n")
+    procs = [start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{push}"], tmp / "push.log"),
+             start(["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom}"], tmp / "prom.log")]
+    try:
+        wait_http(f"http://127.0.0.1:{push}/-/ready", log=tmp / "push.log")
+        wait_http(f"http://127.0.0.1:{prom}/-/ready", log=tmp / "prom.log")
+        yield {"pushgateway": f"http://127.0.0.1:{push}", "url": f"http://127.0.0.1:{prom}", "targets": targets}
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def promql(prometheus: dict[str, object], expr: str) -> list[dict]:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    url = f"{prometheus['url']}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())["data"]["result"]
+
+
+def wait_promql(prometheus: dict[str, object], expr: str, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while not (result := promql(prometheus, expr)):
+        assert time.monotonic() < deadline, f"Prometheus never had {expr}"
+        time.sleep(1)
+    return result
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory, prometheus) -> Iterator[tuple[dict[str, str], Path]]:
     tmp = tmp_path_factory.mktemp("deploy")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
@@ -43,6 +89,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[di
         subprocess.run([sys.executable, "-m", "loopml.cli", "init", str(project), "--customers", "2000"],
                        check=True, capture_output=True, timeout=120)
         with open(project / "loopml.toml", "a") as toml:  # a profile whose canary fails on any change
+            toml.write(f"\n[monitors.drift-log]\n[monitors.prometheus]\npushgateway = '{prometheus['pushgateway']}'\n")
             toml.write("\n[profiles.strict.pipeline.rollout]\nmax_output_shift = 0.0\n"
                        "[profiles.strict.pipeline.training]\nseed = 5\n"
                        "[profiles.strict.pipeline.model.options]\nepochs = 10\n")
@@ -84,10 +131,13 @@ def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(prefect_stack) -> Iterator[str]:
+def served(prefect_stack, prometheus) -> Iterator[str]:
     """The serve deployment, running on the worker; yields its URL; cancelled afterwards."""
+    import json
+
     env, _ = prefect_stack
     port = free_port()
+    prometheus["targets"].write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"]}]))
     out = subprocess.run([*PREFECT, "deployment", "run", "loopml-serve/serve", "--param", f"port={port}"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -118,8 +168,8 @@ def wait_for_runs(env: dict[str, str], deployment: str, n: int, timeout: float =
     return states
 
 
-def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_traffic(prefect_stack,
-                                                                                     served) -> None:
+def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_traffic(prefect_stack, served,
+                                                                                     prometheus) -> None:
     from loopml.examples import churn
     from loopml.serving import post_json
     from loopml.traffic import TrafficGenerator
@@ -147,6 +197,14 @@ def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_t
     while post_json(served + "/predict", {"rows": [row]})[1].get("version") != 2:
         assert time.monotonic() < deadline, "the served model did not follow the promotion"
         time.sleep(0.5)
+    # Prometheus scraped it all: both versions' traffic from the serve run, and what the flows pushed.
+    rows = wait_promql(prometheus, 'loopml_prediction_rows_total{model="churn"}')
+    by_version = {r["metric"]["version"] for r in rows}
+    assert {"1", "2"} <= by_version
+    production = wait_promql(prometheus, f'loopml_alias_version{{project="{PROJECT}",alias="production"}} == 2')
+    assert production[0]["metric"]["model"] == "churn"
+    assert wait_promql(prometheus, f'loopml_canary_version{{project="{PROJECT}"}} == 2')
+    assert wait_promql(prometheus, f'loopml_gate_passed{{project="{PROJECT}",check="regression"}} == 1')
 
 
 def test_a_failing_canary_is_rolled_back_and_the_automation_calls_the_webhook(prefect_stack, served) -> None:
