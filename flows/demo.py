@@ -101,7 +101,11 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     summary.add("production now", prod.ref if prod else "none")
     if prod is not None:
         entity = loop.pipeline_config(ws).entity
-        some_id = int(fresh.labels[entity].iloc[0])
+        candidates = [int(i) for i in fresh.labels[entity].head(200)]
+        online = ws.feature_store.online_features(loop.view_of(ws).name, candidates)
+        # a customer still active (churners left; their features expired with the view's ttl)
+        some_id = next((i for i, ok in zip(candidates, online[features[0]].notna(), strict=True) if ok),
+                       candidates[0])
         answer = ws.serving.predict([{entity: some_id}]) if ws.serving.name == "builtin" else None
         if answer:
             value = answer["predictions"][0]
