@@ -137,8 +137,12 @@ class FeastFeatureStore:
         view = self._view(view_name)
         source = pd.read_parquet(self.repo / "data" / f"{view_name}.parquet", columns=[view.entity, view.timestamp])
         start = source[view.timestamp].min().to_pydatetime() - timedelta(seconds=1)
+        if view.ttl is not None:  # rows older than the ttl are not served (as the offline join drops them)
+            start = max(start, end - view.ttl)
         self.store.materialize(start_date=start, end_date=end, feature_views=[view_name])
-        return int(source.loc[source[view.timestamp] <= pd.Timestamp(end), view.entity].nunique())
+        stamps = source[view.timestamp]
+        window = (stamps > pd.Timestamp(start)) & (stamps <= pd.Timestamp(end))
+        return int(source.loc[window, view.entity].nunique())
 
     def online_features(self, view_name: str, entity_ids: Sequence[Any]) -> Any:
         view = self._view(view_name)
