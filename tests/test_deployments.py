@@ -183,8 +183,14 @@ def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_t
     emit(env, "loopml.drift.detected", "another-project")  # shares the work pool: must not retrain ours
     traffic = TrafficGenerator(served + "/predict", churn.request_rows(fresh, tuple(row))).start()
     try:
-        emit(env, "loopml.drift.detected", PROJECT)
-        states = wait_for_runs(env, "retrain-on-drift", 1)
+        deadline = time.monotonic() + 120
+        while traffic.sent < 500:  # drifted requests reach the prediction log of the serve run
+            assert time.monotonic() < deadline, traffic.errors[:3]
+            time.sleep(0.5)
+        monitor = subprocess.run([*PREFECT, "deployment", "run", "loopml-monitor/monitor", "--watch",
+                                  "--watch-timeout", "300"], env=env, capture_output=True, text=True, timeout=360)
+        assert monitor.returncode == 0, monitor.stdout[-2000:] + monitor.stderr[-2000:]
+        states = wait_for_runs(env, "retrain-on-drift", 1)  # the monitor's drift event triggered it
     finally:
         traffic.stop()
     assert states == ["COMPLETED"], states  # one run: the other project's event started nothing
