@@ -89,7 +89,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory, prometheus) -> Itera
         subprocess.run([sys.executable, "-m", "loopml.cli", "init", str(project), "--customers", "2000"],
                        check=True, capture_output=True, timeout=120)
         with open(project / "loopml.toml", "a") as toml:  # a profile whose canary fails on any change
-            toml.write(f"\n[monitors.drift-log]\n[monitors.prometheus]\npushgateway = '{prometheus['pushgateway']}'\n")
+            toml.write(f"\n[monitors.prometheus]\npushgateway = '{prometheus['pushgateway']}'\n")
             toml.write("\n[profiles.strict.pipeline.rollout]\nmax_output_shift = 0.0\n"
                        "[profiles.strict.pipeline.training]\nseed = 5\n"
                        "[profiles.strict.pipeline.model.options]\nepochs = 10\n")
