@@ -52,7 +52,7 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     ws = workspace(config, profile)
     features = loop.view_of(ws).features
 
-    first = pipeline(config=config, profile=profile)
+    first = pipeline(config=config, profile=profile, await_canary=True)
     summary.add("train + validate + register", f"{first.model} {first.status}"
                 + (" -> production" if first.promoted else "") + (" (training skipped: cached)"
                                                                   if first.skipped_training else ""))
@@ -79,7 +79,7 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     if drift.drift_detected:
         churn.write(fresh, project / "data")  # the fresh export that retraining reads
         during = TrafficGenerator(url, churn.request_rows(fresh, features), token=token).start()
-        second = pipeline(config=config, profile=profile)
+        second = pipeline(config=config, profile=profile, await_canary=True)
         during.stop()
         summary.add("retrain on fresh data", f"{second.model} {second.status}"
                     + (" -> production" if second.promoted else

@@ -10,11 +10,13 @@ from loopml import canary, loop
 
 
 @flow(name="loopml-deploy", on_failure=on_failure("deploy"))
-def deploy(config: str | None = None, profile: str | None = None) -> tuple[str | None, str | None]:
+def deploy(config: str | None = None, profile: str | None = None,
+           judge: bool = False) -> tuple[str | None, str | None]:
     """Serve the production model on the configured backend. If a canary is active, serve it too
-    (share or shadow), judge it on live traffic, and serve whichever version won.
+    (share or shadow); with ``judge``, wait for live traffic to judge it and serve the winner.
 
-    Returns (serving URL, canary decision or None). No request is dropped at any step."""
+    Returns (serving URL, canary decision: promote, rollback, running, or None). No request is
+    dropped at any step."""
     logger = get_run_logger()
     ws = workspace(config, profile)
     name = loop.pipeline_config(ws).model_name
@@ -24,6 +26,10 @@ def deploy(config: str | None = None, profile: str | None = None) -> tuple[str |
         return None, None
     logger.info("serving %s at %s: %s", name, url, ws.serving.status().get("traffic"))
     decision = None
+    if canary.active(ws, name) is not None and not judge:
+        logger.info("the canary is served next to production; judge it with `loopml models canary %s --watch` "
+                    "(or the loopml-canary flow) while clients send traffic", name)
+        return url, "running"
     if canary.active(ws, name) is not None:
         verdict = judge_canary(config=config, profile=profile, poll_seconds=0.5)
         decision = verdict.decision if verdict else None

@@ -23,10 +23,11 @@ def pipeline(config: str | None = None, profile: str | None = None,
     """Version the data, train, validate against production, register, then roll out.
 
     When a production model exists, an approved candidate becomes a canary first
-    (``[pipeline.rollout]``). With ``deploy_model`` this process serves both and judges the canary;
-    with ``await_canary`` (and no deploy) the run waits while another process serves (the ``serve``
-    deployment, ``loopml serve``) and judges it from the prediction log. Otherwise the canary stays
-    active for a later ``loopml-canary`` run.
+    (``[pipeline.rollout]``). With ``await_canary`` the run waits for live traffic and judges it:
+    on this process's server with ``deploy_model``, else on whatever serves the model (the
+    ``serve`` deployment, ``loopml serve``), read from the prediction log. Otherwise the canary
+    stays active (``decision = "running"``) for ``loopml models canary NAME --watch`` or a later
+    ``loopml-canary`` run.
 
     ``trainer`` (ad hoc, from Python) replaces the configured one: a Trainer object or a factory
     ``build(signature) -> nn.Module``."""
@@ -41,7 +42,7 @@ def pipeline(config: str | None = None, profile: str | None = None,
     if existing is not None:
         logger.info("%s already holds this model (%s); nothing to validate or register",
                     existing.ref, existing.status)
-        url, decision = deploy(config=config, profile=profile) if deploy_model else (None, None)
+        url, decision = deploy(config=config, profile=profile, judge=await_canary) if deploy_model else (None, None)
         production = loop.production_model(ws, cfg.model_name)
         return loop.PipelineResult(existing.ref, existing.status,
                                    production is not None and production.version == existing.version,
@@ -50,7 +51,7 @@ def pipeline(config: str | None = None, profile: str | None = None,
     report, key, path = validate(candidate, labels, config=config, profile=profile)
     model, event = register(candidate, report, key, baseline.version if baseline else None,
                             config=config, profile=profile)
-    url, decision = deploy(config=config, profile=profile) if deploy_model else (None, None)
+    url, decision = deploy(config=config, profile=profile, judge=await_canary) if deploy_model else (None, None)
     if event is not None and event.alias == canary.CANARY and not deploy_model:
         if await_canary:
             verdict = judge_canary(config=config, profile=profile)
