@@ -214,18 +214,41 @@ def active(ws: Workspace, model_name: str) -> ActiveCanary | None:
     return ActiveCanary(model_name, cand, prod, started if started is not None else time.time())
 
 
+_KEPT = ("version", "shadow", "error", "latency_ms", "output", "primary_output")
+
+
+class CanaryWindow:
+    """The prediction log since a canary started, read incrementally: each :meth:`read` parses only
+    what was appended since the last one (byte offsets per segment) and keeps just what the judge
+    needs, so a long canary at high traffic costs one pass over its rows, not one per poll."""
+
+    def __init__(self, ws: Workspace, model_name: str, since: float) -> None:
+        from loopml.predlog import LogCursor
+
+        self.ws, self.model_name, self.since = ws, model_name, since
+        self.cursor = LogCursor()
+        self.records: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        from loopml.predlog import read_since
+
+        flush = getattr(self.ws.serving, "flush_log", None)
+        if callable(flush):
+            flush()
+        new, self.cursor = read_since(Path(self.ws.serving.prediction_log_dir), self.model_name, self.cursor,
+                                      since=self.since)
+        self.records.extend({k: r[k] for k in _KEPT if k in r} for r in new)
+        return self.records
+
+
 def read_window(ws: Workspace, model_name: str, since: float) -> list[dict[str, Any]]:
-    from loopml.predlog import read_since
-
-    flush = getattr(ws.serving, "flush_log", None)
-    if callable(flush):
-        flush()
-    records, _ = read_since(Path(ws.serving.prediction_log_dir), model_name, since=since)
-    return records
+    return CanaryWindow(ws, model_name, since).read()
 
 
-def judge_active(ws: Workspace, model_name: str, *, now: float | None = None) -> CanaryVerdict | None:
-    """Judge the active canary of ``model_name`` on the log so far (None if there is none)."""
+def judge_active(ws: Workspace, model_name: str, *, now: float | None = None,
+                 window: CanaryWindow | None = None) -> CanaryVerdict | None:
+    """Judge the active canary of ``model_name`` on the log so far (None if there is none).
+    ``window`` carries what earlier polls of the same canary read."""
     canary = active(ws, model_name)
     if canary is None:
         return None
@@ -234,7 +257,9 @@ def judge_active(ws: Workspace, model_name: str, *, now: float | None = None) ->
     cfg = ws.config.pipeline
     task = ws.registry.get(model_name, canary.candidate).lineage.get("task", "binary")
     floor = cfg.gates.latency_p99_ms if cfg is not None else 25.0
-    return judge(read_window(ws, model_name, canary.started_at), model=model_name, candidate=canary.candidate,
+    if window is None or window.since != canary.started_at:
+        window = CanaryWindow(ws, model_name, canary.started_at)
+    return judge(window.read(), model=model_name, candidate=canary.candidate,
                  production=canary.production, task=task, policy=policy, latency_floor_ms=floor,
                  started_at=canary.started_at,
                  deadline_passed=now - canary.started_at >= policy.max_wait_minutes * 60, now=now)
@@ -263,9 +288,13 @@ def finish(ws: Workspace, verdict: CanaryVerdict) -> tuple[PromotionEvent, str]:
 def watch(ws: Workspace, model_name: str, *, poll_seconds: float = 5.0,
           on_wait: Callable[[CanaryVerdict], None] | None = None) -> CanaryVerdict | None:
     """Judge the active canary every ``poll_seconds`` until it is decided, then act on it."""
+    window: CanaryWindow | None = None
     while True:
         try:
-            verdict = judge_active(ws, model_name)
+            canary = active(ws, model_name)
+            if canary is not None and (window is None or window.since != canary.started_at):
+                window = CanaryWindow(ws, model_name, canary.started_at)
+            verdict = judge_active(ws, model_name, window=window)
         except ModelNotFoundError:
             return None
         if verdict is None:
