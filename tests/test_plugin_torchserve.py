@@ -66,15 +66,24 @@ class TestTorchServe(ServingBackendSuite):
         assert post_json(endpoint, {"rows": [self.GOOD]}, token=token)[0] == 200  # still serving
 
     def test_the_router_splits_traffic_and_mirrors_a_shadow_into_the_log(self, serving, model_files) -> None:
+        import dataclasses
+
         from loopml.predlog import read_since
 
-        serving.deploy(self.model_version(1, model_files[1]), model_files[1])
-        serving.deploy(self.model_version(2, model_files[2]), model_files[2])
+        for version in (1, 2):  # versions that know their entity column: it is logged with each row
+            model = dataclasses.replace(self.model_version(version, model_files[version]),
+                                        lineage={"entity": "customer_id"})
+            serving.deploy(model, model_files[version])
         endpoint = serving.status()["predict_url"]
         token = serving.inference_token
         serving.set_traffic({1: 0.5, 2: 0.5})
-        seen = [post_json(endpoint, {"rows": [self.GOOD]}, token=token)[1]["version"] for _ in range(60)]
+        seen = [post_json(endpoint, {"rows": [{**self.GOOD, "customer_id": i}]}, token=token)[1]["version"]
+                for i in range(60)]
         assert set(seen) == {1, 2}
+        records, _ = read_since(serving.prediction_log_dir, "suite-model")
+        served = [r for r in records if r.get("entity") is not None]
+        assert sorted(r["entity"] for r in served) == list(range(60))  # delayed labels can join by entity
+        assert len({r["request_id"] for r in served}) == 60 and "customer_id" not in served[0]["inputs"]
         serving.set_traffic({1: 1.0})
         serving.set_shadow(2)
         answered = [post_json(endpoint, {"rows": [self.GOOD, self.GOOD]}, token=token)[1] for _ in range(20)]

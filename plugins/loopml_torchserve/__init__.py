@@ -15,6 +15,7 @@ PyTorch-native option and the built-in server as the default.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import random
@@ -205,17 +206,22 @@ class TorchServeBackend:
     def archive(self, model: ModelVersion, artifact_path: Path) -> Path:
         """Package the artifact as ``<name>-v<version>-<sha256[:16]>.mar`` in the model store: a
         cached archive is reused only for the very same artifact bytes."""
-        target = self.store / f"{model.name}-v{model.version}-{model.artifact_sha256[:16]}.mar"
+        entity = model.lineage.get("entity") or ""
+        key = hashlib.sha256(f"{model.artifact_sha256}/{entity}".encode()).hexdigest()  # artifact + what is logged
+        target = self.store / f"{model.name}-v{model.version}-{key[:16]}.mar"
         if target.is_file():
             return target
         self.store.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.home) as tmp:
             serialized = Path(tmp) / "model.pt"
             shutil.copyfile(artifact_path, serialized)
+            serving = Path(tmp) / "loopml_serving.json"  # what the handler logs besides the features
+            serving.write_text(json.dumps({"entity": model.lineage.get("entity")}))
             exe = shutil.which("torch-model-archiver", path=os.path.dirname(sys.executable)) or "torch-model-archiver"
             done = subprocess.run([exe, "--model-name", model.name, "--version", str(model.version),
                                    "--serialized-file", str(serialized), "--handler", str(HANDLER),
-                                   "--export-path", tmp, "--force"], capture_output=True, text=True, timeout=300)
+                                   "--extra-files", str(serving), "--export-path", tmp, "--force"],
+                                  capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise LoopmlError(f"torch-model-archiver failed for {model.ref}: {done.stderr.strip()[-500:]}")
             os.replace(Path(tmp) / f"{model.name}.mar", target)

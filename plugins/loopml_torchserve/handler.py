@@ -22,6 +22,7 @@ class LoopmlHandler:
         self.predictor: Any = None
         self.model = ""
         self.version = 0
+        self.entity: str | None = None  # the entity id column, logged with each row when sent
 
     def initialize(self, context: Any) -> None:
         from loopml.artifacts import Predictor
@@ -31,6 +32,9 @@ class LoopmlHandler:
         self.predictor = Predictor.from_bytes((model_dir / manifest["serializedFile"]).read_bytes())
         self.model = manifest["modelName"]
         self.version = int(float(manifest.get("modelVersion", "0")))
+        serving = model_dir / "loopml_serving.json"
+        if serving.is_file():
+            self.entity = json.loads(serving.read_text()).get("entity") or None
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
@@ -40,7 +44,9 @@ class LoopmlHandler:
 
         batch: list[list[dict[str, Any]]] = []
         shadows: list[dict[str, Any] | None] = []
-        for request in data:  # with TorchServe batching, one bad request fails its whole batch
+        request_ids: list[str | None] = []
+        extra = (self.entity,) if self.entity else ()
+        for idx, request in enumerate(data):  # with TorchServe batching, one bad request fails its whole batch
             body = request.get("body", request.get("data"))
             try:
                 if isinstance(body, bytes | bytearray):
@@ -51,22 +57,23 @@ class LoopmlHandler:
                 # loopml's router tags mirrored copies: {"loopml": {"shadow_of", "primary_outputs"}}
                 tag = body.get("loopml") if isinstance(body, dict) else None
                 shadows.append(tag if isinstance(tag, dict) and "shadow_of" in tag else None)
-                batch.append(validate_rows(body, self.predictor.signature, max_rows=MAX_ROWS))
+                batch.append(validate_rows(body, self.predictor.signature, max_rows=MAX_ROWS, extra_allowed=extra))
+                request_ids.append(_request_id(context, idx))
             except RequestError as exc:
                 raise PredictionException(str(exc), exc.status) from None
         started = time.perf_counter()
         scores = self.predictor.predict_rows([row for rows in batch for row in rows])  # one call per batch
         per_row_ms = (time.perf_counter() - started) * 1000 / max(len(scores), 1)
         answers, start = [], 0
-        for rows, shadow in zip(batch, shadows, strict=True):
+        for rows, shadow, rid in zip(batch, shadows, request_ids, strict=True):
             answer = self.predictor.answer(scores[start:start + len(rows)])
             start += len(rows)
-            self._log(rows, answer, per_row_ms, shadow)
+            self._log(rows, answer, per_row_ms, shadow, rid)
             answers.append(json.dumps({"model": self.model, "version": self.version, **answer}))
         return answers
 
     def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float,
-             shadow: dict[str, Any] | None = None) -> None:
+             shadow: dict[str, Any] | None = None, request_id: str | None = None) -> None:
         """Append to the prediction log the monitor reads (same format as the built-in server)."""
         from loopml.serving import log_outputs
 
@@ -80,7 +87,12 @@ class LoopmlHandler:
             primary = shadow.get("primary_outputs") or []
             tags = [{"shadow": True, "primary_version": shadow.get("shadow_of"),
                      "primary_output": primary[i] if i < len(primary) else None} for i in range(len(rows))]
-        lines = "".join(json.dumps({"ts": now, "version": self.version, "inputs": r, **out, **tag,
+        features = self.predictor.signature.features
+        for row, tag in zip(rows, tags, strict=True):
+            if self.entity and row.get(self.entity) is not None:
+                tag["entity"] = row[self.entity]
+        lines = "".join(json.dumps({"ts": now, "request_id": request_id, "version": self.version,
+                                    "inputs": {k: r[k] for k in features}, **out, **tag,
                                     "latency_ms": latency_ms}) + "\n"
                         for r, out, tag in zip(rows, outs, tags, strict=True)).encode()
         fd = os.open(Path(folder) / f"{self.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -88,6 +100,15 @@ class LoopmlHandler:
             os.write(fd, lines)  # one write per request: lines from several workers never interleave
         finally:
             os.close(fd)
+
+
+def _request_id(context: Any, idx: int) -> str | None:
+    """The client's (or loopml's router's) X-Request-ID, else TorchServe's own id for the request."""
+    try:
+        given = context.get_request_header(idx, "X-Request-ID") or context.get_request_header(idx, "x-request-id")
+        return str(given) if given else context.get_request_id(idx)
+    except Exception:  # a context without headers (tests, older TorchServe)
+        return None
 
 
 def _reject_constant(name: str) -> float:

@@ -18,12 +18,15 @@ Clients that call TorchServe's own inference port still get the default (product
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import random
+import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class Router:
@@ -43,6 +47,8 @@ class Router:
         self._socket: Any = None
         self._client: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count(1)
 
     @property
     def url(self) -> str:
@@ -71,25 +77,28 @@ class Router:
         finally:
             os.close(fd)
 
-    def _headers(self, authorization: str | None) -> dict[str, str]:
+    def _headers(self, authorization: str | None, request_id: str) -> dict[str, str]:
         """The client's own credentials go through (TorchServe checks them); mirrored copies, which
-        no client sent, carry the backend's token."""
-        headers = {"Content-Type": "application/json"}
+        no client sent, carry the backend's token. The request id lands in the prediction log."""
+        headers = {"Content-Type": "application/json", "X-Request-ID": request_id}
         if authorization:
             headers["Authorization"] = authorization
         return headers
 
-    async def _forward(self, version: int, data: bytes, authorization: str | None) -> tuple[int, bytes]:
+    async def _forward(self, version: int, data: bytes, authorization: str | None,
+                       request_id: str) -> tuple[int, bytes]:
         url = f"{self.backend.inference_url}/predictions/{self.backend.model}/{version}"
-        response = await self._client.post(url, content=data, headers=self._headers(authorization))
+        response = await self._client.post(url, content=data, headers=self._headers(authorization, request_id))
         return response.status_code, response.content
 
-    async def _mirror(self, shadow: int, payload: dict[str, Any], primary: int, answer: bytes) -> None:
+    async def _mirror(self, shadow: int, payload: dict[str, Any], primary: int, answer: bytes,
+                      request_id: str) -> None:
         try:
             outputs = json.loads(answer).get("predictions", [])
             body = {**payload, "loopml": {"shadow_of": primary, "primary_outputs": outputs}}
             token = self.backend.inference_token
-            status, _ = await self._forward(shadow, json.dumps(body).encode(), f"Bearer {token}" if token else None)
+            status, _ = await self._forward(shadow, json.dumps(body).encode(), f"Bearer {token}" if token else None,
+                                            request_id)
         except Exception as exc:  # the shadow never affects the client; its failure is data
             log.warning("shadow request to v%s failed: %s", shadow, exc)
             status = 599
@@ -111,8 +120,10 @@ class Router:
             if not self.backend.weights:
                 return JSONResponse({"code": 503, "message": "no model version is deployed yet"}, 503)
             version = self._pick()
+            given = request.headers.get("x-request-id", "")
+            rid = given if _REQUEST_ID.match(given) else f"{self._prefix}-{next(self._counter)}"
             try:
-                status, body = await self._forward(version, data, request.headers.get("authorization"))
+                status, body = await self._forward(version, data, request.headers.get("authorization"), rid)
             except Exception as exc:
                 status, body = 502, json.dumps({"code": 502, "message": f"TorchServe: {exc}"}).encode()
             if status >= 500:
@@ -128,10 +139,11 @@ class Router:
                 except ValueError:
                     payload = None
                 if isinstance(payload, dict):
-                    task = asyncio.get_running_loop().create_task(self._mirror(shadow, payload, version, body))
+                    task = asyncio.get_running_loop().create_task(self._mirror(shadow, payload, version, body, rid))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-            return Response(body, status, media_type="application/json", headers={"X-Model-Version": str(version)})
+            return Response(body, status, media_type="application/json",
+                            headers={"X-Model-Version": str(version), "X-Request-ID": rid})
 
         async def ping(request: Request) -> Response:
             return JSONResponse({"status": "Healthy" if self.backend.weights else "Empty"})
