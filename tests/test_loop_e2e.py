@@ -63,7 +63,8 @@ def test_monitors_saw_drift_and_promotions(demo) -> None:
     events = [json.loads(line) for line in
               (folder / ".loopml" / "monitoring" / "events.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds.count("promotion") == 2 and kinds.count("drift") == 1
+    promotions = [(e["alias"], e["to_version"]) for e in events if e["event"] == "promotion"]
+    assert promotions == [("production", 1), ("canary", 2), ("production", 2)] and kinds.count("drift") == 1
     observed = [e for e in events if e["event"] == "observe"]  # both monitor runs saw the traffic
     assert [(e["version"], e["rows"]) for e in observed] == [(1, 300), (1, 300)]
 

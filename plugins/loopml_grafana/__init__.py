@@ -173,6 +173,8 @@ class GrafanaMonitor:
         self.annotate(report.model, None, "drift", report.reason)
 
     def on_promotion(self, event: PromotionEvent) -> None:
+        if event.alias == "canary" and event.action == "promote":
+            return  # annotated once, as "started", from the loopml.canary.started event
         action = "rolled-back" if event.action == "rollback" else "promoted"
         self.annotate(event.name, event.to_version, action,
                       f"{event.alias}: v{event.from_version or '-'} -> v{event.to_version}. {event.reason}")

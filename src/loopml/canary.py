@@ -188,7 +188,8 @@ def start(ws: Workspace, model: ModelVersion, *, reason: str = "") -> PromotionE
     events.announce(ws, events.make_event(
         ws, events.CANARY_STARTED, model.name, model.version,
         f"{model.ref} gets {share} next to v{production}",
-        {"mode": policy.mode, "canary_weight": policy.canary_weight, "production": production}, ACTOR))
+        {"mode": policy.mode, "canary_weight": policy.canary_weight, "production": production}, ACTOR),
+        promotion=event)  # an alias moved: loopml_after_promotion and on_promotion see it too
     return event
 
 
