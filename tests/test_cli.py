@@ -111,3 +111,22 @@ def test_runs_list_and_show(project: Path, capsys) -> None:
     assert code == 0 and "0.8" in out
     code, _, err = run(capsys, "runs", "show", "nope")
     assert code == 2 and "no run 'nope'" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["modles"], "No such command 'modles'"),
+    (["models", "promote"], "Missing argument"),
+    (["models", "list", "--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_say_what_is_wrong_without_a_traceback(args: list[str], message: str, capsys) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in out + err and "Usage: loopml" in err
+
+
+def test_version_and_help_exit_0(capsys) -> None:
+    from loopml import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"loopml {__version__}"
+    code, out, _ = run(capsys, "models", "--help")
+    assert code == 0 and "promote" in out

@@ -40,6 +40,20 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Config 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from loopml import __version__
+
+        out.print(f"loopml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print loopml's version and exit.")] = False) -> None:
+    """loopml: version data, train, validate, register, serve and monitor models."""
+
+
 def _workspace(config: Path | None, profile: str | None):
     from loopml.context import Workspace
 
@@ -486,20 +500,22 @@ def main(argv: list[str] | None = None) -> int:
     # tight for a fresh database on a busy small machine. An explicit setting still wins.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="loopml")
     except LoopmlError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
     except typer.Abort:
         err.print("aborted")
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except typer.Exit as exc:  # --version, --help
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.TyperException as exc:  # usage errors: typer bundles its own click, so not click's classes
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show(file=sys.stderr)
+        else:
+            err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        return int(getattr(exc, "exit_code", 2) or 2)
     return 0
 
 

@@ -7,7 +7,9 @@ import re
 from loopml.errors import UnsafeKeyError
 
 MAX_KEY_LENGTH = 512
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@-]*$")
+MAX_SEGMENT_LENGTH = 200  # file systems allow 255 bytes a name; stores add suffixes (.ref, temp names)
+RESERVED_SUFFIX = ".ref"  # the local store keeps a key's pointer in "<key>.ref"
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+@-]*")
 
 
 def validate_key(key: str) -> str:
@@ -15,7 +17,8 @@ def validate_key(key: str) -> str:
 
     Rejected: empty keys, absolute paths, ``..`` / ``.`` / empty segments, backslashes, NUL and
     control characters, percent-encoding (``%2e%2e``), and segments starting with a dot (hidden
-    files and the store's own temporary files).
+    files and the store's own temporary files), segments over 200 characters, and segments ending
+    in ``.ref`` (reserved: ``zz`` and ``zz.ref/y`` cannot both exist in a file-backed store).
     """
     if not isinstance(key, str) or not key:
         raise UnsafeKeyError(f"object key must be a non-empty string, got {key!r}")
@@ -32,9 +35,15 @@ def validate_key(key: str) -> str:
             raise UnsafeKeyError(
                 f"object key {key!r} has an empty, '.' or '..' segment; keys cannot leave the store root"
             )
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):  # fullmatch: "$" would accept a trailing newline
             raise UnsafeKeyError(
                 f"object key {key!r}: segment {segment!r} must start with a letter or digit and use "
                 "only letters, digits and . _ = + @ -"
             )
+        if len(segment) > MAX_SEGMENT_LENGTH:
+            raise UnsafeKeyError(f"object key {key[:60]!r}…: a segment is {len(segment)} characters; the limit is "
+                                 f"{MAX_SEGMENT_LENGTH} per segment")
+        if segment.endswith(RESERVED_SUFFIX):
+            raise UnsafeKeyError(f"object key {key!r}: segment {segment!r} ends in {RESERVED_SUFFIX!r}, which is "
+                                 "reserved for the store's pointers; rename it")
     return key

@@ -30,7 +30,8 @@ from loopml.errors import (
 from loopml.records import RunInfo
 
 TRAVERSAL_KEYS = ["../escape", "a/../../escape", "/etc/passwd", "a//b", "./a", "a/./b",
-                  "%2e%2e/escape", "a/%2E%2E/b", "a\\..\\b", "", "a/", "C:/x", ".hidden"]
+                  "%2e%2e/escape", "a/%2E%2E/b", "a\\..\\b", "", "a/", "C:/x", ".hidden",
+                  "a\n/b", "a/b\n", "x" * 300, "zz.ref/y", "labels.ref"]
 
 
 class ArtifactStoreSuite:
