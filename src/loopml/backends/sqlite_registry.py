@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -55,6 +56,18 @@ class SqliteRegistryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path: Path | None = None  # default: <home>/registry.db
     timeout: float = 30.0
+
+
+_ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def check_alias(alias: str) -> str:
+    """Aliases are short lowercase names (production, staging, canary): they appear in URLs
+    (``churn@production``), metric labels and Prefect event payloads."""
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+        raise RegistryError(f"alias {alias!r} is invalid: use 1-63 lowercase letters, digits, '_' or '-', "
+                            "starting with a letter (e.g. production, staging)")
+    return alias
 
 
 def _now() -> str:
@@ -171,6 +184,7 @@ class SqliteRegistry:
         ``expected=None`` means "the alias must not exist yet". A mismatch raises
         :class:`StaleAliasError` carrying the actual version; nothing changes.
         """
+        check_alias(alias)
         now = _now()
         with self._tx() as db:
             target = self._version_row(db, name, version)

@@ -205,6 +205,15 @@ class RegistrySuite:
         assert (event.from_version, event.to_version) == (None, 1)
         assert registry.get("churn", alias="production").version == 1
 
+    @pytest.mark.parametrize("alias", ["", " production", "Production", "prod/1", "a" * 64, "prod\n"])
+    def test_an_invalid_alias_is_refused_naming_it(self, registry: Any, alias: str) -> None:
+        from loopml.errors import RegistryError
+
+        self._register(registry)
+        with pytest.raises(RegistryError, match="alias"):
+            registry.set_alias("churn", alias, 1, expected=None, actor="a", reason="r")
+        assert registry.aliases("churn") == {}
+
     def test_stale_compare_and_set_is_refused_and_changes_nothing(self, registry: Any) -> None:
         for _ in range(3):
             self._register(registry)
