@@ -130,3 +130,23 @@ def test_version_and_help_exit_0(capsys) -> None:
     assert code == 0 and out.strip() == f"loopml {__version__}"
     code, out, _ = run(capsys, "models", "--help")
     assert code == 0 and "promote" in out
+
+
+def test_outside_a_project_commands_say_so_and_create_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    for args in (["models", "list"], ["run"], ["data", "list"]):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "no loopml.toml" in err and "loopml init" in err, (args, err)
+    assert list(tmp_path.iterdir()) == []  # no .loopml/registry.db, no flow run
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'project = "caf\xe9"\n', "not UTF-8"),
+    (b'home = "loopml.toml"\n', "is a file, not a folder"),
+])
+def test_a_broken_config_is_one_line_naming_the_file(tmp_path: Path, monkeypatch, capsys, content: bytes,
+                                                      message: str) -> None:
+    (tmp_path / "loopml.toml").write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "models", "list")
+    assert code == 2 and message in err and "loopml.toml" in err and "Traceback" not in err, err

@@ -54,10 +54,21 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_print_ver
     """loopml: version data, train, validate, register, serve and monitor models."""
 
 
+def _project_file(config: Path | None) -> Path:
+    """The loopml.toml a command works on; outside a project, say so instead of creating state here."""
+    from loopml.config import find_config_file
+
+    found = config if config is not None else find_config_file()
+    if found is None:
+        raise LoopmlError(f"no loopml.toml in {Path.cwd()} or its parents: run this inside a project, pass "
+                          "--config PATH, or create one with `loopml init`")
+    return found
+
+
 def _workspace(config: Path | None, profile: str | None):
     from loopml.context import Workspace
 
-    return Workspace.open(config, profile=profile)
+    return Workspace.open(_project_file(config), profile=profile)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -407,6 +418,7 @@ def _flows_importable() -> None:
 def run(config: ConfigOpt = None, profile: ProfileOpt = None,
         no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Stop after registering.")] = False) -> None:
     """Run the pipeline flow once: ingest, features, train, validate, register, deploy."""
+    config = _project_file(config)  # before a flow (and a temporary Prefect server) starts
     _flows_importable()
     from flows.pipeline import pipeline
 

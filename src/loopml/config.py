@@ -316,6 +316,9 @@ def load_config(
             raise ConfigError(f"config file {str(file)!r} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                              "save it as UTF-8") from None
     profiles = raw.pop("profiles", {})
     profile = profile or environ.get("LOOPML_PROFILE") or None
     if profile:

@@ -87,6 +87,10 @@ class Workspace:
 
     def __init__(self, config: LoopmlConfig, manager: LoopmlPluginManager | None = None) -> None:
         self.config = config
+        home = config.home_dir
+        if home.exists() and not home.is_dir():
+            raise ConfigError(f"{config.source_file or 'loopml.toml'}: home = {str(config.home)!r} is a file, not a "
+                              "folder; point home at a folder for loopml's state (default '.loopml')")
         _importable(config.root)  # project code (plugins, model factories) imports like a package
         self.manager = manager or get_plugin_manager(tuple(config.plugins))
         self.context = BackendContext(config.project, config.root, config.home_dir)
