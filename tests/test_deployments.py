@@ -220,7 +220,6 @@ def test_a_failing_canary_is_rolled_back_and_the_automation_calls_the_webhook(pr
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from loopml.examples import churn
-    from loopml.prefect_setup import apply_automations
     from loopml.serving import post_json
     from loopml.traffic import TrafficGenerator
 
@@ -238,10 +237,10 @@ def test_a_failing_canary_is_rolled_back_and_the_automation_calls_the_webhook(pr
 
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    code = ("from loopml.prefect_setup import apply_automations; "
-            f"apply_automations('http://127.0.0.1:{hook.server_port}/hook', {PROJECT!r}, allow_private=True)")
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=180, cwd=REPO)
-    assert apply_automations  # the same function the CLI `python -m loopml.prefect_setup` runs
+    setup = subprocess.run([sys.executable, "-m", "loopml.prefect_setup", "--webhook",
+                            f"http://127.0.0.1:{hook.server_port}/hook", "--project", PROJECT,
+                            "--allow-private-urls"], env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]  # what the README tells users to run
     fresh = churn.generate(2000, seed=23, drift=1.0, id_offset=2_000_000)
     row = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
     traffic = TrafficGenerator(served + "/predict", churn.request_rows(fresh, tuple(row))).start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from loop_steps import train_and_validate
 
 from loopml import loop
 from loopml.context import Workspace
@@ -23,23 +24,12 @@ def open_ws(config: Path, **pipeline: dict) -> Workspace:
     return Workspace.open(config, profile="ci", overrides={"pipeline": pipeline} if pipeline else None)
 
 
-def run_once(ws: Workspace) -> tuple[loop.Candidate, object, str, int | None]:
-    activity, _ = loop.ingest(ws, "activity")
-    labels, _ = loop.ingest(ws, "labels")
-    loop.apply_features(ws, activity)
-    train_rows, _ = loop.frames(ws, labels)
-    candidate = loop.train(ws, labels, activity, train_rows)
-    baseline = loop.production_model(ws, "churn")
-    evaluation, key, _html = loop.validate(ws, candidate, labels)
-    return candidate, evaluation, key, baseline.version if baseline else None
-
-
 def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(project: Path) -> None:
     recorder = HookRecorder()
     good_ws = open_ws(project)
     good_ws.manager.register(recorder, "recorder")
     try:
-        candidate, evaluation, key, baseline = run_once(good_ws)
+        candidate, evaluation, key, baseline = train_and_validate(good_ws)
         assert baseline is None and evaluation.report.passed, evaluation.report.failed_checks
         regression = next(c for c in evaluation.report.checks if c.name == "regression")
         assert "no production model yet" in regression.reason
@@ -51,7 +41,7 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
         # Same data, weaker features: still above the absolute AUC floor, but worse than production.
         weak_ws = open_ws(project, features={"numeric": ["tenure_months"], "categorical": ["region"]},
                           gates={"thresholds": {"auc": 0.5}})
-        weak, evaluation, key, baseline = run_once(weak_ws)
+        weak, evaluation, key, baseline = train_and_validate(weak_ws)
         assert baseline == 1
         assert [c.name for c in evaluation.report.failed_checks] == ["regression"]
         reason = evaluation.report.failed_checks[0].reason
@@ -69,7 +59,7 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
 
 def test_fairness_gate_names_the_slices(project: Path) -> None:
     ws = open_ws(project, gates={"max_fairness_gap": 0.0, "min_slice_rows": 10})
-    _, evaluation, _, _ = run_once(ws)
+    _, evaluation, _, _ = train_and_validate(ws)
     fairness = next(c for c in evaluation.report.checks if c.name == "fairness")
     assert not fairness.passed and "senior" in fairness.reason and "senior=yes:" in fairness.reason
 
@@ -85,7 +75,7 @@ def test_unchanged_inputs_skip_training(project: Path) -> None:
 
 def test_gate_report_html_has_plots_and_every_check(project: Path) -> None:
     ws = open_ws(project)
-    _, evaluation, key, _ = run_once(ws)
+    _, evaluation, key, _ = train_and_validate(ws)
     html = ws.store.get(key).decode()
     assert html.count("<img") >= 3
     for check in evaluation.report.checks:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from loop_steps import train_and_validate
 
 from loopml import canary, events, loop, performance
 from loopml.context import Workspace
@@ -34,14 +35,8 @@ def open_ws(config: Path, serving_of: Workspace | None = None, **pipeline: dict)
 
 
 def train_and_register(ws: Workspace) -> tuple:
-    activity, _ = loop.ingest(ws, "activity")
-    labels, _ = loop.ingest(ws, "labels")
-    loop.apply_features(ws, activity)
-    train_rows, _ = loop.frames(ws, labels)
-    candidate = loop.train(ws, labels, activity, train_rows)
-    baseline = loop.production_model(ws, "churn")
-    evaluation, key, _ = loop.validate(ws, candidate, labels)
-    return loop.register_and_promote(ws, candidate, evaluation.report, key, baseline.version if baseline else None)
+    candidate, evaluation, key, baseline = train_and_validate(ws)
+    return loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
 
 
 def judged(ws: Workspace, traffic: TrafficGenerator, timeout: float = 300) -> canary.CanaryVerdict:

@@ -57,7 +57,7 @@ class PrometheusMonitor:
 
     # ------------------------------------------------------------------ publishing
     def _publish(self, kind: str, model: str, fill: Any) -> None:
-        """Build one registry with ``fill(registry, labels)`` and replace the group (kind, model)."""
+        """Build one registry with ``fill(registry)`` and replace the group (kind, model) with it."""
         from prometheus_client import CollectorRegistry, Gauge
 
         registry = CollectorRegistry()

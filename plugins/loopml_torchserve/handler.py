@@ -95,11 +95,17 @@ class LoopmlHandler:
                                     "inputs": {k: r[k] for k in features}, **out, **tag,
                                     "latency_ms": latency_ms}) + "\n"
                         for r, out, tag in zip(rows, outs, tags, strict=True)).encode()
-        fd = os.open(Path(folder) / f"{self.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, lines)  # one write per request: lines from several workers never interleave
-        finally:
-            os.close(fd)
+        append_log(Path(folder), self.model, lines)
+
+
+def append_log(folder: Path, model: str, lines: bytes) -> None:
+    """Append complete lines to ``<folder>/<model>.jsonl`` in one write, so lines from several
+    workers (and loopml's router) never interleave."""
+    fd = os.open(folder / f"{model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, lines)
+    finally:
+        os.close(fd)
 
 
 def _request_id(context: Any, idx: int) -> str | None:

@@ -21,7 +21,6 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -29,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from loopml_torchserve.handler import append_log
 
 if TYPE_CHECKING:
     from loopml_torchserve import TorchServeBackend
@@ -71,11 +72,7 @@ class Router:
         lines = "".join(json.dumps({"ts": now, "version": version, "error": f"HTTP {status}", **extra}) + "\n"
                         for _ in range(n)).encode()
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(Path(folder) / f"{self.backend.model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, lines)
-        finally:
-            os.close(fd)
+        append_log(Path(folder), self.backend.model, lines)
 
     def _headers(self, authorization: str | None, request_id: str) -> dict[str, str]:
         """The client's own credentials go through (TorchServe checks them); mirrored copies, which

@@ -170,6 +170,25 @@ def judge(records: Sequence[Mapping[str, Any]], *, model: str, candidate: int, p
                          (prod, cand), started_at, now, disagree)
 
 
+# ---------------------------------------------------------------------------- routing
+def routing_for(aliases: Mapping[str, int], *, main_alias: str = PRODUCTION, mode: str = "canary",
+                canary_weight: float = 0.1) -> tuple[dict[int, float], int | None]:
+    """(traffic weights, shadow version) the aliases call for. The version under ``canary`` (when it
+    differs from ``main_alias``) gets ``canary_weight`` of traffic, or in shadow mode a copy of
+    every request. Every server that follows the registry routes by this one rule."""
+    main = aliases.get(main_alias)
+    if main is None:
+        return {}, None
+    cand = aliases.get(CANARY)
+    if cand is None or cand == main:
+        return {main: 1.0}, None
+    if mode == "shadow":
+        return {main: 1.0}, cand
+    if mode == "canary" and canary_weight > 0:
+        return {main: 1.0 - canary_weight, cand: canary_weight}, None
+    return {main: 1.0}, None
+
+
 # ---------------------------------------------------------------------------- acting on the registry
 def policy_of(ws: Workspace) -> RolloutConfig:
     from loopml.config import RolloutConfig
@@ -242,25 +261,23 @@ class CanaryWindow:
         return self.records
 
 
-def read_window(ws: Workspace, model_name: str, since: float) -> list[dict[str, Any]]:
-    return CanaryWindow(ws, model_name, since).read()
-
-
 def judge_active(ws: Workspace, model_name: str, *, now: float | None = None,
                  window: CanaryWindow | None = None) -> CanaryVerdict | None:
     """Judge the active canary of ``model_name`` on the log so far (None if there is none).
     ``window`` carries what earlier polls of the same canary read."""
     canary = active(ws, model_name)
-    if canary is None:
-        return None
+    return None if canary is None else _judge(ws, canary, window, now)
+
+
+def _judge(ws: Workspace, canary: ActiveCanary, window: CanaryWindow | None, now: float | None) -> CanaryVerdict:
     policy = policy_of(ws)
     now = time.time() if now is None else now
     cfg = ws.config.pipeline
-    task = ws.registry.get(model_name, canary.candidate).lineage.get("task", "binary")
+    task = ws.registry.get(canary.model, canary.candidate).lineage.get("task", "binary")
     floor = cfg.gates.latency_p99_ms if cfg is not None else 25.0
     if window is None or window.since != canary.started_at:
-        window = CanaryWindow(ws, model_name, canary.started_at)
-    return judge(window.read(), model=model_name, candidate=canary.candidate,
+        window = CanaryWindow(ws, canary.model, canary.started_at)
+    return judge(window.read(), model=canary.model, candidate=canary.candidate,
                  production=canary.production, task=task, policy=policy, latency_floor_ms=floor,
                  started_at=canary.started_at,
                  deadline_passed=now - canary.started_at >= policy.max_wait_minutes * 60, now=now)
@@ -295,7 +312,7 @@ def watch(ws: Workspace, model_name: str, *, poll_seconds: float = 5.0,
             canary = active(ws, model_name)
             if canary is not None and (window is None or window.since != canary.started_at):
                 window = CanaryWindow(ws, model_name, canary.started_at)
-            verdict = judge_active(ws, model_name, window=window)
+            verdict = None if canary is None else _judge(ws, canary, window, None)
         except ModelNotFoundError:
             return None
         if verdict is None:

@@ -388,19 +388,11 @@ def artifact_file(ws: Workspace, model: ModelVersion) -> Path:
 
 
 def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | None]:
-    """(traffic weights, shadow version) the registry's aliases call for (see :mod:`loopml.canary`)."""
+    """(traffic weights, shadow version) the registry's aliases call for (see :func:`canary.routing_for`)."""
     from loopml import canary
 
-    aliases = ws.registry.aliases(name)
-    main, cand = aliases.get(PRODUCTION), aliases.get(canary.CANARY)
-    if main is None:
-        return {}, None
-    if cand is None or cand == main:
-        return {main: 1.0}, None
     policy = canary.policy_of(ws)
-    if policy.mode == "shadow":
-        return {main: 1.0}, cand
-    return {main: 1.0 - policy.canary_weight, cand: policy.canary_weight}, None
+    return canary.routing_for(ws.registry.aliases(name), mode=policy.mode, canary_weight=policy.canary_weight)
 
 
 def sync_serving(ws: Workspace, name: str) -> str | None:
@@ -419,7 +411,8 @@ def sync_serving(ws: Workspace, name: str) -> str | None:
     url = before.get("url")
     for version in [*weights, *([shadow] if shadow is not None else [])]:
         if version not in served:
-            url = serving.deploy(ws.registry.get(name, version), artifact_file(ws, ws.registry.get(name, version)))
+            model = ws.registry.get(name, version)
+            url = serving.deploy(model, artifact_file(ws, model))
     serving.set_traffic(weights)
     set_shadow = getattr(serving, "set_shadow", None)
     if callable(set_shadow):

@@ -34,29 +34,17 @@ class RegistryFollower:
     core: ServingCore
     model: str
     alias: str = "production"
-    canary_alias: str = "canary"
     canary_weight: float = 0.0
     poll_seconds: float = 2.0
     mode: str = "canary"  # canary | shadow | direct, from [pipeline.rollout]
     swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
 
     def desired(self) -> tuple[dict[int, float], int | None]:
-        """(traffic weights, shadow version) that the aliases call for.
+        """(traffic weights, shadow version) that the aliases call for (:func:`loopml.canary.routing_for`)."""
+        from loopml.canary import routing_for
 
-        The version under ``canary`` (when it differs from the main alias) gets ``canary_weight``
-        of traffic, or, with ``[pipeline.rollout] mode = "shadow"``, a copy of every request."""
-        aliases = self.ws.registry.aliases(self.model)
-        main = aliases.get(self.alias)
-        if main is None:
-            return {}, None
-        canary = aliases.get(self.canary_alias)
-        if canary is None or canary == main:
-            return {main: 1.0}, None
-        if self.mode == "shadow":
-            return {main: 1.0}, canary
-        if self.mode == "canary" and self.canary_weight > 0:
-            return {main: 1.0 - self.canary_weight, canary: self.canary_weight}, None
-        return {main: 1.0}, None
+        return routing_for(self.ws.registry.aliases(self.model), main_alias=self.alias, mode=self.mode,
+                           canary_weight=self.canary_weight)
 
     def sync(self) -> bool:
         """One pass: load what the aliases name, route to it, drop the rest. True if anything moved."""
