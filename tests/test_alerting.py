@@ -97,7 +97,10 @@ def test_drift_pushed_by_the_monitor_reaches_a_webhook_through_prometheus_and_al
         "scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{ports['push']}']}}]\n")
     procs = [
-        start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{ports['push']}"], tmp_path / "push.log"),
+        # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: shared by every
+        # run on the machine (a drift pushed by another test fired here). Each test gets its own file.
+        start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{ports['push']}",
+               f"--persistence.file={tmp_path / 'push.data'}"], tmp_path / "push.log"),
         start(["prometheus-alertmanager", f"--config.file={tmp_path / 'alertmanager.yml'}",
                f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{ports['am']}",
                f"--cluster.listen-address=127.0.0.1:{ports['am_cluster']}"], tmp_path / "am.log"),

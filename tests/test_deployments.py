@@ -38,7 +38,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, o
         "scrape_configs:\n"
         f"  - job_name: pushgateway\n    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{push}']}}]\n"
         f"  - job_name: loopml-serve\n    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n")
-    procs = [start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{push}"], tmp / "push.log"),
+    procs = [start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{push}",  # own persistence file:
+                    f"--persistence.file={tmp / 'push.data'}"], tmp / "push.log"),  # Debian's default is shared
              start(["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{prom}"], tmp / "prom.log")]
     try:
