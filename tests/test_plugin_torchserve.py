@@ -104,13 +104,20 @@ class TestTorchServe(ServingBackendSuite):
     def test_a_second_torchserve_runs_beside_it_and_archives_are_keyed_by_content(
             self, serving, model_files, tmp_path) -> None:
         serving.deploy(self.model_version(1, model_files[1]), model_files[1])
-        other = make_backend(tmp_path)
+        # A project folder deeper than a Unix socket path may be (107 bytes) still serves: the
+        # worker sockets live in a short temp dir of their own, removed at stop.
+        deep_home = tmp_path / ("a-project-folder-with-a-long-name-" * 4)
+        assert len(str(deep_home)) > 120
+        other = make_backend(deep_home)
         try:  # its own HTTP, gRPC and worker ports: both answer at once
             other.deploy(self.model_version(1, model_files[2]), model_files[2])
             assert other.predict([self.GOOD])["version"] == 1
             assert serving.predict([self.GOOD])["version"] == 1
             assert set(other.ports.values()).isdisjoint(serving.ports.values())
+            sockets_dir = other._tmp
+            assert sockets_dir is not None and list(sockets_dir.glob(".ts.sock.*"))
         finally:
             other.stop()
+        assert not sockets_dir.exists()
         names = sorted(p.name for p in serving.store.glob("suite-model-v1-*.mar"))
         assert all(len(n.split("-v1-")[1]) == len("0123456789abcdef.mar") for n in names)

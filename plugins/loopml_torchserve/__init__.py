@@ -59,6 +59,12 @@ class TorchServeOptions(BaseModel):
     drain_seconds: float = 3.0  # after traffic moves away from a version, wait this long before unregistering it
 
 
+def _short_temp_root() -> str:
+    """/tmp when it exists (short and writable on every Unix), else the platform's temp dir."""
+    root = "/tmp"
+    return root if os.path.isdir(root) and os.access(root, os.W_OK) else tempfile.gettempdir()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,6 +108,7 @@ class TorchServeBackend:
         # are per instance too, so two TorchServes run side by side on one host.
         self.ports.update({k: _free_port() for k in ("grpc_inference", "grpc_management", "worker")})
         self._keys: dict[str, str] = {}
+        self._tmp: Path | None = None
 
     # ------------------------------------------------------------------ process
     @property
@@ -130,8 +137,11 @@ class TorchServeBackend:
             return
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise LoopmlError("TorchServe needs Java 11+ on PATH (or JAVA_HOME); install a JDK")
-        for sub in ("model-store", "logs", "tmp"):
+        for sub in ("model-store", "logs"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
+        # The worker's Unix socket (.ts.sock.<port>) and the pid file live in TorchServe's temp dir.
+        # A socket path may be at most 107 bytes, so it is a short dir of its own, never under home.
+        self._tmp = Path(tempfile.mkdtemp(prefix="loopml-ts-", dir=_short_temp_root()))
         (self.home / "key_file.json").unlink(missing_ok=True)  # keys of an earlier process are stale
         self._keys = {}
         config = self.home / "config.properties"
@@ -146,13 +156,13 @@ class TorchServeBackend:
             f"grpc_inference_port={self.ports['grpc_inference']}",
             f"grpc_management_port={self.ports['grpc_management']}",
             f"initial_worker_port={self.ports['worker']}",
-            f"vmargs=-Djava.io.tmpdir={self.home / 'tmp'}",
+            f"vmargs=-Djava.io.tmpdir={self._tmp}",
             f"default_workers_per_model={self.options.workers}",
             f"default_response_timeout={self.options.response_timeout}",
             "install_py_dep_per_model=false",
             "disable_system_metrics=true",
         ]) + "\n")
-        env = {**os.environ, "TMPDIR": str(self.home / "tmp"),  # TorchServe's pid file lives there
+        env = {**os.environ, "TMPDIR": str(self._tmp),  # TorchServe's pid file and worker sockets
                "LOG_LOCATION": str(self.home / "logs"), "METRICS_LOCATION": str(self.home / "logs")}
         self.prediction_log_dir.mkdir(parents=True, exist_ok=True)  # the handler logs there for the monitor
         env["LOOPML_PREDICTION_LOG_DIR"] = str(self.prediction_log_dir)
@@ -166,6 +176,7 @@ class TorchServeBackend:
         deadline = time.monotonic() + self.options.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise LoopmlError(f"TorchServe exited at start-up; see {self.home / 'logs'}")
             try:
                 if self.options.token_authorization and not self._keys:
@@ -187,20 +198,22 @@ class TorchServeBackend:
         if self.router is not None:
             self.router.stop()
             self.router = None
-        if self.process is None:
-            return
-        import signal
+        if self.process is not None:
+            import signal
 
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.process = None
-        self.weights = {}
-        self.shadow = None
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait()
+            self.process = None
+            self.weights = {}
+            self.shadow = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     # ------------------------------------------------------------------ archives
     def archive(self, model: ModelVersion, artifact_path: Path) -> Path:

@@ -476,7 +476,7 @@ def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if m
         table.add_row(step, outcome)
     out.print(table)
     for path in summary.reports:
-        out.print(f"report: {path}")
+        out.print(f"report: {path}", soft_wrap=True)
 
 
 @app.command("serve")
