@@ -75,12 +75,19 @@ def test_models_promote_rollback_and_history(project: Path, capsys) -> None:
         registry.register("churn", artifact_key="models/x", artifact_sha256="c" * 64, actor="t",
                           dataset_version="orders@abc")
     assert run(capsys, "models", "promote", "churn:1", "--reason", "first")[0] == 0
-    code, out, _ = run(capsys, "models", "promote", "churn:v2")
+    # Once the alias exists, a script must say which version it moves from: nothing changes without.
+    code, _, err = run(capsys, "models", "promote", "churn:v2")
+    assert code == 2 and "pass --expected 1" in err
+    code, out, _ = run(capsys, "models", "promote", "churn:v2", "--expected", "1")
     assert code == 0 and "v1 -> v2" in out
     code, _, err = run(capsys, "models", "promote", "churn:1", "--expected", "1")
     assert code == 2 and "points at v2, not v1" in err  # stale compare-and-set refused
-    code, out, _ = run(capsys, "models", "rollback", "churn", "--reason", "latency")
+    code, _, err = run(capsys, "models", "rollback", "churn")
+    assert code == 2 and "pass --expected 2" in err
+    code, out, _ = run(capsys, "models", "rollback", "churn", "--expected", "2", "--reason", "latency")
     assert code == 0 and "v2 -> v1" in out
+    code, _, err = run(capsys, "models", "rollback", "churn", "--expected", "2")
+    assert code == 2 and "points at v1, not v2" in err  # a second rollback of v2 moves nothing
     code, out, _ = run(capsys, "models", "history", "churn", "--json")
     assert [e["action"] for e in json.loads(out)] == ["register", "register", "promote", "promote", "rollback"]
     code, out, _ = run(capsys, "models", "list", "--json")

@@ -256,29 +256,50 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or N
     out.print_json(json.dumps(_jsonable(model), default=str))
 
 
+def _alias_now(ws: Any, name: str, alias: str) -> int | None:
+    from loopml.errors import ModelNotFoundError
+
+    try:
+        return ws.registry.get(name, alias=alias).version
+    except ModelNotFoundError:
+        return None
+
+
+def _confirmed_expected(name: str, alias: str, current: int, move: str) -> int:
+    """Without --expected, a move is made only against a version the operator has seen: asked on a
+    terminal, refused in a script (so two scripts never both win in turn)."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        typer.confirm(f"{name}@{alias} points at v{current}. {move.capitalize()}?", abort=True)
+        return current
+    raise LoopmlError(f"{name}@{alias} points at v{current}: pass --expected {current} to {move}; "
+                      "the move is refused if someone changes the alias first")
+
+
+ExpectedOpt = Annotated[int | None, typer.Option(
+    help="Version ALIAS must point at now (compare-and-set). Required in scripts once the alias "
+         "exists; on a terminal you are asked instead.")]
+
+
 @models_app.command("promote")
 def models_promote(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION to promote.")],
     alias: Annotated[str, typer.Option("--alias", "-a")] = "production",
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why (kept in history).")] = "manual promotion",
-    expected: Annotated[int | None, typer.Option(help="Version the alias must point at now "
-                        "(compare-and-set); default: whatever it points at when read.")] = None,
+    expected: ExpectedOpt = None,
     config: ConfigOpt = None, profile: ProfileOpt = None,
 ) -> None:
-    """Move ALIAS to a version, atomically (compare-and-set)."""
+    """Move ALIAS to a version, atomically (compare-and-set against --expected)."""
     from loopml import events
     from loopml.context import current_actor
-    from loopml.errors import ModelNotFoundError
 
     name, version, _ = _parse_model_ref(ref)
     if version is None:
         raise LoopmlError(f"say which version to promote, e.g. {name}:3")
     ws = _workspace(config, profile)
     if expected is None:
-        try:
-            expected = ws.registry.get(name, alias=alias).version
-        except ModelNotFoundError:
-            expected = None
+        current = _alias_now(ws, name, alias)
+        if current is not None:  # a new alias needs no --expected: only one creator can win
+            expected = _confirmed_expected(name, alias, current, f"move it to v{version}")
     event = ws.registry.set_alias(name, alias, version, expected=expected, actor=current_actor(),
                                   reason=reason)
     events.announce(ws, events.promotion_event(ws, event), promotion=event)
@@ -290,6 +311,9 @@ def models_rollback(
     name: Annotated[str, typer.Argument()],
     alias: Annotated[str, typer.Option("--alias", "-a")] = "production",
     reason: Annotated[str, typer.Option("--reason", "-r")] = "manual rollback",
+    expected: Annotated[int | None, typer.Option(
+        help="The version being rolled back: ALIAS must point at it now. Required in scripts; "
+             "on a terminal you are asked instead. Two rollbacks of one version move the alias once.")] = None,
     config: ConfigOpt = None, profile: ProfileOpt = None,
 ) -> None:
     """Point ALIAS back at the version it held before."""
@@ -297,7 +321,11 @@ def models_rollback(
     from loopml.context import current_actor
 
     ws = _workspace(config, profile)
-    event = ws.registry.rollback(name, alias, actor=current_actor(), reason=reason)
+    if expected is None:
+        current = _alias_now(ws, name, alias)
+        if current is not None:  # else the registry says there is nothing to roll back
+            expected = _confirmed_expected(name, alias, current, "roll it back")
+    event = ws.registry.rollback(name, alias, expected=expected, actor=current_actor(), reason=reason)
     events.announce(ws, events.promotion_event(ws, event), promotion=event)
     out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback)")
 

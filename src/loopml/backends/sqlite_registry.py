@@ -185,45 +185,60 @@ class SqliteRegistry:
         :class:`StaleAliasError` carrying the actual version; nothing changes.
         """
         check_alias(alias)
-        now = _now()
         with self._tx() as db:
-            target = self._version_row(db, name, version)
-            if target["status"] == "rejected":
-                raise RegistryError(f"{name} v{version} was rejected; it cannot become {alias!r}")
-            row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?",
-                             (name, alias)).fetchone()
-            actual = None if row is None else int(row[0])
-            if actual != expected:
-                raise StaleAliasError(
-                    f"{name}@{alias} points at {_v(actual)}, not {_v(expected)} as expected; "
-                    "someone moved it meanwhile: re-read it and decide again",
-                    expected=expected, actual=actual)
-            db.execute(
-                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
-                "ON CONFLICT(name, alias) DO UPDATE SET version = excluded.version, "
-                "updated_at = excluded.updated_at", (name, alias, version, now))
-            self._append(db, name, action, alias, actual, version, actor, reason, evidence_sha256, now)
+            return self._move(db, name, alias, version, expected=expected, actor=actor, reason=reason,
+                              evidence_sha256=evidence_sha256, action=action)
+
+    def _move(self, db: sqlite3.Connection, name: str, alias: str, version: int, *, expected: int | None,
+              actor: str, reason: str, evidence_sha256: str | None, action: str) -> PromotionEvent:
+        now = _now()
+        target = self._version_row(db, name, version)
+        if target["status"] == "rejected":
+            raise RegistryError(f"{name} v{version} was rejected; it cannot become {alias!r}")
+        row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?",
+                         (name, alias)).fetchone()
+        actual = None if row is None else int(row[0])
+        if actual != expected:
+            raise StaleAliasError(
+                f"{name}@{alias} points at {_v(actual)}, not {_v(expected)} as expected; "
+                "someone moved it meanwhile: re-read it and decide again",
+                expected=expected, actual=actual)
+        db.execute(
+            "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(name, alias) DO UPDATE SET version = excluded.version, "
+            "updated_at = excluded.updated_at", (name, alias, version, now))
+        self._append(db, name, action, alias, actual, version, actor, reason, evidence_sha256, now)
         return PromotionEvent(name, alias, actual, version, action, actor, reason)  # type: ignore[arg-type]
 
-    def rollback(self, name: str, alias: str, *, actor: str, reason: str) -> PromotionEvent:
+    def rollback(self, name: str, alias: str, *, actor: str, reason: str,
+                 expected: int | None = None) -> PromotionEvent:
         """Point ``alias`` back at the version it held before the promotion that made it current.
 
-        Rolling back twice does not toggle: after v1 -> v2 and a rollback to v1, a second rollback
-        goes to whatever v1 was promoted over (or fails if nothing was)."""
-        with self._read() as db:
+        ``expected`` is the version being rolled back: when given, the alias must point at it now,
+        else :class:`StaleAliasError` and nothing changes. Two operators rolling back the same bad
+        version this way move the alias once; the second is told it already moved. The read and the
+        move are one transaction. Rolling back twice does not toggle: after v1 -> v2 and a rollback
+        to v1, a second rollback goes to whatever v1 was promoted over (or fails if nothing was)."""
+        check_alias(alias)
+        with self._tx() as db:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?",
                              (name, alias)).fetchone()
             if row is None:
                 raise ModelNotFoundError(f"{name} has no alias {alias!r}; nothing to roll back")
             current = int(row[0])
+            if expected is not None and current != expected:
+                raise StaleAliasError(
+                    f"{name}@{alias} points at {_v(current)}, not {_v(expected)} as expected; "
+                    "someone moved it meanwhile: re-read it and decide again",
+                    expected=expected, actual=current)
             prev = db.execute(
                 "SELECT from_version FROM history WHERE name = ? AND alias = ? AND to_version = ? "
                 "AND action = 'promote' ORDER BY id DESC LIMIT 1", (name, alias, current),
             ).fetchone()
-        if prev is None or prev[0] is None:
-            raise RegistryError(f"{name}@{alias} (v{current}) has no earlier version to roll back to")
-        return self.set_alias(name, alias, int(prev[0]), expected=current, actor=actor,
-                              reason=reason, action="rollback")
+            if prev is None or prev[0] is None:
+                raise RegistryError(f"{name}@{alias} (v{current}) has no earlier version to roll back to")
+            return self._move(db, name, alias, int(prev[0]), expected=current, actor=actor,
+                              reason=reason, evidence_sha256=None, action="rollback")
 
     @staticmethod
     def _append(db: sqlite3.Connection, name: str, action: str, alias: str | None,

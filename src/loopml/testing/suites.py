@@ -236,6 +236,19 @@ class RegistrySuite:
             registry.rollback("churn", "production", actor="oncall", reason="again")
         assert registry.get("churn", alias="production").version == 1
 
+    def test_rollback_of_a_version_no_longer_current_is_refused(self, registry: Any) -> None:
+        for _ in range(3):
+            self._register(registry)
+        for version, expected in ((1, None), (2, 1), (3, 2)):
+            registry.set_alias("churn", "production", version, expected=expected, actor="a", reason="r")
+        registry.rollback("churn", "production", expected=3, actor="alice", reason="v3 is slow")
+        # Bob saw v3 too; his rollback must not take production back a second step, to v1.
+        with pytest.raises(StaleAliasError) as info:
+            registry.rollback("churn", "production", expected=3, actor="bob", reason="v3 is slow")
+        assert info.value.actual == 2
+        assert registry.get("churn", alias="production").version == 2
+        assert [e.action for e in registry.history("churn")].count("rollback") == 1
+
     def test_history_is_append_only_and_ordered(self, registry: Any) -> None:
         self._register(registry)
         registry.set_alias("churn", "production", 1, expected=None, actor="alice", reason="why")
