@@ -157,3 +157,18 @@ def test_a_broken_config_is_one_line_naming_the_file(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "models", "list")
     assert code == 2 and message in err and "loopml.toml" in err and "Traceback" not in err, err
+
+
+def test_store_gc_removes_unreferenced_blobs_and_dead_writers_temp_files(project: Path, capsys) -> None:
+    from loopml.backends.local_store import LocalArtifactStore
+
+    store = LocalArtifactStore(project / ".loopml" / "artifacts")
+    store.put("keep/me", b"still referenced")
+    store.put("drop/me", b"x" * 1_000_000)
+    store.delete("drop/me")
+    (store.root / "tmp" / ".part-killed").write_bytes(b"y" * 500_000)  # a writer killed mid-write
+    code, out, _ = run(capsys, "store", "gc", "--json")
+    assert code == 0 and json.loads(out) == {"blobs": 1, "temp_files": 1, "bytes_freed": 1_500_000}
+    assert store.get("keep/me") == b"still referenced"
+    code, out, _ = run(capsys, "store", "gc")
+    assert code == 0 and "removed 0 unreferenced blobs and 0 temp files" in out

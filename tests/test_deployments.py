@@ -129,6 +129,16 @@ def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
     assert "Completed" in result.stdout
     registry = SqliteRegistry(project / ".loopml" / "registry.db")
     assert registry.aliases("churn") == {"production": 1}
+    # The store's gc deployment runs on the worker too, and takes nothing a key refers to.
+    killed = project / ".loopml" / "artifacts" / "tmp" / ".part-killed-writer"
+    killed.write_bytes(b"partial")
+    result = subprocess.run([*PREFECT, "deployment", "run", "loopml-store-gc/store-gc", "--watch",
+                             "--watch-timeout", "300"], env=env, capture_output=True, text=True, timeout=350)
+    assert result.returncode == 0 and "Completed" in result.stdout, result.stdout[-2000:]
+    assert not killed.exists()
+    model = registry.get("churn", alias="production")
+    from loopml.backends.local_store import LocalArtifactStore
+    assert LocalArtifactStore(project / ".loopml" / "artifacts").get(model.artifact_key)
 
 
 @pytest.fixture(scope="module")

@@ -115,15 +115,17 @@ class S3ArtifactStore:
         ref_key = self._ref(key)
         with _spooled(data) as (path, sha, size):
             existing = self._read_ref(ref_key, key)
-            if existing is not None:
+            if existing is not None and existing.sha256 != sha:
                 return _same_or_conflict(key, existing, sha)
-            try:
-                if not self._exists(self._blob(sha)):
+            try:  # also when the key exists: putting the same bytes again restores a lost blob
+                if not self._blob_ok(sha):
                     self.client.upload_file(str(path), self.bucket, self._blob(sha), Config=self.transfer,
                                             ExtraArgs={"ChecksumAlgorithm": "SHA256",
                                                        "Metadata": {"sha256": sha}})
             except (BotoCoreError, ClientError) as exc:
                 raise self._error(exc, f"upload of {key!r}") from exc
+        if existing is not None:
+            return existing
         info = ObjectInfo(key, sha, size, datetime.now(UTC), {str(k): str(v) for k, v in (metadata or {}).items()})
         body = json.dumps({"sha256": sha, "size": size, "created_at": info.created_at.isoformat(),
                            "metadata": dict(info.metadata)}, sort_keys=True).encode()
@@ -156,6 +158,18 @@ class S3ArtifactStore:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise self._error(exc, f"HEAD {full_key}") from exc
+
+    def _blob_ok(self, sha: str) -> bool:
+        """The blob exists and is the one loopml uploaded (its sha256 metadata matches)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._blob(sha))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(exc, f"HEAD {self._blob(sha)}") from exc
+        return head.get("Metadata", {}).get("sha256") == sha
 
     def _read_ref(self, ref_key: str, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError

@@ -25,10 +25,12 @@ plugins_app = typer.Typer(no_args_is_help=True, help="Inspect and check installe
 data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect dataset versions.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered models: list, show, promote, roll back.")
 runs_app = typer.Typer(no_args_is_help=True, help="Tracked training runs.")
+store_app = typer.Typer(no_args_is_help=True, help="The artifact store: maintenance.")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
+app.add_typer(store_app, name="store")
 
 out = Console()
 err = Console(stderr=True)
@@ -415,6 +417,22 @@ def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None
     out.print_json(json.dumps({"params": run.params, "tags": run.tags,
                                "latest_metrics": run.latest_metrics(),
                                "artifacts": run.artifacts}))
+
+
+@store_app.command("gc")
+def store_gc(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove blobs no key refers to and temp files of killed writers (safe while writers run)."""
+    ws = _workspace(config, profile)
+    gc = getattr(ws.store, "gc", None)
+    if not callable(gc):
+        raise LoopmlError(f"the artifact store {ws.store.uri} has no gc; expire its unreferenced "
+                          "objects with the service's own lifecycle rules")
+    result = gc()
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"{ws.store.uri}: removed {result.blobs} unreferenced blobs and {result.temp_files} "
+              f"temp files, {result.bytes_freed / 1e6:.1f} MB freed", soft_wrap=True)
 
 
 @app.command("init")

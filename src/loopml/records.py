@@ -26,6 +26,15 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class GcResult:
+    """What an artifact store's gc() removed: unreferenced blobs, dead writers' temp files, bytes."""
+
+    blobs: int
+    temp_files: int
+    bytes_freed: int
+
+
+@dataclass(frozen=True)
 class ColumnSchema:
     """A column of a dataset: name, logical type and whether nulls are allowed."""
 

@@ -5,10 +5,17 @@ Layout under the root::
     objects/ab/ab12…   blobs named by their sha256 (identical content is stored once)
     refs/<key>.ref     JSON {sha256, size, created_at, metadata}: the key's manifest, written last
     tmp/               partial writes; never listed, swept by gc()
+    gc.lock            writers hold it shared, gc() exclusive (flock(2))
 
 A write streams to ``tmp/``, fsyncs, renames the blob into place, then links the ref into place
-with a create-only ``link(2)``. A process killed at any point leaves at most a temp file: a key is
-visible only once its complete, checksummed blob is. Reads verify the sha256.
+with a create-only ``link(2)``. A process killed at any point leaves at most a temp file or an
+unreferenced blob: a key is visible only once its complete, checksummed blob is. Reads verify the
+sha256. Putting bytes again always renames the fresh blob into place, so a re-put heals a blob that
+was lost or damaged.
+
+``gc()`` is safe while writers run: it takes ``gc.lock`` exclusively, so it waits for writes in
+flight and holds new ones back while it marks and sweeps; every temp file it then sees belongs to a
+writer that died. The lock is ``flock(2)``: local filesystems only (not NFS).
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from pydantic import BaseModel, ConfigDict
 
 from loopml.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, StorageError
 from loopml.keys import validate_key
-from loopml.records import ObjectInfo
+from loopml.records import GcResult, ObjectInfo
 
 CHUNK = 1 << 20
 REF_SUFFIX = ".ref"
+LOCK_FILE = "gc.lock"
 
 
 class LocalStoreOptions(BaseModel):
@@ -65,6 +73,18 @@ class LocalArtifactStore:
     def _blob_path(self, sha256: str) -> Path:
         return self.root / "objects" / sha256[:2] / sha256
 
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        """Writers share gc.lock; gc() holds it alone. Released by the kernel if the process dies."""
+        import fcntl
+
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def _tmp(self, suffix: str = "") -> tuple[int, Path]:
         fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=".part-", suffix=suffix)
         return fd, Path(name)
@@ -75,35 +95,37 @@ class LocalArtifactStore:
     ) -> ObjectInfo:
         ref_path = self._ref_path(key)
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-        fd, tmp = self._tmp()
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in _chunks(data):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                if self.fsync:
-                    os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            existing = self._read_ref(ref_path)
-            if existing is not None:
-                return self._same_or_conflict(key, existing, sha)
-            blob = self._blob_path(sha)
-            blob.parent.mkdir(exist_ok=True)
-            if blob.exists() and blob.stat().st_size == size:
-                tmp.unlink()
-            else:
+        with self._locked(exclusive=False):
+            fd, tmp = self._tmp()
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in _chunks(data):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    if self.fsync:
+                        os.fsync(out.fileno())
+                sha = digest.hexdigest()
+                existing = self._read_ref(ref_path)
+                if existing is not None and existing.sha256 != sha:
+                    return self._same_or_conflict(key, existing, sha)
+                blob = self._blob_path(sha)
+                blob.parent.mkdir(exist_ok=True)
+                # Always the fresh bytes: identical content costs one rename, and a blob that was
+                # lost or damaged is healed by putting the same bytes again.
                 os.replace(tmp, blob)
                 if self.fsync:
                     _fsync_dir(blob.parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        info = ObjectInfo(key, sha, size, datetime.now(UTC), meta)
-        return self._link_ref(key, ref_path, info)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            if existing is not None:
+                return existing
+            info = ObjectInfo(key, sha, size, datetime.now(UTC), meta)
+            return self._link_ref(key, ref_path, info)
 
     def _link_ref(self, key: str, ref_path: Path, info: ObjectInfo) -> ObjectInfo:
         body = json.dumps({"sha256": info.sha256, "size": info.size,
@@ -146,18 +168,24 @@ class LocalArtifactStore:
         except FileNotFoundError:
             raise ObjectNotFoundError(f"no object under key {key!r} in {self.uri}") from None
 
-    def gc(self) -> int:
-        """Remove blobs no key refers to and stale temp files. Returns how many files went."""
-        live = {info.sha256 for info in self.list()}
-        removed = 0
-        for blob in (self.root / "objects").glob("*/*"):
-            if blob.name not in live:
-                blob.unlink(missing_ok=True)
-                removed += 1
-        for tmp in (self.root / "tmp").iterdir():
-            tmp.unlink(missing_ok=True)
-            removed += 1
-        return removed
+    def gc(self) -> GcResult:
+        """Remove blobs no key refers to and temp files of writers that died.
+
+        Safe while other processes put: it waits for writes in flight and holds new ones back until
+        it is done (see the module docstring)."""
+        blobs = temps = freed = 0
+        with self._locked(exclusive=True):
+            live = {info.sha256 for info in self.list()}
+            for blob in (self.root / "objects").glob("*/*"):
+                if blob.name not in live:
+                    freed += _size(blob)
+                    blob.unlink(missing_ok=True)
+                    blobs += 1
+            for tmp in (self.root / "tmp").iterdir():
+                freed += _size(tmp)
+                tmp.unlink(missing_ok=True)
+                temps += 1
+        return GcResult(blobs, temps, freed)
 
     # ------------------------------------------------------------------ reads
     def _read_ref(self, ref_path: Path) -> ObjectInfo | None:
@@ -226,6 +254,13 @@ class LocalArtifactStore:
 
     def __repr__(self) -> str:
         return f"LocalArtifactStore({str(self.root)!r})"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _chunks(data: bytes | BinaryIO | Path) -> Iterator[bytes]:

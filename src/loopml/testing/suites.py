@@ -45,6 +45,15 @@ class ArtifactStoreSuite:
         """Overwrite the stored bytes of ``key`` behind the store's back (optional)."""
         pytest.skip("this store's suite does not implement corrupt()")
 
+    def test_putting_the_same_bytes_again_heals_a_damaged_blob(self, store: Any) -> None:
+        data = b"model weights" * 100
+        store.put("models/heal/model.pt", data)
+        self.corrupt(store, "models/heal/model.pt")
+        with pytest.raises(IntegrityError):
+            store.get("models/heal/model.pt")
+        assert store.put("models/heal/model.pt", data).sha256 == hashlib.sha256(data).hexdigest()
+        assert store.get("models/heal/model.pt") == data
+
     def test_put_then_get_returns_the_same_bytes_and_sha256(self, store: Any) -> None:
         data = b"loopml" * 1000
         info = store.put("models/m1/model.pt", data, metadata={"kind": "model"})
