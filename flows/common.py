@@ -70,4 +70,6 @@ def gate_markdown(report: GateReport, path: Path) -> str:
 
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
-    create_markdown_artifact(key=key, markdown=markdown, description=description)
+    from loopml.keys import prefect_artifact_key
+
+    create_markdown_artifact(key=prefect_artifact_key(key), markdown=markdown, description=description)

@@ -134,3 +134,65 @@ def test_secrets_never_appear_in_dumps_errors_or_logs(project: Path, capsys, cap
     assert main(["config"]) == 2
     captured = capsys.readouterr()
     assert CANARY not in captured.out + captured.err + caplog.text
+
+
+def test_an_env_override_is_named_in_errors_and_its_value_never_echoed(project: Path) -> None:
+    write(project, 'project = "p"\n[pipeline]\nmodel_name = "churn"\nentity = "id"\nlabels_dataset = "l"\n'
+                   'label = "y"\nlabel_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n')
+    env = {"LOOPML__PIPELINE__GATES__CONFIDENCE": CANARY}
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=env)
+    message = str(info.value)
+    assert "pipeline.gates.confidence (set by $LOOPML__PIPELINE__GATES__CONFIDENCE)" in message
+    assert CANARY not in message
+
+
+def test_an_env_override_of_backend_options_keeps_the_default_backend(project: Path) -> None:
+    write(project, 'project = "p"\n')  # no [serving] table at all
+    config = load_config(environ={"LOOPML__SERVING__OPTIONS__PORT": "9000"})
+    assert (config.serving.backend, config.serving.options) == ("builtin", {"port": 9000})
+
+
+def test_credentials_inside_an_endpoint_url_are_masked_by_loopml_config(project: Path, capsys) -> None:
+    get_plugin_manager().register(VaultPlugin(), "vault-plugin")
+    write(project, f'[trackers.vault]\nurl = "https://admin:{CANARY}@vault.internal:8200/v1"\napi_key = "k"\n')
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert CANARY not in out and "https://***@vault.internal:8200/v1" in out
+
+
+def test_a_column_range_with_min_above_max_is_refused(project: Path) -> None:
+    write(project, '[datasets.orders.columns]\namount = { type = "float", min = 10, max = 1 }\n')
+    with pytest.raises(ConfigError, match=r"datasets\.orders\.columns\.amount\.min: min = 10 is above max = 1"):
+        load_config()
+
+
+@pytest.mark.parametrize("name", ["Churn", "churn model", "churn/v2", "-churn", "c" * 64])
+def test_model_names_the_registry_serving_and_prefect_cannot_use_are_refused(project: Path, name: str) -> None:
+    write(project, f'[pipeline]\nmodel_name = "{name}"\nentity = "id"\nlabels_dataset = "l"\nlabel = "y"\n'
+                   'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n')
+    with pytest.raises(ConfigError, match=r"pipeline\.model_name: String should match pattern"):
+        load_config()
+
+
+def test_a_model_name_with_an_underscore_publishes_a_key_prefect_accepts() -> None:
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from loopml.keys import prefect_artifact_key
+
+    key = prefect_artifact_key("churn_model-drift")
+    assert key == "churn-model-drift"
+    assert ArtifactCreate(key=key).key == key  # Prefect's own validator
+    with pytest.raises(ValueError):
+        ArtifactCreate(key="churn_model-drift")
+
+
+def test_plugins_check_validates_every_profile_not_only_the_selected_one(project: Path, capsys) -> None:
+    write(project, 'project = "p"\n[profiles.staging.registry]\nbackend = "sqlite"\n'
+                   '[profiles.prod.registry]\nbackend = "sqlite"\n[profiles.prod.registry.options]\npaht = "r.db"\n')
+    assert main(["plugins", "check"]) == 2
+    err = capsys.readouterr().err
+    assert "profile 'prod'" in err and "registry.options.paht: unknown option" in err
+    assert "profile 'staging'" not in err
+    assert main(["plugins", "check", "--profile", "staging"]) == 0
+    assert "ok" in capsys.readouterr().out

@@ -119,30 +119,48 @@ def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
 
 
 @plugins_app.command("check")
-def plugins_check(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
-    """Load every plugin strictly and validate the project's backend selection and options."""
+def plugins_check(config: ConfigOpt = None, profile: Annotated[str | None, typer.Option(
+        "--profile", "-p", help="Check only this profile (default: the base config and every profile).")] = None
+) -> None:
+    """Load every plugin strictly and validate the project's backend selection and options, in the
+    base configuration and in every profile (a typo in a profile you deploy later fails now)."""
     import importlib.util
 
-    from loopml.config import load_config
+    from loopml.config import defined_profiles, load_config
     from loopml.context import Workspace
     from loopml.plugins import build_plugin_manager
 
-    cfg = load_config(config, profile=profile)
-    manager = build_plugin_manager(tuple(cfg.plugins), strict=True)
-    manager.catalogue()
-    ws = Workspace(cfg, manager)
-    missing = []
-    for selected in ws.selected.values():
-        for s in selected if isinstance(selected, list) else [selected] if selected else []:
-            missing += [f"{s.config_key}: backend {s.spec.name!r} needs module {mod!r}"
-                        for mod in s.spec.requires if importlib.util.find_spec(mod) is None]
-    if missing:
-        raise LoopmlError("missing packages:\n  " + "\n  ".join(missing))
-    if ws.selected.get("trainer") is not None:
-        ws.trainer  # noqa: B018 - imports a torch-module factory now: a bad path fails here, not mid-run
-    n = len(manager.plugins())
-    out.print(f"[green]ok[/]: {n} plugin(s) loaded, configuration valid")
-    out.print_json(json.dumps(ws.describe(), default=str))
+    file = _project_file(config)
+    profiles = [profile] if profile else [None, *defined_profiles(file)]
+    environ = {k: v for k, v in os.environ.items() if k != "LOOPML_PROFILE"}  # each profile by name
+    problems: list[str] = []
+    described = None
+    n = 0
+    for name in profiles:
+        label = "base config" if name is None else f"profile {name!r}"
+        try:
+            cfg = load_config(file, profile=name, environ=environ)
+            manager = build_plugin_manager(tuple(cfg.plugins), strict=True)
+            manager.catalogue()
+            ws = Workspace(cfg, manager)
+            missing = []
+            for selected in ws.selected.values():
+                for s in selected if isinstance(selected, list) else [selected] if selected else []:
+                    missing += [f"{s.config_key}: backend {s.spec.name!r} needs module {mod!r}"
+                                for mod in s.spec.requires if importlib.util.find_spec(mod) is None]
+            if missing:
+                raise LoopmlError("missing packages:\n  " + "\n  ".join(missing))
+            if ws.selected.get("trainer") is not None:
+                ws.trainer  # noqa: B018 - imports a torch-module factory now: a bad path fails here, not mid-run
+            n = max(n, len(manager.plugins()))
+            described = described or ws.describe()
+        except LoopmlError as exc:
+            problems.append(f"{label}: {exc}")
+    if problems:
+        raise LoopmlError("\n".join(problems))
+    checked = ", ".join("base config" if p is None else f"profile {p!r}" for p in profiles)
+    out.print(f"[green]ok[/]: {n} plugin(s) loaded, configuration valid ({checked})", soft_wrap=True)
+    out.print_json(json.dumps(described, default=str))
 
 
 # ---------------------------------------------------------------------------- data

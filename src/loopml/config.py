@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import datetime
@@ -55,6 +56,13 @@ class ColumnConfig(_Strict):
     min: float | None = None
     max: float | None = None
     allowed: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _range_is_not_empty(self) -> ColumnConfig:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min: min = {self.min:g} is above max = {self.max:g}; no value could pass. "
+                             "Swap them")
+        return self
 
 
 class DatasetConfig(_Strict):
@@ -161,10 +169,14 @@ class MonitoringConfig(_Strict):
                                                             "than its holdout value by more than this")
 
 
+MODEL_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
+
+
 class PipelineConfig(_Strict):
     """What the loop trains: labels, task, features, trainer, holdout, gates and drift settings."""
 
-    model_name: str
+    model_name: str = Field(pattern=f"^{MODEL_NAME}$", description="registry, serving and report name: "
+                            "lowercase letters, digits, '-' and '_', at most 63 characters")
     entity: str
     labels_dataset: str
     label: str
@@ -277,10 +289,24 @@ MOVED_KEYS = {
 """Keys of loopml 0.1 that moved, with where to put them now (named in the error)."""
 
 
-def _format_errors(exc: ValidationError, where: str) -> str:
+def _env_paths(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Config paths set by environment variables, with the variable's name."""
+    return {tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__") if p): name
+            for name in environ if name.startswith(ENV_PREFIX)}
+
+
+def _format_errors(exc: ValidationError, where: str, from_env: Mapping[tuple[str, ...], str] | None = None) -> str:
     lines = [f"invalid configuration in {where}:"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in err["loc"])
+        env_name = next((name for path, name in (from_env or {}).items() if loc[:len(path)] == path), None)
+        if env_name:
+            key += f" (set by ${env_name})"
+        if env_name and err["type"] not in ("extra_forbidden", "missing", "value_error"):
+            # Environment variables carry secrets more often than files: name it, never echo it.
+            lines.append(f"  - {key}: {err['msg']}")
+            continue
         if err["type"] == "extra_forbidden":
             moved = MOVED_KEYS.get(".".join(str(p) for p in err["loc"][-2:]))
             lines.append(f"  - {key}: " + (f"moved: {moved}" if moved else
@@ -294,6 +320,42 @@ def _format_errors(exc: ValidationError, where: str) -> str:
         else:
             lines.append(f"  - {key}: {err['msg']} (got {str(err.get('input'))[:80]!r})")
     return "\n".join(lines)
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s]+)@")
+
+
+def redact_url_credentials(value: Any) -> Any:
+    """``https://user:pass@host`` -> ``https://***@host`` in every string of a nested structure."""
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(lambda m: m["scheme"] + "***@", value)
+    if isinstance(value, dict):
+        return {k: redact_url_credentials(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_url_credentials(v) for v in value]
+    return value
+
+
+def defined_profiles(path: Path | str) -> list[str]:
+    """The names of the ``[profiles.*]`` tables in a config file, sorted."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / CONFIG_FILE
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # load_config reports these with the file's name
+    profiles = raw.get("profiles", {})
+    return sorted(profiles) if isinstance(profiles, dict) else []
+
+
+def _default_backends(raw: dict[str, Any]) -> None:
+    """A backend table that sets only options (``LOOPML__SERVING__OPTIONS__PORT=9000`` with no
+    ``[serving]`` in the file) keeps the default backend of its kind."""
+    for section, field in LoopmlConfig.model_fields.items():
+        default = field.default
+        if isinstance(default, BackendChoice) and isinstance(raw.get(section), dict):
+            raw[section].setdefault("backend", default.backend)
 
 
 def load_config(
@@ -332,6 +394,7 @@ def load_config(
     raw = _deep_merge(raw, _env_overrides(environ))
     if overrides:
         raw = _deep_merge(raw, overrides)
+    _default_backends(raw)
     root = file.parent.resolve() if file is not None else Path.cwd().resolve()
     where = str(file) if file else "defaults"
     if profile:
@@ -339,7 +402,7 @@ def load_config(
     try:
         config = LoopmlConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, where)) from None
+        raise ConfigError(_format_errors(exc, where, _env_paths(environ))) from None
     return config.model_copy(update={"root": root, "source_file": file, "profile": profile})
 
 

@@ -208,8 +208,11 @@ class Workspace:
 
     def describe(self) -> dict[str, Any]:
         """Selected backends and their validated options, secrets masked (for `loopml config`)."""
+        from loopml.config import redact_url_credentials
+
         def one(s: SelectedBackend) -> dict[str, Any]:
-            return {"backend": s.spec.name, "options": s.options.model_dump(mode="json")}
+            return {"backend": s.spec.name,
+                    "options": redact_url_credentials(s.options.model_dump(mode="json"))}
         out: dict[str, Any] = {"project": self.config.project, "root": str(self.config.root),
                                "profile": self.config.profile}
         for key, value in self.selected.items():

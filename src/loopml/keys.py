@@ -47,3 +47,10 @@ def validate_key(key: str) -> str:
             raise UnsafeKeyError(f"object key {key!r}: segment {segment!r} ends in {RESERVED_SUFFIX!r}, which is "
                                  "reserved for the store's pointers; rename it")
     return key
+
+
+def prefect_artifact_key(name: str) -> str:
+    """``name`` as a Prefect artifact key (lowercase letters, digits and dashes only): a model named
+    ``churn_model`` publishes ``churn-model-drift``, not an error at the end of a flow."""
+    key = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    return key or "loopml"
