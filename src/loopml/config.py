@@ -175,8 +175,7 @@ MODEL_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
 class PipelineConfig(_Strict):
     """What the loop trains: labels, task, features, trainer, holdout, gates and drift settings."""
 
-    model_name: str = Field(pattern=f"^{MODEL_NAME}$", description="registry, serving and report name: "
-                            "lowercase letters, digits, '-' and '_', at most 63 characters")
+    model_name: str = Field(pattern=f"^{MODEL_NAME}$")
     entity: str
     labels_dataset: str
     label: str
