@@ -80,6 +80,8 @@ def test_directories_and_globs_are_read_in_sorted_order(catalog, tmp_path) -> No
     ("id,ts,amount\n1,2024-01-01T00:00:00Z,4\n", "bad.csv", "lacks declared column(s) ['plan']"),
     ("id,ts,amount,plan,extra\n1,2024-01-01T00:00:00Z,4,a,x\n", "bad.csv", "not in the schema"),
     ("id,ts,amount,plan\n1.5,2024-01-01T00:00:00Z,4,a\n", "bad.csv", "expected a whole number"),
+    ("id,ts,amount,plan\n99999999999999999999,2024-01-01T00:00:00Z,4,a\n", "bad.csv",
+     "column 'id', line 2: whole number outside the 64-bit integer range"),
 ])
 def test_bad_files_are_rejected_naming_file_column_and_row(catalog, tmp_path, content, file_part, message) -> None:
     path = _write(tmp_path, file_part, content)
@@ -109,6 +111,12 @@ def test_corrupt_parquet_is_rejected(catalog, tmp_path) -> None:
 def test_schema_is_inferred_when_not_declared(catalog, tmp_path) -> None:
     version, _ = catalog.ingest("raw", _write(tmp_path, "r.csv", "a,b,c\n1,2.5,x\n2,3.5,y\n"))
     assert [(c.name, c.type) for c in version.columns] == [("a", "int"), ("b", "float"), ("c", "string")]
+
+
+def test_whole_numbers_beyond_int64_are_inferred_as_strings_and_kept_exactly(catalog, tmp_path) -> None:
+    version, _ = catalog.ingest("raw", _write(tmp_path, "r.csv", "id,n\n99999999999999999999,1\n7,2\n"))
+    assert [(c.name, c.type) for c in version.columns] == [("id", "string"), ("n", "int")]
+    assert list(catalog.load(version)["id"]) == ["99999999999999999999", "7"]
 
 
 def test_unknown_dataset_reference_lists_known_ones(catalog, tmp_path) -> None:

@@ -129,6 +129,9 @@ def _fail(path: Path, column: str, index: int, value: object, problem: str, fix:
     )
 
 
+INT64_LIMIT = 2.0**63  # |value| at or above this does not fit a 64-bit integer
+
+
 def _coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
     import numpy as np
     import pandas as pd
@@ -153,6 +156,11 @@ def _coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
                 i = int(np.argmax(frac.to_numpy()))
                 raise _fail(path, rule.name, i, raw.iloc[i], "expected a whole number",
                             "fix the value or declare the column as type 'float'")
+            huge = (values.abs().astype("float64") >= INT64_LIMIT).fillna(False)
+            if huge.any():
+                i = int(np.argmax(huge.to_numpy(dtype=bool)))
+                raise _fail(path, rule.name, i, raw.iloc[i], "whole number outside the 64-bit integer range",
+                            "declare the column as type 'string' (ids, codes) or 'float' (quantities)")
             values = values.astype("Int64")
         else:
             values = values.astype("float64")
@@ -211,7 +219,13 @@ def infer_rules(frame: pd.DataFrame) -> tuple[ColumnRule, ...]:
         if col.dtype == object or pd.api.types.is_string_dtype(col):
             numeric = pd.to_numeric(col, errors="coerce")
             if numeric.notna().sum() == col.notna().sum() and col.notna().any():
-                kind = "int" if (numeric.dropna() % 1 == 0).all() else "float"
+                whole = numeric.dropna()
+                if not (whole % 1 == 0).all():
+                    kind = "float"
+                elif (whole.abs().astype("float64") < INT64_LIMIT).all():
+                    kind = "int"
+                else:
+                    kind = "string"  # whole numbers beyond int64 are ids or codes, not quantities
             else:
                 kind = "string"
         elif pd.api.types.is_bool_dtype(col):
