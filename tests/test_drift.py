@@ -76,6 +76,66 @@ def test_an_empty_window_gives_no_verdict() -> None:
     assert not report.drift_detected and "only 0 current rows" in report.reason
 
 
+def test_a_feature_that_turns_all_missing_drifts_for_both_kinds_alike() -> None:
+    rng = np.random.default_rng(10)
+    reference, current = sample(rng, 2000), sample(rng, 400)
+    current["a"] = np.nan  # a numeric feed broke
+    current["k"] = None    # and a categorical one
+    report = detect_drift(reference, current, numeric=NUMERIC, categorical=CATEGORICAL, alpha=0.01,
+                          min_samples=200)
+    assert set(report.drifted_features) == {"a", "k"}
+    by_name = {f.feature: f for f in report.features}
+    assert (by_name["a"].missing_reference, by_name["a"].missing_current) == (0.0, 1.0)
+    assert (by_name["k"].missing_reference, by_name["k"].missing_current) == (0.0, 1.0)
+    # The same share of missing values in both windows is no drift, for either kind.
+    reference.loc[reference.index[::10], ["a", "k"]] = [np.nan, None]
+    current = sample(rng, 400)
+    current.loc[current.index[::10], ["a", "k"]] = [np.nan, None]
+    report = detect_drift(reference, current, numeric=NUMERIC, categorical=CATEGORICAL, alpha=0.01,
+                          min_samples=200)
+    assert not report.drift_detected, report.reason
+
+
+def test_infinite_values_are_compared_and_the_report_still_renders() -> None:
+    from loopml.drift import render_html
+
+    rng = np.random.default_rng(11)
+    reference, current = sample(rng, 2000), sample(rng, 400)
+    current.loc[current.index[:200], "b"] = np.inf
+    report = detect_drift(reference, current, numeric=NUMERIC, categorical=CATEGORICAL, alpha=0.01,
+                          min_samples=200)
+    assert report.drifted_features == ("b",)
+    html = render_html(report, reference, current)
+    assert "<img" in html and "DRIFT" in html
+
+
+def test_an_empty_reference_gives_no_verdict_instead_of_nan() -> None:
+    rng = np.random.default_rng(12)
+    report = detect_drift(sample(rng, 0), sample(rng, 400), numeric=NUMERIC, categorical=CATEGORICAL,
+                          alpha=0.01, min_samples=200)
+    assert not report.drift_detected and "reference has 0 rows" in report.reason
+    assert report.features == ()
+
+
+def test_a_feature_with_100k_categories_is_tested_and_drawn_as_top_20_plus_other() -> None:
+    import base64
+    import re
+
+    from loopml.drift import _top_categories, categories, render_html
+
+    rng = np.random.default_rng(13)
+    reference = pd.DataFrame({"k": rng.integers(0, 100_000, 100_000).astype(str)})
+    current = pd.DataFrame({"k": rng.integers(0, 100_000, 50_000).astype(str)})
+    report = detect_drift(reference, current, numeric=[], categorical=["k"], alpha=0.01, min_samples=200)
+    assert not report.drift_detected, report.reason
+    html = render_html(report, reference, current)  # seconds, not minutes: 21 bars, not 100k
+    png = base64.b64decode(re.search(r"src='data:image/png;base64,([^']+)'", html)[1])
+    assert png.startswith(b"\x89PNG")
+    ref, cur = _top_categories(categories(reference["k"]), categories(current["k"]))
+    assert len(ref) == len(cur) == 21 and ref.index[-1].startswith("(other: ")
+    assert ref.sum() == pytest.approx(1) and cur.sum() == pytest.approx(1)
+
+
 def test_confirmed_drift_alerts_once_per_cooldown_and_again_after_a_new_promotion(tmp_path) -> None:
     from loopml import loop
     from loopml.context import Workspace

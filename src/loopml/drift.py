@@ -4,8 +4,12 @@
 * categorical features: chi-square test of the category counts (unseen categories pooled);
 * the p-values of all features are adjusted with Holm's method, so on same-distribution data the
   chance of *any* alarm in one check is at most ``alpha``;
-* fewer than ``min_samples`` current rows: no verdict (``drift_detected`` is False, the reason
-  says why).
+* missing values are a signal, the same for both kinds: a categorical feature counts them as the
+  category ``(missing)``; a numeric feature adds a chi-square test of its missing rate to the KS
+  test of its present values (Bonferroni within the feature), so a column that turns all-NaN drifts;
+* ``±inf`` are values like others to KS (they sort at the ends); plots show the finite ones;
+* fewer than ``min_samples`` current rows, or an empty reference: no verdict (``drift_detected`` is
+  False, the reason says why).
 """
 
 from __future__ import annotations
@@ -63,6 +67,28 @@ def chi_square_counts(reference: np.ndarray, current: np.ndarray) -> tuple[float
     return stat, float(chi2.sf(stat, dof))
 
 
+MISSING = "(missing)"
+PLOT_CATEGORIES = 20  # the report's bar charts show this many categories, the rest as one bar
+
+
+def categories(values: pd.Series) -> np.ndarray:
+    """Category labels as strings, every kind of missing (None, NaN, NA) as ``(missing)``."""
+    labels = values.astype("object").astype(str).to_numpy()
+    labels[values.isna().to_numpy()] = MISSING
+    return labels
+
+
+def missing_rate_test(missing_ref: int, n_ref: int, missing_cur: int, n_cur: int) -> float:
+    """p-value of "both windows have the same missing rate" (2x2 chi-square)."""
+    from scipy.stats import chi2
+
+    table_ = np.array([[missing_ref, n_ref - missing_ref], [missing_cur, n_cur - missing_cur]], dtype=float)
+    if n_ref == 0 or n_cur == 0 or (table_.sum(axis=0) == 0).any():
+        return 1.0  # nothing to compare: one window is empty, or both are all-missing / none-missing
+    expected = table_.sum(axis=1, keepdims=True) * table_.sum(axis=0, keepdims=True) / table_.sum()
+    return float(chi2.sf(float(((table_ - expected) ** 2 / expected).sum()), 1))
+
+
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (controls the family-wise error rate)."""
     p = np.asarray(p_values, dtype=float)
@@ -95,20 +121,30 @@ def detect_drift(
     if not n_cur:  # nothing observed yet: no statistics, no verdict
         return DriftReport(model, reference_ref, window[0], window[1], (), False,
                            f"only 0 current rows; at least {min_samples} are needed for a verdict")
-    results: list[tuple[str, str, float, float]] = []
+    if not n_ref:
+        return DriftReport(model, reference_ref, window[0], window[1], (), False,
+                           "the reference has 0 rows, so there is nothing to compare with: no verdict. "
+                           "Check the data the model was trained on")
+    results: list[tuple[str, str, float, float, float, float]] = []
     for col in numeric:
-        stat, p = ks_two_sample(reference[col].to_numpy(dtype=float, na_value=np.nan),
-                                current[col].to_numpy(dtype=float, na_value=np.nan))
-        results.append((col, "numeric", stat, p))
+        ref = reference[col].to_numpy(dtype=float, na_value=np.nan)
+        cur = current[col].to_numpy(dtype=float, na_value=np.nan)
+        stat, p = ks_two_sample(ref, cur)
+        miss_ref, miss_cur = int(np.isnan(ref).sum()), int(np.isnan(cur).sum())
+        if miss_ref or miss_cur:  # two tests of one feature: Bonferroni within it
+            p = min(1.0, 2 * min(p, missing_rate_test(miss_ref, n_ref, miss_cur, n_cur)))
+        results.append((col, "numeric", stat, p, miss_ref / n_ref, miss_cur / n_cur))
     for col in categorical:
-        stat, p = chi_square_counts(reference[col].astype(str).to_numpy(),
-                                    current[col].astype(str).to_numpy())
-        results.append((col, "categorical", stat, p))
+        ref_labels, cur_labels = categories(reference[col]), categories(current[col])
+        stat, p = chi_square_counts(ref_labels, cur_labels)
+        results.append((col, "categorical", stat, p, float((ref_labels == MISSING).mean()),
+                        float((cur_labels == MISSING).mean())))
     adjusted = holm([r[3] for r in results]) if results else np.array([])
     enough = n_cur >= min_samples
     features = tuple(
-        FeatureDrift(name, kind, stat, p, float(adj), bool(enough and adj < alpha), n_ref, n_cur)  # type: ignore[arg-type]
-        for (name, kind, stat, p), adj in zip(results, adjusted, strict=True))
+        FeatureDrift(name, kind, stat, p, float(adj), bool(enough and adj < alpha), n_ref, n_cur,  # type: ignore[arg-type]
+                     missing_ref, missing_cur)
+        for (name, kind, stat, p, missing_ref, missing_cur), adj in zip(results, adjusted, strict=True))
     drifted = [f.feature for f in features if f.drifted]
     if not enough:
         reason = f"only {n_cur} current rows; at least {min_samples} are needed for a verdict"
@@ -122,29 +158,48 @@ def detect_drift(
 def render_html(report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame) -> str:
     verdict = (f"<p class='verdict fail'>DRIFT: {report.reason}</p>" if report.drift_detected
                else f"<p class='verdict pass'>{report.reason}</p>")
-    rows = [(f.feature, f.kind, f.statistic, f.p_value, f.p_adjusted, "DRIFT" if f.drifted else "ok")
+    rows = [(f.feature, f.kind, f.statistic, f.p_value, f.p_adjusted,
+             f"{f.missing_reference:.1%} / {f.missing_current:.1%}", "DRIFT" if f.drifted else "ok")
             for f in report.features]
     sections = [verdict, f"<p>model {report.model}; reference {report.reference}; "
                 f"window {report.window_start} to {report.window_end}</p>",
-                table(["feature", "test", "statistic", "p", "Holm p", "verdict"], rows,
+                table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)", "verdict"], rows,
                       ["fail" if f.drifted else "pass" for f in report.features])]
     for f in report.features:
         def draw(ax, f=f):
             if f.kind == "numeric":
-                ref = reference[f.feature].dropna().to_numpy(dtype=float)
-                cur = current[f.feature].dropna().to_numpy(dtype=float)
-                bins = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=30)
-                ax.hist(ref, bins=bins, alpha=0.5, density=True, label="reference")
-                ax.hist(cur, bins=bins, alpha=0.5, density=True, label="current")
+                ref = reference[f.feature].to_numpy(dtype=float, na_value=np.nan)
+                cur = current[f.feature].to_numpy(dtype=float, na_value=np.nan)
+                ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]  # NaN and ±inf are in the table
+                if len(ref) or len(cur):
+                    bins = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=30)
+                    ax.hist(ref, bins=bins, alpha=0.5, density=True, label="reference")
+                    ax.hist(cur, bins=bins, alpha=0.5, density=True, label="current")
             else:
-                ref = reference[f.feature].astype(str).value_counts(normalize=True)
-                cur = current[f.feature].astype(str).value_counts(normalize=True)
-                cats = sorted(set(ref.index) | set(cur.index))
+                ref, cur = _top_categories(categories(reference[f.feature]), categories(current[f.feature]))
+                cats = list(ref.index)
                 x = np.arange(len(cats))
-                ax.bar(x - 0.2, [ref.get(c, 0) for c in cats], 0.4, label="reference")
-                ax.bar(x + 0.2, [cur.get(c, 0) for c in cats], 0.4, label="current")
-                ax.set_xticks(x, cats)
+                ax.bar(x - 0.2, ref.to_numpy(), 0.4, label="reference")
+                ax.bar(x + 0.2, cur.to_numpy(), 0.4, label="current")
+                ax.set_xticks(x, cats, rotation=30 if len(cats) > 6 else 0, fontsize=7)
             ax.set_title(f"{f.feature} ({'DRIFT' if f.drifted else 'ok'})")
             ax.legend()
         sections.append(img(figure_png(draw, (5, 2.8)), f.feature))
     return page(f"Drift: {report.model}", sections)
+
+
+def _top_categories(reference: np.ndarray, current: np.ndarray) -> tuple[pd.Series, pd.Series]:
+    """Shares of the PLOT_CATEGORIES most frequent categories (both windows together), the rest as
+    one "(other: N)" bar: a feature with 100k distinct values still draws in a blink."""
+    import pandas as pd
+
+    ref = pd.Series(reference).value_counts(normalize=True)
+    cur = pd.Series(current).value_counts(normalize=True)
+    total = ref.add(cur, fill_value=0).sort_values(ascending=False, kind="stable")
+    top = list(total.index[:PLOT_CATEGORIES])
+    ref, cur = ref.reindex(top, fill_value=0.0), cur.reindex(top, fill_value=0.0)
+    rest = len(total) - len(top)
+    if rest:
+        label = f"(other: {rest})"
+        ref[label], cur[label] = 1 - ref.sum(), 1 - cur.sum()
+    return ref, cur

@@ -200,6 +200,8 @@ class FeatureDrift:
     drifted: bool
     n_reference: int
     n_current: int
+    missing_reference: float = 0.0  # share of missing values in each window
+    missing_current: float = 0.0
 
 
 @dataclass(frozen=True)
