@@ -163,3 +163,23 @@ def test_the_monitor_reads_the_log_where_the_configured_backend_writes_it(projec
     assert window.inputs.to_dict("records") == [GOOD]
     assert (window.outputs, window.latency_ms, window.versions) == ((0.25,), (1.5,), (3,))
     assert loop.prediction_window(ws, "churn", since=11.0).inputs.empty
+
+
+def test_a_monitor_run_survives_a_torn_last_line_a_corrupt_line_and_a_foreign_record(project) -> None:
+    from loopml import loop
+    from loopml.context import Workspace
+    from loopml.examples import churn
+
+    churn.init_project(project / "p", n_customers=50)
+    ws = Workspace.open(project / "p" / "loopml.toml")
+    ws.serving.prediction_log_dir.mkdir(parents=True, exist_ok=True)
+    good = {"ts": 10.0, "version": 3, "inputs": GOOD, "output": 0.25, "latency_ms": 1.5}
+    (ws.serving.prediction_log_dir / "churn.jsonl").write_text(
+        json.dumps(good) + "\n"
+        + "{not json\n"                                                  # a corrupt line
+        + json.dumps({"ts": 11.0, "version": "v?", "output": 1}) + "\n"  # JSON, but not a prediction
+        + json.dumps(good)[:25])                                         # a writer died mid-line
+    assert loop.prediction_window(ws, "churn").versions == (3,)  # a scheduled run, by cursor
+    assert loop.prediction_window(ws, "churn").versions == ()    # and the next one
+    first = loop.prediction_window(ws, "churn", since=0.0)
+    assert first.versions == (3,) and first.inputs.to_dict("records") == [GOOD]

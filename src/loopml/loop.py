@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -461,13 +461,30 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
         tmp.replace(cursor_file)
     else:
         records, _ = read_since(root, model_name, since=since)
-    # What clients were answered: not the shadow copies, not the rows a model failed on.
-    records = [r for r in records if not r.get("shadow") and "error" not in r]
+    # What clients were answered: not the shadow copies, not the rows a model failed on; and only
+    # records with the fields a window needs (a foreign or hand-edited line is skipped, not fatal).
+    answered = [r for r in records if not r.get("shadow") and "error" not in r]
+    records = [r for r in answered if _well_formed(r)]
+    if len(records) < len(answered):
+        log.warning("skipped %d prediction log record(s) of %s without inputs, output or version",
+                    len(answered) - len(records), model_name)
     return PredictionWindow(pd.DataFrame([r["inputs"] for r in records]),
                             tuple(r["output"] if isinstance(r["output"], str) else float(r["output"])
                                   for r in records),
                             tuple(float(r.get("latency_ms", 0.0)) for r in records),
                             tuple(int(r["version"]) for r in records), tuple(records))
+
+
+def _well_formed(record: Mapping[str, Any]) -> bool:
+    try:
+        int(record["version"])
+        output = record["output"]
+        if not isinstance(output, str):
+            float(output)
+        float(record.get("latency_ms", 0.0))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return isinstance(record.get("inputs"), dict)
 
 
 def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:
