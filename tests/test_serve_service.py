@@ -79,7 +79,8 @@ def test_promotion_and_rollback_reach_a_running_server_with_no_failed_request(pr
         ws.registry.set_alias("churn", "production", 2, expected=1, actor="test", reason="promote v2")
         took = wait_for(lambda: all(c.versions[2] >= 5 for c in clients), 60, "v2 served")
         result = subprocess.run([sys.executable, "-m", "loopml.cli", "models", "rollback", "churn",
-                                 "--expected", "2", "--config", str(project)], capture_output=True, text=True, timeout=120)
+                                 "--expected", "2", "--config", str(project)],
+                                capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         before = [c.versions[1] for c in clients]
         wait_for(lambda: all(c.versions[1] >= b + 5 for c, b in zip(clients, before, strict=True)), 60,

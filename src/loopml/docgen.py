@@ -146,7 +146,8 @@ MEANINGS: dict[str, str] = {
     "ColumnConfig.min": "smallest allowed value",
     "ColumnConfig.max": "largest allowed value",
     "ColumnConfig.allowed": "allowed values of a category",
-    "PipelineConfig.model_name": "registry, serving and report name: lowercase letters, digits, - and _, at most 63 characters",
+    "PipelineConfig.model_name": ("registry, serving and report name: lowercase letters, digits, - and _, "
+                                  "at most 63 characters"),
     "PipelineConfig.entity": "entity id column (labels and features)",
     "PipelineConfig.labels_dataset": "dataset holding labels",
     "PipelineConfig.label": "column to predict",
