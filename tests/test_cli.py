@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ def test_help_lists_every_command_group() -> None:
     assert result.returncode == 0
     for group in ("plugins", "data", "models", "runs", "demo", "run", "init"):
         assert group in result.stdout
+
+
+def test_shell_completion_completes_commands_through_the_installed_entry_point(tmp_path: Path) -> None:
+    loopml = Path(sys.executable).with_name("loopml")
+    script = subprocess.run([str(loopml), "--show-completion", "bash"], capture_output=True, text=True, cwd=tmp_path)
+    assert script.returncode == 0 and "_LOOPML_COMPLETE=complete_bash" in script.stdout
+    for words, cword, expected in (("loopml mod", 1, "models"), ("loopml models ro", 2, "rollback"),
+                                   ("loopml store ", 2, "gc")):
+        env = {**os.environ, "_LOOPML_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+        result = subprocess.run([str(loopml)], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0 and expected in result.stdout.split(), (words, result.stdout)
 
 
 def test_plugins_list_json_names_the_builtin_backends(project: Path, capsys) -> None:
@@ -172,3 +184,60 @@ def test_store_gc_removes_unreferenced_blobs_and_dead_writers_temp_files(project
     assert store.get("keep/me") == b"still referenced"
     code, out, _ = run(capsys, "store", "gc")
     assert code == 0 and "removed 0 unreferenced blobs and 0 temp files" in out
+
+
+def _json_commands() -> set[str]:
+    """Every CLI command that has a --json option, as 'group command'."""
+    import typer.main
+
+    from loopml.cli import app
+
+    found: set[str] = set()
+
+    def walk(command, path: tuple[str, ...]) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, (*path, name))
+        if any("--json" in getattr(p, "opts", ()) for p in getattr(command, "params", ())):
+            found.add(" ".join(path))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def test_every_json_option_prints_one_parseable_document_even_with_long_values(
+        project: Path, capsys, monkeypatch) -> None:
+    from loopml.context import Workspace
+    from loopml.records import RunInfo
+
+    monkeypatch.setenv("COLUMNS", "40")  # narrow: nothing may wrap inside a string
+    (project / "loopml.toml").write_text('project = "test"\n[datasets.orders.columns]\nid = { type = "int" }\n'
+                                         'note = { type = "string" }\n')
+    (project / "o.csv").write_text("id,note\n1," + "a-long-value-" * 20 + "\n")
+    ws = Workspace.open(project)
+    registry = SqliteRegistry(project / ".loopml" / "registry.db")
+    registry.register("churn", artifact_key="models/x", artifact_sha256="c" * 64, actor="t",
+                      reason="a very long reason " * 10)
+    tracker = ws.trackers[0]
+    tracker.start_run(RunInfo("run-1", "churn", "a run with a long name " * 5))
+    tracker.log_metrics("run-1", {"auc": 0.8}, step=0)
+    tracker.end_run("run-1")
+    commands = {
+        "data ingest": ["data", "ingest", "o.csv", "--name", "orders"],
+        "data list": ["data", "list"],
+        "data show": ["data", "show", "orders@latest"],
+        "models list": ["models", "list"],
+        "models show": ["models", "show", "churn:1"],
+        "models history": ["models", "history", "churn"],
+        "models canary": ["models", "canary", "churn"],
+        "runs list": ["runs", "list"],
+        "runs show": ["runs", "show", "run-1"],
+        "store gc": ["store", "gc"],
+        "plugins list": ["plugins", "list"],
+        "plugins check": ["plugins", "check"],
+        "config": ["config"],
+    }
+    assert _json_commands() == set(commands)  # a new --json command needs a line here
+    for name, args in commands.items():
+        code, out, err = run(capsys, *args, "--json")
+        assert code == 0, (name, err)
+        json.loads(out)  # one document, nothing around it

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from loopml.errors import LoopmlError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=True,
                   help="loopml: version data, train, validate, register, serve and monitor models.")
 plugins_app = typer.Typer(no_args_is_help=True, help="Inspect and check installed plugins.")
 data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect dataset versions.")
@@ -120,8 +120,8 @@ def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
 
 @plugins_app.command("check")
 def plugins_check(config: ConfigOpt = None, profile: Annotated[str | None, typer.Option(
-        "--profile", "-p", help="Check only this profile (default: the base config and every profile).")] = None
-) -> None:
+        "--profile", "-p", help="Check only this profile (default: the base config and every profile).")] = None,
+        as_json: JsonOpt = False) -> None:
     """Load every plugin strictly and validate the project's backend selection and options, in the
     base configuration and in every profile (a typo in a profile you deploy later fails now)."""
     import importlib.util
@@ -158,6 +158,10 @@ def plugins_check(config: ConfigOpt = None, profile: Annotated[str | None, typer
             problems.append(f"{label}: {exc}")
     if problems:
         raise LoopmlError("\n".join(problems))
+    if as_json:
+        _print_json({"ok": True, "plugins": n, "checked": ["base" if p is None else p for p in profiles],
+                     "configuration": described})
+        return
     checked = ", ".join("base config" if p is None else f"profile {p!r}" for p in profiles)
     out.print(f"[green]ok[/]: {n} plugin(s) loaded, configuration valid ({checked})", soft_wrap=True)
     out.print_json(json.dumps(described, default=str))
@@ -565,9 +569,13 @@ def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. 
 
 
 @app.command("config")
-def config_show(config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+def config_show(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
     """Print the resolved configuration (backends and validated options, secrets masked)."""
-    out.print_json(json.dumps(_workspace(config, profile).describe(), default=str))
+    described = _workspace(config, profile).describe()
+    if as_json or not out.is_terminal:  # plain JSON for pipes: rich would wrap long strings
+        _print_json(described)
+        return
+    out.print_json(json.dumps(described, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
