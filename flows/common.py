@@ -41,10 +41,11 @@ def on_failure(stage: str) -> list:
             error = RuntimeError(state.message or f"{stage} failed")
         params = getattr(flow_run, "parameters", {}) or {}
         try:
-            manager = workspace(params.get("config"), params.get("profile")).manager
-        except Exception:  # the config itself may be what failed
-            manager = get_plugin_manager()
-        manager.notify("loopml_on_error", stage=stage, error=error)
+            ws = workspace(params.get("config"), params.get("profile"))
+        except Exception:  # the config itself may be what failed: no project context then
+            get_plugin_manager().notify("loopml_on_error", stage=stage, error=error)
+        else:
+            ws.notify("loopml_on_error", stage=stage, error=error)
 
     return [notify]
 

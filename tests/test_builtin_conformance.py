@@ -62,3 +62,6 @@ class TestLogMonitor(MonitorSuite):
     @pytest.fixture
     def monitor(self, tmp_path: Path) -> LogMonitor:
         return LogMonitor(tmp_path / "events.jsonl")
+
+    def recorded(self, monitor: LogMonitor) -> list[dict]:
+        return monitor.events()

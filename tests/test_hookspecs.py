@@ -61,7 +61,9 @@ def test_every_lifecycle_hook_reaches_plugins(hook: str) -> None:
     argnames = inspect.signature(getattr(hookspecs, hook)).parameters
     kwargs = {name: f"value-of-{name}" for name in argnames}
     assert manager.notify(hook, **kwargs) == []
+    context = kwargs.pop("context")
     assert recorder.named(hook) == [kwargs]
+    assert recorder.contexts == [(hook, context)]
 
 
 def test_hook_recorder_covers_every_lifecycle_hook() -> None:

@@ -32,7 +32,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     site = tmp_path / "site"
     monkeypatch.setattr(sys, "path", list(sys.path))
     yield site
-    for name in ("acme_plugin", "broken_plugin", "other_plugin"):
+    for name in ("acme_plugin", "broken_plugin", "other_plugin", "typo_plugin", "twin_plugin"):
         sys.modules.pop(name, None)
 
 
@@ -203,3 +203,129 @@ def test_listing_plugins_imports_no_vendor_sdk() -> None:
               " if n in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+TYPO = """
+from loopml.plugins import hookimpl
+
+@hookimpl
+def loopml_after_promoton(event, context):
+    pass
+"""
+
+
+def test_an_installed_plugin_with_a_misspelled_hook_is_isolated_naming_its_distribution(
+        site: Path, project: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from loopml.cli import main
+
+    install_fake_dist(site, "typo-dist", {"typo_plugin": TYPO}, {"typo": "typo_plugin"})
+    install_fake_dist(site / "2", "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    manager = build_plugin_manager()
+    assert {"loopml", "acme"} <= {p.name for p in manager.plugins()}
+    assert "typo" not in {p.name for p in manager.plugins()}
+    [problem] = [p for p in manager.problems if p.plugin == "typo"]
+    assert problem.distribution == "typo-dist"
+    assert "loopml_after_promoton" in problem.error and "did you mean 'loopml_after_promotion'" in problem.error
+    reset_plugin_manager()
+    assert main(["models", "list", "--json"]) == 0  # every command still works in every project
+    capsys.readouterr()
+    monkeypatch.setenv("LOOPML_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"typo-dist"):
+        build_plugin_manager()
+
+
+def test_two_distributions_with_one_plugin_name_are_reported_naming_both(site: Path) -> None:
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    install_fake_dist(site / "2", "acme-fork", {"twin_plugin": GOOD}, {"acme": "twin_plugin"})
+    manager = build_plugin_manager()
+    [problem] = [p for p in manager.problems if p.plugin == "acme"]
+    assert "acme-loopml" in problem.error and "acme-fork" in problem.error and "Uninstall" in problem.error
+    assert {p.name: p for p in manager.plugins()}["acme"].distribution in ("acme-loopml", "acme-fork")
+
+
+def test_an_unknown_name_in_the_plugin_switches_is_reported_with_a_suggestion(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    monkeypatch.setenv("LOOPML_DISABLE_PLUGINS", "acmee")
+    manager = build_plugin_manager()
+    [problem] = [p for p in manager.problems if p.plugin == "acmee"]
+    assert "LOOPML_DISABLE_PLUGINS names plugin 'acmee', which is not installed" in problem.error
+    assert "did you mean 'acme'?" in problem.error
+    assert "acme" in {p.name for p in manager.plugins()}  # a typo disables nothing
+
+
+def test_a_backend_of_a_disabled_plugin_is_reported_as_disabled_not_unknown(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    monkeypatch.setenv("LOOPML_DISABLE_PLUGINS", "acme")
+    manager = build_plugin_manager()
+    with pytest.raises(UnknownBackendError, match=r"artifact store 'acme' comes from plugin 'acme' "
+                       r"\(distribution 'acme-loopml'\), which is disabled by LOOPML_DISABLE_PLUGINS"):
+        manager.backend("artifact_store", "acme")
+    with pytest.raises(UnknownBackendError, match=r"URI scheme 'acme' comes from plugin 'acme'.*disabled"):
+        manager.store_for_scheme("acme")
+    monkeypatch.setenv("LOOPML_DISABLE_PLUGINS", "loopml")
+    with pytest.raises(UnknownBackendError, match=r"tracker 'local' comes from plugin 'loopml'.*disabled"):
+        build_plugin_manager().backend("tracker", "local")
+
+
+def test_a_project_can_disable_or_select_installed_plugins_in_loopml_toml(site: Path, tmp_path: Path) -> None:
+    from loopml.context import Workspace
+
+    install_fake_dist(site, "acme-loopml", {"acme_plugin": GOOD}, {"acme": "acme_plugin"})
+    reset_plugin_manager()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "loopml.toml").write_text('project = "a"\ndisable_plugins = ["acme"]\n')
+    (tmp_path / "b" / "loopml.toml").write_text('project = "b"\nload_plugins = ["acme"]\n')
+    a, b = Workspace.open(tmp_path / "a"), Workspace.open(tmp_path / "b")
+    assert "acme" not in {p.name for p in a.manager.plugins()}
+    assert {p.name for p in b.manager.plugins()} >= {"loopml", "acme"}
+    assert not {"s3", "mlflow", "wandb"} & {p.name for p in b.manager.plugins()}  # only what it selected
+    with pytest.raises(UnknownBackendError, match=r"disabled by loopml.toml disable_plugins"):
+        a.manager.backend("artifact_store", "acme")
+
+
+def test_wrapper_hookimpls_run_around_lifecycle_hooks_and_every_hook_gets_the_project(project: Path) -> None:
+    from loopml.context import Workspace
+
+    seen: list[str] = []
+
+    class Timing:
+        @hookimpl(wrapper=True)
+        def loopml_after_promotion(self, event, context):
+            seen.append(f"before {event} in {context.project}")
+            result = yield
+            seen.append("after")
+            return result
+
+    class Exploding:
+        @hookimpl
+        def loopml_after_promotion(self, event):
+            seen.append("exploding")
+            raise RuntimeError("chat service down")
+
+    recorder = HookRecorder()
+    (project / "loopml.toml").write_text('project = "shop"\n')
+    ws = Workspace.open(manager=fresh_plugin_manager(recorder, Timing(), Exploding()))
+    failures = ws.notify("loopml_after_promotion", event="E")
+    assert seen == ["before E in shop", "exploding", "after"]
+    assert [f.plugin for f in failures] == ["Exploding"]
+    assert recorder.named("loopml_after_promotion") == [{"event": "E"}]  # the others still ran
+    [(_, context)] = recorder.contexts
+    assert (context.project, context.root, context.config.project) == ("shop", project.resolve(), "shop")
+
+
+def test_a_factory_that_builds_the_wrong_thing_fails_when_built_naming_plugin_and_verbs(project: Path) -> None:
+    from loopml.context import Workspace
+
+    class Sloppy:
+        @hookimpl
+        def loopml_trackers(self):
+            return [BackendSpec("sloppy", lambda options, ctx: "not a tracker")]
+
+    (project / "loopml.toml").write_text('[trackers.sloppy]\n')
+    ws = Workspace.open(manager=fresh_plugin_manager(Sloppy()))
+    with pytest.raises(PluginError, match=r"trackers.sloppy: the tracker backend 'sloppy' of plugin 'Sloppy' "
+                       r"built a str, which lacks end_run, log_artifact, log_metrics, log_params, name"):
+        ws.trackers  # noqa: B018

@@ -215,6 +215,8 @@ class LoopmlConfig(_Strict):
     project: str = "loopml"
     home: Path = Path(".loopml")
     plugins: list[str] = Field(default_factory=list)
+    load_plugins: list[str] | None = None
+    disable_plugins: list[str] = Field(default_factory=list)
     storage: StorageConfig = StorageConfig()
     registry: BackendChoice = BackendChoice(backend="sqlite")
     trackers: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {}}, repr=False)

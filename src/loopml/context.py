@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 
 from loopml.config import LoopmlConfig, load_config, validate_options
 from loopml.datasets import ColumnRule, DatasetCatalog, rules_from_config
-from loopml.errors import ConfigError
+from loopml.errors import ConfigError, PluginError
 from loopml.plugins import LoopmlPluginManager, get_plugin_manager
-from loopml.records import HookFailure
+from loopml.records import HookContext, HookFailure
 from loopml.specs import BackendKind, BackendSpec
 
 if TYPE_CHECKING:
@@ -92,8 +92,10 @@ class Workspace:
             raise ConfigError(f"{config.source_file or 'loopml.toml'}: home = {str(config.home)!r} is a file, not a "
                               "folder; point home at a folder for loopml's state (default '.loopml')")
         _importable(config.root)  # project code (plugins, model factories) imports like a package
-        self.manager = manager or get_plugin_manager(tuple(config.plugins))
+        self.manager = manager or get_plugin_manager(tuple(config.plugins), load_plugins=config.load_plugins,
+                                                     disable_plugins=config.disable_plugins)
         self.context = BackendContext(config.project, config.root, config.home_dir)
+        self.hook_context = HookContext(config.project, config.profile, config.root, config.home_dir, config)
         self.selected = self._select_all()
 
     @classmethod
@@ -147,13 +149,31 @@ class Workspace:
 
     def _build(self, selected: SelectedBackend) -> Any:
         try:
-            return selected.spec.factory(selected.options, self.context)
+            built = selected.spec.factory(selected.options, self.context)
         except ImportError as exc:
             raise ConfigError(
                 f"{selected.config_key}: backend {selected.spec.name!r} needs a package that is not "
                 f"installed ({exc.name or exc}); install its extra, e.g. pip install "
                 f"'loopml[{selected.spec.name}]'"
             ) from exc
+        self._check_protocol(selected, built)
+        return built
+
+    def _check_protocol(self, selected: SelectedBackend, built: Any) -> None:
+        """What a factory built must have its kind's verbs: fail at once, naming the plugin."""
+        from loopml import protocols
+
+        if selected.kind == "gate_check":
+            missing = [] if callable(built) else ["__call__"]
+        else:
+            proto = protocols.PROTOCOL_OF_KIND[selected.kind]
+            missing = [m for m in protocols.members(proto) if not hasattr(built, m)]
+        if missing:
+            plugin = self.manager.catalogue()[selected.kind].get(selected.spec.name, ("?",))[0]
+            raise PluginError(
+                f"{selected.config_key}: the {selected.kind.replace('_', ' ')} backend {selected.spec.name!r} "
+                f"of plugin {plugin!r} built a {type(built).__name__}, which lacks {', '.join(missing)}; "
+                "its factory must return an object with every verb of the kind (see loopml.protocols)")
 
     # ------------------------------------------------------------ backends
     @functools.cached_property
@@ -204,7 +224,8 @@ class Workspace:
         return rules_from_config(cfg.columns) if cfg and cfg.columns else None
 
     def notify(self, hook: str, **kwargs: Any) -> list[HookFailure]:
-        return self.manager.notify(hook, **kwargs)
+        """Fire a lifecycle hook with this project as its ``context``."""
+        return self.manager.notify(hook, context=self.hook_context, **kwargs)
 
     def describe(self) -> dict[str, Any]:
         """Selected backends and their validated options, secrets masked (for `loopml config`)."""

@@ -127,6 +127,10 @@ MEANINGS: dict[str, str] = {
     "LoopmlConfig.project": "project name (run names, Prefect tags, demo folder marker)",
     "LoopmlConfig.home": "loopml's working folder (registry, runs, caches, reports), relative to the config file",
     "LoopmlConfig.plugins": "project-local plugin modules to load (importable from the project folder)",
+    "LoopmlConfig.load_plugins": ("installed plugins (entry-point names) this project loads; default all. "
+                                  "Applies on top of LOOPML_LOAD_PLUGINS"),
+    "LoopmlConfig.disable_plugins": ("installed plugins this project does not load (e.g. [\"wandb\"]), on top "
+                                     "of LOOPML_DISABLE_PLUGINS"),
     "LoopmlConfig.storage": "artifact store: datasets, models, reports",
     "LoopmlConfig.registry": "model registry backend",
     "LoopmlConfig.trackers": "experiment trackers, all used at once: name -> options",

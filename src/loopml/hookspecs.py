@@ -10,7 +10,13 @@ Two shapes of hooks:
 * **Lifecycle hooks** (``loopml_after_*``, ``loopml_on_*``) observe the loop. Every
   implementation is called (results are ignored). One that raises is recorded as a
   :class:`loopml.records.HookFailure`, logged with plugin and hook name, and the other plugins and
-  the flow carry on: a notification must never break training or promotion.
+  the flow carry on: a notification must never break training or promotion. They are called
+  through pluggy, so ``@hookimpl(wrapper=True)`` implementations run around the others.
+
+Every lifecycle hook (and ``loopml_before_promotion``) also gets ``context``, a
+:class:`loopml.records.HookContext` with the project's name, profile, root, home and validated
+config; it is None only for ``loopml_on_error`` when the configuration itself failed to load. An
+implementation takes only the arguments it names, so older plugins without ``context`` still work.
 
 Implement hooks with ``loopml.hookimpl``::
 
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
         DatasetVersion,
         DriftReport,
         GateReport,
+        HookContext,
         LoopEvent,
         ModelVersion,
         PromotionEvent,
@@ -191,11 +198,13 @@ def loopml_gate_checks() -> list[BackendSpec]:
 
 
 @hookspec(firstresult=True)
-def loopml_before_promotion(model_name: str, candidate: str, report: GateReport) -> str | None:
+def loopml_before_promotion(model_name: str, candidate: str, report: GateReport,
+                            context: HookContext | None) -> str | None:
     """Veto a promotion: return a reason to block it, or None to let it through.
 
     When: after every gate ran and passed, before the report is stored and the candidate registered.
     Args: ``model_name``; ``candidate`` how the report names the candidate; ``report`` the gates.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: a one-line reason to block, or None.
     Call semantics: first non-None result wins (later implementations are not called). A veto is
     added to the report as the failed check ``promotion-veto`` and lands in the registry history.
@@ -215,11 +224,12 @@ def loopml_before_promotion(model_name: str, candidate: str, report: GateReport)
 
 
 @hookspec
-def loopml_after_dataset_versioned(dataset: DatasetVersion, created: bool) -> None:
+def loopml_after_dataset_versioned(dataset: DatasetVersion, created: bool, context: HookContext | None) -> None:
     """A dataset was ingested and stored (or found unchanged).
 
     When: after the manifest is written, i.e. the version is complete and visible.
     Args: ``dataset`` the version; ``created`` False when identical data already existed.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
     Example::
@@ -231,11 +241,13 @@ def loopml_after_dataset_versioned(dataset: DatasetVersion, created: bool) -> No
 
 
 @hookspec
-def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[str, float]) -> None:
+def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[str, float],
+                               context: HookContext | None) -> None:
     """A model finished training and its artifact is stored.
 
     When: after training, before validation. Args: ``run`` the tracked run; ``artifact_key`` the
     store key of the model artifact; ``metrics`` final training metrics.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
     Example::
@@ -247,11 +259,12 @@ def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[st
 
 
 @hookspec
-def loopml_after_validation(report: GateReport) -> None:
+def loopml_after_validation(report: GateReport, context: HookContext | None) -> None:
     """A candidate was validated against the current production model.
 
     When: after every gate ran and the report was stored, whether it passed or not.
     Args: ``report`` the gates with their values, thresholds, verdicts and reasons.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
     Example::
@@ -263,10 +276,11 @@ def loopml_after_validation(report: GateReport) -> None:
 
 
 @hookspec
-def loopml_after_model_registered(model: ModelVersion) -> None:
+def loopml_after_model_registered(model: ModelVersion, context: HookContext | None) -> None:
     """A model version was added to the registry (status candidate, approved or rejected).
 
     When: after the registry transaction committed. Args: ``model`` the new version.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
     Example::
@@ -278,11 +292,12 @@ def loopml_after_model_registered(model: ModelVersion) -> None:
 
 
 @hookspec
-def loopml_after_promotion(event: PromotionEvent) -> None:
+def loopml_after_promotion(event: PromotionEvent, context: HookContext | None) -> None:
     """An alias (e.g. ``production``) moved to another version, by promotion or rollback.
 
     When: after the compare-and-set committed and history was appended.
     Args: ``event`` with model name, alias, from/to version, action, actor and reason.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the alias stays moved.
     Example::
@@ -294,11 +309,12 @@ def loopml_after_promotion(event: PromotionEvent) -> None:
 
 
 @hookspec
-def loopml_on_drift(report: DriftReport) -> None:
+def loopml_on_drift(report: DriftReport, context: HookContext | None) -> None:
     """Drift was confirmed on live inputs (enough samples, corrected p-values).
 
     When: after the drift report is stored, before retraining is triggered.
     Args: ``report`` per-feature statistics and the verdict.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; retraining still triggers.
     Example::
@@ -310,7 +326,7 @@ def loopml_on_drift(report: DriftReport) -> None:
 
 
 @hookspec
-def loopml_on_event(event: LoopEvent) -> None:
+def loopml_on_event(event: LoopEvent, context: HookContext | None) -> None:
     """Something happened to a model: validated, promoted, rejected, rolled back, canary started,
     drift detected, live performance measured or degraded (kinds in :mod:`loopml.events`).
 
@@ -318,6 +334,7 @@ def loopml_on_event(event: LoopEvent) -> None:
     alike, just before the same event goes to Prefect with resource ``loopml.model.<project>.<model>``.
     Args: ``event`` with ``kind``, ``project``, ``model``, ``version``, ``reason``, ``actor`` and a
     JSON-ready ``payload``.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called; the specific hooks
     (``loopml_after_promotion``, ``loopml_on_drift``) fire first for their kinds.
     Failure policy: a raise is recorded as a HookFailure and logged; the loop goes on.
@@ -331,11 +348,12 @@ def loopml_on_event(event: LoopEvent) -> None:
 
 
 @hookspec
-def loopml_on_error(stage: str, error: BaseException) -> None:
+def loopml_on_error(stage: str, error: BaseException, context: HookContext | None) -> None:
     """A stage of the loop failed.
 
     When: a flow stage raised, before the error propagates to Prefect.
     Args: ``stage`` e.g. ``"ingest"`` or ``"train"``; ``error`` the exception.
+    ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded and logged; the original error still propagates.
     Example::

@@ -272,8 +272,8 @@ def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tup
         extra_checks=ws.gate_checks,
     )
     if evaluation.report.passed:
-        veto = ws.manager.first_veto(model_name=cfg.model_name, candidate=evaluation.report.candidate,
-                                     report=evaluation.report)
+        veto = ws.manager.first_veto(context=ws.hook_context, model_name=cfg.model_name,
+                                     candidate=evaluation.report.candidate, report=evaluation.report)
         if veto is not None:
             blocked = GateCheck("promotion-veto", None, None, False, veto)
             evaluation = dataclasses.replace(evaluation, report=dataclasses.replace(

@@ -1,13 +1,20 @@
 """The plugin manager: loads plugins, collects backend specs, calls lifecycle hooks safely.
 
 Load order: the hookspecs, then loopml's built-in backends, then entry points of group
-``loopml.plugins`` (filtered by ``LOOPML_LOAD_PLUGINS`` / ``LOOPML_DISABLE_PLUGINS``), then the
-project-local plugin modules named in config, then plugins registered in-process. Every load ends
-with a check that each ``loopml_*`` hook implementation matches a hookspec.
+``loopml.plugins`` (filtered by ``LOOPML_LOAD_PLUGINS`` / ``LOOPML_DISABLE_PLUGINS`` and by the
+project's ``load_plugins`` / ``disable_plugins``), then the project-local plugin modules named in
+config, then plugins registered in-process. Every load ends with a check that each ``loopml_*``
+hook implementation matches a hookspec.
+
+An installed plugin that fails to import or has an invalid hook is isolated: it is not loaded, the
+problem names its distribution, and everything else works (``LOOPML_STRICT_PLUGINS=1`` turns every
+such problem into an error). Lifecycle hooks go through pluggy, so ``wrapper=True`` implementations
+run around them; each plain implementation is isolated so one that raises never stops the others.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import functools
 import importlib
@@ -59,6 +66,38 @@ def _env_list(name: str) -> list[str] | None:
     return [p.strip() for p in raw.split(",") if p.strip()]
 
 
+@dataclass(frozen=True)
+class PluginSelection:
+    """Which installed (entry-point) plugins load: from the environment and from the project."""
+
+    load: tuple[str, ...] | None = None  # None: all
+    disable: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # where the lists came from, for messages
+
+    @classmethod
+    def from_env(cls, project_load: Iterable[str] | None = None,
+                 project_disable: Iterable[str] = ()) -> PluginSelection:
+        env_load, env_disable = _env_list("LOOPML_LOAD_PLUGINS"), _env_list("LOOPML_DISABLE_PLUGINS") or []
+        loads = [set(x) for x in (env_load, project_load) if x is not None]
+        load = tuple(sorted(set.intersection(*loads))) if loads else None
+        sources = tuple(name for name, used in (("LOOPML_LOAD_PLUGINS", env_load is not None),
+                                                ("LOOPML_DISABLE_PLUGINS", bool(env_disable)),
+                                                ("loopml.toml load_plugins", project_load is not None),
+                                                ("loopml.toml disable_plugins", bool(list(project_disable))))
+                        if used)
+        return cls(load, tuple(sorted({*env_disable, *project_disable})), sources)
+
+    def allows(self, name: str) -> bool:
+        return (self.load is None or name in self.load) and name not in self.disable
+
+    def named(self) -> set[str]:
+        return {*(self.load or ()), *self.disable}
+
+
+_hook_failures: contextvars.ContextVar[list[HookFailure] | None] = contextvars.ContextVar(
+    "loopml_hook_failures", default=None)
+
+
 def _is_strict() -> bool:
     return os.environ.get("LOOPML_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
 
@@ -74,6 +113,8 @@ class LoopmlPluginManager:
         self.failures: list[HookFailure] = []
         self._sources: dict[str, tuple[str, str | None, str | None]] = {}
         self._catalogue: dict[BackendKind, dict[str, tuple[str, BackendSpec]]] | None = None
+        self.selection = PluginSelection()
+        self.disabled: dict[str, EntryPoint | None] = {}  # not loaded on purpose (None: the built-ins)
 
     # ---------------------------------------------------------------- loading
     def register(self, plugin: object, name: str | None = None, *, source: str = "inprocess",
@@ -93,7 +134,17 @@ class LoopmlPluginManager:
             raise
         self._sources[name] = (source, distribution, version)
         self._catalogue = None
+        self._isolate_lifecycle_impls()
         return name
+
+    def _isolate_lifecycle_impls(self) -> None:
+        """Wrap each plain lifecycle implementation so a raise is recorded, not propagated; pluggy
+        still calls them (and any ``wrapper=True`` implementation around them) in its own order."""
+        for hook_name in hookspecs.LIFECYCLE_HOOKS:
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.wrapper or impl.hookwrapper or getattr(impl.function, "_loopml_isolated", False):
+                    continue
+                impl.function = _isolated(impl.function, impl.plugin_name, hook_name)
 
     def unregister(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)
@@ -107,21 +158,32 @@ class LoopmlPluginManager:
 
         self.register(builtin_plugin, "loopml", source="builtin")
 
-    def load_entrypoints(self) -> None:
-        only = _env_list("LOOPML_LOAD_PLUGINS")
-        disabled = set(_env_list("LOOPML_DISABLE_PLUGINS") or [])
-        seen: set[str] = set()
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if ep.name in seen:
+    def load_entrypoints(self, selection: PluginSelection | None = None) -> None:
+        self.selection = selection or PluginSelection.from_env()
+        by_name: dict[str, list[EntryPoint]] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            by_name.setdefault(ep.name, []).append(ep)
+        for name in sorted(by_name):
+            eps = _distinct(by_name[name])
+            if len(eps) > 1:  # the first one wins (sys.path order, like imports); say so
+                found = ", ".join(f"{_dist(ep) or '?'} ({ep.value})" for ep in eps)
+                self._problem(name, _dist(eps[0]),
+                              f"{len(eps)} distributions declare the loopml plugin {name!r}: {found}; "
+                              f"loaded the one from {_dist(eps[0]) or '?'}. Uninstall the others")
+            if not self.selection.allows(name):
+                log.debug("plugin %s not loaded (%s)", name, ", ".join(self.selection.sources))
+                self.disabled[name] = eps[0]
                 continue
-            seen.add(ep.name)
-            if (only is not None and ep.name not in only) or ep.name in disabled:
-                log.debug("plugin %s not loaded (LOOPML_LOAD_PLUGINS/LOOPML_DISABLE_PLUGINS)", ep.name)
-                continue
-            self._load_entrypoint(ep)
+            self._load_entrypoint(eps[0])
+        unknown = sorted(self.selection.named() - set(by_name) - {"loopml"})
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(by_name), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self._problem(name, None, f"{' / '.join(self.selection.sources)} names plugin {name!r}, which "
+                                      f"is not installed (installed: {', '.join(sorted(by_name)) or 'none'}){hint}")
 
     def _load_entrypoint(self, ep: EntryPoint) -> None:
-        dist = ep.dist.name if ep.dist else None
+        dist = _dist(ep)
         ver = ep.dist.version if ep.dist else None
         try:
             plugin = ep.load()
@@ -133,7 +195,12 @@ class LoopmlPluginManager:
                 f"LOOPML_DISABLE_PLUGINS={ep.name}",
             )
             return
-        self.register(plugin, ep.name, source="entrypoint", distribution=dist, version=ver)
+        try:
+            self.register(plugin, ep.name, source="entrypoint", distribution=dist, version=ver)
+        except PluginError as exc:  # e.g. a misspelled hook: isolate this plugin, not every command
+            self._problem(ep.name, dist, f"{exc}; plugin {ep.name!r} from distribution {dist!r} is not "
+                                         f"loaded: upgrade or fix it, or skip it with "
+                                         f"LOOPML_DISABLE_PLUGINS={ep.name}")
 
     def load_local(self, modules: Iterable[str]) -> None:
         """Load project-local plugin modules named in config (``plugins = ["pkg.mod"]``)."""
@@ -219,6 +286,7 @@ class LoopmlPluginManager:
     def backend(self, kind: BackendKind, name: str) -> BackendSpec:
         specs = self.catalogue()[kind]
         if name not in specs:
+            self._raise_if_disabled(kind, name)
             known = ", ".join(sorted(specs)) or "(none)"
             close = difflib.get_close_matches(name, sorted(specs), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -229,10 +297,28 @@ class LoopmlPluginManager:
             )
         return specs[name][1]
 
+    def _raise_if_disabled(self, kind: BackendKind, name: str, *, scheme: str | None = None) -> None:
+        """A backend that a disabled plugin would provide is reported as disabled, not unknown."""
+        hook = next(h for h, k in hookspecs.REGISTRATION_HOOKS.items() if k == kind)
+        for plugin_name, ep in sorted(self.disabled.items()):
+            try:
+                module = _builtin_module() if ep is None else ep.load()
+                specs = getattr(module, hook, lambda: [])() or []
+            except Exception:  # a disabled plugin may well be broken: that is why it is disabled
+                continue
+            if any((scheme in s.uri_schemes) if scheme else s.name == name for s in specs):
+                what = f"URI scheme {scheme!r}" if scheme else f"{kind.replace('_', ' ')} {name!r}"
+                dist = "loopml" if ep is None else _dist(ep)
+                raise UnknownBackendError(
+                    f"the {what} comes from plugin {plugin_name!r} (distribution {dist!r}), which is "
+                    f"disabled by {' / '.join(self.selection.sources) or 'LOOPML_DISABLE_PLUGINS'}; "
+                    "enable it there")
+
     def store_for_scheme(self, scheme: str) -> BackendSpec:
         for _plugin, spec in self.catalogue()["artifact_store"].values():
             if scheme in spec.uri_schemes:
                 return spec
+        self._raise_if_disabled("artifact_store", "", scheme=scheme)
         known = sorted({s for _, sp in self.catalogue()["artifact_store"].values() for s in sp.uri_schemes})
         raise UnknownBackendError(
             f"no artifact store handles URI scheme {scheme!r}; known schemes: {', '.join(known)}. "
@@ -241,20 +327,27 @@ class LoopmlPluginManager:
 
     # ---------------------------------------------------------------- lifecycle
     def notify(self, hook_name: str, **kwargs: Any) -> list[HookFailure]:
-        """Call every implementation of a lifecycle hook; a raise is recorded, never propagated."""
+        """Call a lifecycle hook through pluggy; a raise is recorded, never propagated.
+
+        Plain implementations are isolated one by one (see ``_isolate_lifecycle_impls``);
+        ``wrapper=True`` implementations run around them and see the call. A wrapper that raises
+        is recorded too (pluggy cannot say which wrapper it was, so it is named ``wrapper``)."""
         if hook_name not in hookspecs.LIFECYCLE_HOOKS:
             raise PluginError(f"{hook_name!r} is not a lifecycle hook; choose one of: "
                               + ", ".join(hookspecs.LIFECYCLE_HOOKS))
         caller = getattr(self.pm.hook, hook_name)
+        spec_args = caller.spec.argnames if caller.spec else ()
+        kwargs.setdefault("context", None)  # e.g. loopml_on_error when the config failed to load
         failures: list[HookFailure] = []
-        for impl in reversed(caller.get_hookimpls()):
-            args = {a: kwargs[a] for a in impl.argnames}
-            try:
-                impl.function(**args)
-            except Exception as exc:
-                failure = HookFailure(impl.plugin_name, hook_name, exc)
-                log.warning("%s (the flow continues)", failure, exc_info=exc)
-                failures.append(failure)
+        token = _hook_failures.set(failures)
+        try:
+            caller(**{k: v for k, v in kwargs.items() if k in spec_args})
+        except Exception as exc:
+            failure = HookFailure("wrapper", hook_name, exc)
+            log.warning("%s (the flow continues)", failure, exc_info=exc)
+            failures.append(failure)
+        finally:
+            _hook_failures.reset(token)
         self.failures.extend(failures)
         return failures
 
@@ -262,6 +355,9 @@ class LoopmlPluginManager:
         """``loopml_before_promotion``: the first reason to block, or None. A raise blocks (fail closed)."""
         caller = self.pm.hook.loopml_before_promotion
         for impl in reversed(caller.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            kwargs.setdefault("context", None)
             args = {a: kwargs[a] for a in impl.argnames}
             try:
                 reason = impl.function(**args)
@@ -289,29 +385,75 @@ class LoopmlPluginManager:
         return sorted(infos, key=lambda p: (p.source != "builtin", p.name))
 
 
+def _isolated(function: Any, plugin: str, hook_name: str) -> Any:
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            failure = HookFailure(plugin, hook_name, exc)
+            log.warning("%s (the flow continues)", failure, exc_info=exc)
+            sink = _hook_failures.get()
+            if sink is not None:
+                sink.append(failure)
+            return None
+
+    call._loopml_isolated = True  # type: ignore[attr-defined]
+    return call
+
+
+def _dist(ep: EntryPoint) -> str | None:
+    return ep.dist.name if ep.dist else None
+
+
+def _distinct(eps: list[EntryPoint]) -> list[EntryPoint]:
+    """One entry point per (distribution, target): a package seen twice on sys.path is one."""
+    seen: dict[tuple[str | None, str], EntryPoint] = {}
+    for ep in eps:
+        seen.setdefault((_dist(ep), ep.value), ep)
+    return list(seen.values())
+
+
+def _builtin_module() -> Any:
+    from loopml import builtin_plugin
+
+    return builtin_plugin
+
+
 def build_plugin_manager(local_plugins: Iterable[str] = (), *, strict: bool | None = None,
-                         entrypoints: bool = True) -> LoopmlPluginManager:
-    """Build a fresh manager (not cached). Tests and tools use this; apps use the cached one."""
+                         entrypoints: bool = True, load_plugins: Iterable[str] | None = None,
+                         disable_plugins: Iterable[str] = ()) -> LoopmlPluginManager:
+    """Build a fresh manager (not cached). Tests and tools use this; apps use the cached one.
+
+    ``load_plugins`` / ``disable_plugins`` are the project's own lists (``loopml.toml``); they apply
+    on top of ``LOOPML_LOAD_PLUGINS`` / ``LOOPML_DISABLE_PLUGINS``."""
     manager = LoopmlPluginManager(strict=strict)
-    disabled = set(_env_list("LOOPML_DISABLE_PLUGINS") or [])
-    if "loopml" not in disabled:
+    selection = PluginSelection.from_env(None if load_plugins is None else tuple(load_plugins),
+                                         tuple(disable_plugins))
+    manager.selection = selection
+    if "loopml" not in selection.disable:  # the built-ins load unless disabled by name
         manager.load_builtins()
+    else:
+        manager.disabled["loopml"] = None
     if entrypoints:
-        manager.load_entrypoints()
+        manager.load_entrypoints(selection)
     manager.load_local(local_plugins)
     return manager
 
 
 @functools.cache
-def _cached(local_plugins: tuple[str, ...], env_key: tuple[str | None, ...]) -> LoopmlPluginManager:
-    return build_plugin_manager(local_plugins)
+def _cached(local_plugins: tuple[str, ...], env_key: tuple[str | None, ...],
+            load_plugins: tuple[str, ...] | None, disable_plugins: tuple[str, ...]) -> LoopmlPluginManager:
+    return build_plugin_manager(local_plugins, load_plugins=load_plugins, disable_plugins=disable_plugins)
 
 
-def get_plugin_manager(local_plugins: Iterable[str] = ()) -> LoopmlPluginManager:
+def get_plugin_manager(local_plugins: Iterable[str] = (), *, load_plugins: Iterable[str] | None = None,
+                       disable_plugins: Iterable[str] = ()) -> LoopmlPluginManager:
     """The process-wide manager for this set of project plugins and switches (cached)."""
     env_key = tuple(os.environ.get(k) for k in
                     ("LOOPML_LOAD_PLUGINS", "LOOPML_DISABLE_PLUGINS", "LOOPML_STRICT_PLUGINS"))
-    return _cached(tuple(local_plugins), env_key)
+    return _cached(tuple(local_plugins), env_key, None if load_plugins is None else tuple(sorted(load_plugins)),
+                   tuple(sorted(disable_plugins)))
 
 
 def reset_plugin_manager() -> None:

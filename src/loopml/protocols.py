@@ -167,3 +167,26 @@ class Trainer(Protocol):
 
     def fingerprint(self) -> str: ...
     def fit(self, request: TrainRequest) -> TrainedModel: ...
+
+
+PROTOCOL_OF_KIND: dict[str, type] = {
+    "artifact_store": ArtifactStore,
+    "tracker": Tracker,
+    "registry": ModelRegistry,
+    "feature_store": FeatureStore,
+    "serving": ServingBackend,
+    "monitor": Monitor,
+    "trainer": Trainer,
+}
+"""The Protocol a backend of each kind must satisfy (gate checks are plain callables)."""
+
+
+def members(protocol: type) -> list[str]:
+    """The attributes and methods a Protocol declares (its own and its Protocol bases')."""
+    names: set[str] = set()
+    for klass in protocol.__mro__:
+        if klass in (object, Protocol) or not getattr(klass, "_is_protocol", False):
+            continue
+        names |= {n for n in vars(klass) if not n.startswith("_")}
+        names |= {n for n in getattr(klass, "__annotations__", {}) if not n.startswith("_")}
+    return sorted(names)

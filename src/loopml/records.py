@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 ModelStatus = Literal["candidate", "approved", "rejected", "archived"]
@@ -220,6 +221,17 @@ class DriftReport:
     @property
     def drifted_features(self) -> tuple[str, ...]:
         return tuple(f.feature for f in self.features if f.drifted)
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """The project a lifecycle hook fires for, so a plugin needs no environment variables."""
+
+    project: str
+    profile: str | None
+    root: Path
+    home: Path
+    config: Any = field(repr=False)  # the validated LoopmlConfig (secrets stay SecretStr)
 
 
 @dataclass(frozen=True)

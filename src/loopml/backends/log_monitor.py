@@ -59,6 +59,15 @@ class LogMonitor:
         self._write("event", body)
 
     def events(self) -> list[dict[str, Any]]:
+        """Every complete event; a torn or corrupt line (a writer killed mid-line) is skipped."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+        return out

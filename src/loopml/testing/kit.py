@@ -35,45 +35,50 @@ def registered_plugin(manager: LoopmlPluginManager, plugin: object,
 class HookRecorder:
     """A plugin that records every lifecycle hook call: ``recorder.calls`` in order.
 
-    ``recorder.named("loopml_after_promotion")`` gives the kwargs of each such call.
+    ``recorder.named("loopml_after_promotion")`` gives the kwargs of each such call;
+    ``recorder.contexts`` the :class:`loopml.records.HookContext` each call came with.
     """
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    contexts: list[tuple[str, Any]] = field(default_factory=list)
 
     def named(self, hook: str) -> list[dict[str, Any]]:
         return [kwargs for name, kwargs in self.calls if name == hook]
 
-    @hookimpl
-    def loopml_after_dataset_versioned(self, dataset: Any, created: bool) -> None:
-        self.calls.append(("loopml_after_dataset_versioned", {"dataset": dataset, "created": created}))
+    def _record(self, hook: str, context: Any, **kwargs: Any) -> None:
+        self.calls.append((hook, kwargs))
+        self.contexts.append((hook, context))
 
     @hookimpl
-    def loopml_after_model_trained(self, run: Any, artifact_key: str, metrics: Any) -> None:
-        self.calls.append(("loopml_after_model_trained",
-                           {"run": run, "artifact_key": artifact_key, "metrics": metrics}))
+    def loopml_after_dataset_versioned(self, dataset: Any, created: bool, context: Any) -> None:
+        self._record("loopml_after_dataset_versioned", context, dataset=dataset, created=created)
 
     @hookimpl
-    def loopml_after_validation(self, report: Any) -> None:
-        self.calls.append(("loopml_after_validation", {"report": report}))
+    def loopml_after_model_trained(self, run: Any, artifact_key: str, metrics: Any, context: Any) -> None:
+        self._record("loopml_after_model_trained", context, run=run, artifact_key=artifact_key, metrics=metrics)
 
     @hookimpl
-    def loopml_after_model_registered(self, model: Any) -> None:
-        self.calls.append(("loopml_after_model_registered", {"model": model}))
+    def loopml_after_validation(self, report: Any, context: Any) -> None:
+        self._record("loopml_after_validation", context, report=report)
 
     @hookimpl
-    def loopml_after_promotion(self, event: Any) -> None:
-        self.calls.append(("loopml_after_promotion", {"event": event}))
+    def loopml_after_model_registered(self, model: Any, context: Any) -> None:
+        self._record("loopml_after_model_registered", context, model=model)
 
     @hookimpl
-    def loopml_on_drift(self, report: Any) -> None:
-        self.calls.append(("loopml_on_drift", {"report": report}))
+    def loopml_after_promotion(self, event: Any, context: Any) -> None:
+        self._record("loopml_after_promotion", context, event=event)
 
     @hookimpl
-    def loopml_on_event(self, event: Any) -> None:
-        self.calls.append(("loopml_on_event", {"event": event}))
+    def loopml_on_drift(self, report: Any, context: Any) -> None:
+        self._record("loopml_on_drift", context, report=report)
 
     @hookimpl
-    def loopml_on_error(self, stage: str, error: BaseException) -> None:
-        self.calls.append(("loopml_on_error", {"stage": stage, "error": error}))
+    def loopml_on_event(self, event: Any, context: Any) -> None:
+        self._record("loopml_on_event", context, event=event)
+
+    @hookimpl
+    def loopml_on_error(self, stage: str, error: BaseException, context: Any) -> None:
+        self._record("loopml_on_error", context, stage=stage, error=error)
 
 

@@ -448,8 +448,18 @@ class MonitorSuite:
 
     def recorded(self, monitor: Any) -> list[dict[str, Any]]:
         """What the monitor recorded, read back through its own backend, as a list of dicts with an
-        "event" key ("drift", "promotion", "observe") and the event's fields."""
-        return monitor.events()
+        "event" key ("drift", "promotion", "observe") and the event's fields.
+
+        The Monitor protocol has no read verb (Prometheus is read by scraping, Grafana through its
+        API), so every suite says how to read its monitor back: override this."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must override recorded(monitor): read back what {type(monitor).__name__} "
+            "recorded through its own backend (a scrape, an API call, a file)")
+
+    def test_the_monitor_has_every_verb_of_the_protocol(self, monitor: Any) -> None:
+        from loopml.protocols import Monitor, members
+
+        assert [m for m in members(Monitor) if not hasattr(monitor, m)] == []
 
     def test_drift_on_a_known_shift_is_recorded_with_the_shifted_feature(self, monitor: Any) -> None:
         import numpy as np
