@@ -47,3 +47,60 @@ def test_a_failed_stage_fires_loopml_on_error_once_and_fails_the_flow(prefect_se
     calls = recorder.named("loopml_on_error")
     assert len(calls) == 1 and calls[0]["stage"] == "ingest"
     assert isinstance(calls[0]["error"], DataValidationError)
+
+
+class FlakyStore:
+    """The local store, but the first ``fail_first`` writes drop the connection (a transient error)."""
+
+    def __init__(self, inner, fail_first: int) -> None:
+        self.inner, self.uri, self.left = inner, inner.uri, fail_first
+        self.attempts = 0
+
+    def put(self, key, data, *, metadata=None):
+        self.attempts += 1
+        if self.left > 0:
+            self.left -= 1
+            raise ConnectionResetError("connection reset by peer (injected)")
+        return self.inner.put(key, data, metadata=metadata)
+
+    def __getattr__(self, name):  # get, info, list, ... as the local store does them
+        return getattr(self.inner, name)
+
+
+@pytest.mark.slow
+def test_a_task_that_fails_transiently_is_retried_by_prefect_and_the_flow_completes(
+        prefect_server, tmp_path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.ingest import ingest
+    from loopml.backends.local_store import LocalArtifactStore, LocalStoreOptions
+    from loopml.context import Workspace
+    from loopml.examples import churn
+    from loopml.plugins import get_plugin_manager, hookimpl
+    from loopml.specs import BackendSpec
+
+    built: list[FlakyStore] = []
+
+    class Flaky:
+        @hookimpl
+        def loopml_artifact_stores(self):
+            def make(options, ctx):
+                built.append(FlakyStore(LocalArtifactStore(options.uri), fail_first=1))
+                return built[-1]
+            return [BackendSpec("flaky", make, LocalStoreOptions)]
+
+    churn.init_project(tmp_path, n_customers=200)
+    config = tmp_path / "loopml.toml"
+    config.write_text(config.read_text().replace('[storage]\n', '[storage]\nbackend = "flaky"\n', 1))
+    get_plugin_manager().register(Flaky(), "flaky")
+    state = ingest(config=str(tmp_path / "loopml.toml"), datasets=["labels"], return_state=True)
+    assert state.is_completed(), state.message
+    assert built[0].left == 0 and built[0].attempts >= 2  # the injected failure happened
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=flow_run)
+    [task_run] = [r for r in runs if r.name.startswith("ingest_dataset")]
+    assert task_run.run_count == 2 and task_run.state.is_completed()  # failed once, then succeeded
+    ws = Workspace.open(tmp_path / "loopml.toml", manager=get_plugin_manager())
+    assert ws.datasets.get("labels@latest").row_count > 0
