@@ -104,20 +104,27 @@ def test_canary_split_follows_the_weights(server, predictors) -> None:
     assert 0.14 < share < 0.26
 
 
-def test_hot_swap_under_load_drops_no_request(server, predictors) -> None:
-    load = TrafficGenerator(server.url + "/predict", [GOOD]).start()
-    swaps, deadline = 0, time.monotonic() + 60
-    while (load.sent < 300 or swaps < 20) and time.monotonic() < deadline:  # swap while requests flow
-        time.sleep(0.01)
-        old, new = (1, 2) if swaps % 2 == 0 else (2, 1)
-        server.add_version(new, predictors[new - 1])
-        server.set_traffic({new: 1.0})
-        server.remove_version(old)
-        swaps += 1
-    load.stop()
-    assert load.sent >= 300 and swaps >= 20
-    assert load.failed == 0, load.errors[:3]
-    assert set(load.versions) == {1, 2}
+def test_hot_swap_under_concurrent_load_drops_no_request(server, predictors) -> None:
+    clients = [TrafficGenerator(server.url + "/predict", [GOOD]).start() for _ in range(8)]
+    try:
+        for swap in range(20):
+            # Every client answered a few more requests since the last swap: traffic is flowing
+            # from all eight at once when the version changes (counted, not timed).
+            before = [c.sent for c in clients]
+            deadline = time.monotonic() + 120
+            while not all(c.sent >= b + 3 for c, b in zip(clients, before, strict=True)):
+                assert time.monotonic() < deadline, "clients stalled"
+                time.sleep(0.005)
+            old, new = (1, 2) if swap % 2 == 0 else (2, 1)
+            server.add_version(new, predictors[new - 1])
+            server.set_traffic({new: 1.0})
+            server.remove_version(old)
+    finally:
+        for c in clients:
+            c.stop()
+    assert sum(c.sent for c in clients) >= 8 * 20 * 3
+    assert sum(c.failed for c in clients) == 0, [c.errors[:3] for c in clients]
+    assert all(set(c.versions) == {1, 2} for c in clients)
 
 
 def test_health_and_metadata(server) -> None:
