@@ -54,6 +54,7 @@ class MlflowTracker:
         self._set_credentials()
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._runs: dict[str, str] = {}  # loopml run id -> mlflow run id
+        self._steps: dict[str, set[tuple[str, int]]] = {}  # mlflow run id -> (metric, step) logged
 
     def _set_credentials(self) -> None:
         if self.options.token is not None:
@@ -108,12 +109,28 @@ class MlflowTracker:
         if new:
             self.client.log_batch(mlflow_run, params=new)
 
+    def _logged_steps(self, mlflow_run: str) -> set[tuple[str, int]]:
+        """(metric, step) pairs the run already has: read from MLflow once per run and process
+        (a retry may come from a new worker process), then kept up to date here."""
+        if mlflow_run not in self._steps:
+            keys = self.client.get_run(mlflow_run).data.metrics
+            self._steps[mlflow_run] = {(key, m.step) for key in keys
+                                       for m in self.client.get_metric_history(mlflow_run, key)}
+        return self._steps[mlflow_run]
+
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """MLflow appends every logged point, so a retried call would store a step twice: points of
+        a (metric, step) the run already has are skipped."""
         from mlflow.entities import Metric
 
+        mlflow_run = self._mlflow_run(run_id)
+        logged = self._logged_steps(mlflow_run)
+        new = {k: v for k, v in metrics.items() if (k, int(step)) not in logged}
+        if not new:
+            return
         now = int(time.time() * 1000)
-        self.client.log_batch(self._mlflow_run(run_id),
-                              metrics=[Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
+        self.client.log_batch(mlflow_run, metrics=[Metric(k, float(v), now, int(step)) for k, v in new.items()])
+        logged.update((k, int(step)) for k in new)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -52,6 +52,7 @@ class WandbTracker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._runs: dict[str, Any] = {}
         self._finished: set[str] = set()
+        self._artifacts: dict[str, dict[str, str]] = {}  # run id -> file name -> sha256 logged
 
     def _settings(self) -> Any:
         import wandb
@@ -99,11 +100,21 @@ class WandbTracker:
         run.tags = tuple(dict.fromkeys([*run.tags, *(_tag(k, v) for k, v in tags.items())]))
 
     def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> None:
+        """A retried call with the same file (name and bytes) logs nothing new: W&B would record
+        a second artifact version of identical content."""
+        import hashlib
+
         import wandb
 
-        artifact = wandb.Artifact(_artifact_name(name or Path(path).name), type="loopml-file")
-        artifact.add_file(str(path), name=name or Path(path).name)
+        target = name or Path(path).name
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        logged = self._artifacts.setdefault(run_id, {})
+        if logged.get(target) == digest:
+            return
+        artifact = wandb.Artifact(_artifact_name(target), type="loopml-file")
+        artifact.add_file(str(path), name=target)
         self._run(run_id).log_artifact(artifact)
+        logged[target] = digest
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         if run_id in self._finished:

@@ -120,14 +120,16 @@ class LocalTracker:
     def get_run(self, run_id: str) -> RunRecord:
         path = self._dir(run_id)
         meta = _read_json(path / "run.json", {})
-        series: dict[str, list[MetricPoint]] = {}
+        series: dict[str, dict[int, MetricPoint]] = {}
         metrics_file = path / "metrics.jsonl"
         if metrics_file.is_file():
             for line in metrics_file.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # blank, or torn by a writer killed mid-line
                     continue
-                row = json.loads(line)
-                series.setdefault(row["key"], []).append(MetricPoint(row["value"], row["step"], row["ts"]))
+                # One point per step: a retried log_metrics (same step) replaces, never doubles.
+                series.setdefault(row["key"], {})[int(row["step"])] = MetricPoint(row["value"], row["step"], row["ts"])
         art_dir = path / "artifacts"
         artifacts = tuple(sorted(p.relative_to(art_dir).as_posix() for p in art_dir.rglob("*")
                                  if p.is_file() and not p.name.startswith("."))) if art_dir.is_dir() else ()
@@ -136,7 +138,7 @@ class LocalTracker:
             status=meta["status"], started_at=datetime.fromisoformat(meta["started_at"]),
             ended_at=datetime.fromisoformat(meta["ended_at"]) if meta.get("ended_at") else None,
             params=_read_json(path / "params.json", {}),
-            metrics={k: tuple(sorted(v, key=lambda p: (p.step, p.timestamp))) for k, v in series.items()},
+            metrics={k: tuple(v[step] for step in sorted(v)) for k, v in series.items()},
             tags=_read_json(path / "tags.json", {}), artifacts=artifacts,
         )
 

@@ -166,16 +166,25 @@ class TrackerSuite:
         assert got["status"] == "FINISHED"
         assert "report.html" in got["artifacts"]
 
-    def test_retried_calls_are_harmless(self, tracker: Any) -> None:
+    def test_retried_calls_are_harmless(self, tracker: Any, tmp_path: Path) -> None:
+        """A task retried after a transient error repeats every verb with the same arguments."""
         run = self._run()
-        tracker.start_run(run)
-        tracker.start_run(run)
-        tracker.log_params(run.run_id, {"lr": 0.1})
-        tracker.log_params(run.run_id, {"lr": 0.1})
-        tracker.end_run(run.run_id, "FINISHED")
-        tracker.end_run(run.run_id, "FINISHED")
+        report = tmp_path / "report.html"
+        report.write_text("<h1>ok</h1>")
+        for _ in range(2):
+            tracker.start_run(run)
+            tracker.log_params(run.run_id, {"lr": 0.1})
+            for step in range(2):
+                tracker.log_metrics(run.run_id, {"loss": 0.5 / (step + 1)}, step=step)
+            tracker.set_tags(run.run_id, {"loopml.git_commit": "deadbeef"})
+            tracker.log_artifact(run.run_id, report)
+        for _ in range(2):
+            tracker.end_run(run.run_id, "FINISHED")
         got = self.read_back(tracker, run.run_id)
         assert got["params"]["lr"] == "0.1"
+        assert sorted(got["metrics"]["loss"]) == [(0, 0.5), (1, 0.25)]  # one point per step, not two
+        assert got["tags"]["loopml.git_commit"] == "deadbeef"
+        assert got["artifacts"].count("report.html") == 1
         assert got["status"] == "FINISHED"
 
     def test_failed_run_is_marked_failed(self, tracker: Any) -> None:
