@@ -66,6 +66,7 @@ def test_fairness_gate_names_the_slices(project: Path) -> None:
 
 def test_unchanged_inputs_skip_training(project: Path) -> None:
     ws = open_ws(project)
+    train_and_validate(ws)  # ingests and trains, unless an earlier test already did: either way
     activity, created_a = loop.ingest(ws, "activity")
     labels, created_l = loop.ingest(ws, "labels")
     assert not created_a and not created_l
