@@ -105,7 +105,7 @@ def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
                                  disable_plugins=cfg.disable_plugins)
     infos = manager.plugins()
     if as_json:
-        _print_json({"plugins": infos, "problems": manager.problems})
+        _print_json({"plugins": infos, "problems": manager.problems, "disabled": sorted(manager.disabled)})
         return
     table = Table(title="loopml plugins")
     for col in ("plugin", "source", "distribution", "backends", "hooks"):
@@ -115,8 +115,11 @@ def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
         table.add_row(p.name, p.source, dist, "\n".join(p.backends) or "-",
                       "\n".join(h for h in p.hooks if not h.endswith("s")) or "-")
     out.print(table)
+    if manager.disabled:
+        out.print(f"disabled ({', '.join(manager.selection.sources)}): {', '.join(sorted(manager.disabled))}",
+                  soft_wrap=True)
     for problem in manager.problems:
-        err.print(f"[yellow]warning:[/] {problem.error}")
+        err.print(f"[yellow]warning:[/] {problem.error}", soft_wrap=True)
 
 
 @plugins_app.command("check")
