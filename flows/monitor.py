@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import on_failure, publish_markdown, save_report, workspace
 from loopml import loop
+from loopml.drift import window_text as drift_window_text
 from loopml.records import DriftReport
 
 
@@ -25,13 +26,14 @@ def monitor(since: float | None = None, config: str | None = None,
     loop.observe(ws, cfg.model_name, window)
     current = window.inputs
     report, key, alert = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}",
-                                          production_version=model.version, outputs=window.outputs)
+                                          production_version=model.version, outputs=window.outputs,
+                                          window=window.span)
     path = save_report(ws, key, ws.store.get(key).decode())
     logger.info("drift check over %d rows: %s", len(current), report.reason)
     rows = "\n".join(f"| {f.feature} | {f.kind} | {f.statistic:.4g} | {f.p_adjusted:.3g} | "
                      f"{'**DRIFT**' if f.drifted else 'ok'} |" for f in report.features)
     publish_markdown(f"{cfg.model_name}-drift",
-                     f"# Drift check: {report.reason}\n\n| feature | test | statistic | Holm p | verdict |"
+                     f"# Drift check: {report.reason}\n\n{drift_window_text(report, len(current))}\n\n| feature | test | statistic | Holm p | verdict |"
                      f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
                      "drift of live inputs vs training data")
     if any(r.get("entity") is not None for r in window.records):

@@ -158,3 +158,18 @@ def test_confirmed_drift_alerts_once_per_cooldown_and_again_after_a_new_promotio
             assert "alert suppressed: cooldown" in report.reason
     assert alerts == [True, False, True, True]  # cooldown is 60 minutes in the example config
     assert len(recorder.named("loopml_on_drift")) == 3
+
+
+def test_the_report_shows_the_monitored_window() -> None:
+    from datetime import UTC, datetime
+
+    from loopml.drift import render_html
+
+    rng = np.random.default_rng(14)
+    reference, current = sample(rng, 1000), sample(rng, 300)
+    window = (datetime(2026, 11, 29, 1, 2, 3, tzinfo=UTC), datetime(2026, 11, 29, 1, 12, 9, tzinfo=UTC))
+    report = detect_drift(reference, current, numeric=NUMERIC, categorical=CATEGORICAL, alpha=0.01,
+                          min_samples=200, model="churn", window=window)
+    html = render_html(report, reference, current)
+    assert "window: 300 rows logged 2026-11-29 01:02:03 to 01:12:09 UTC" in html
+    assert "None" not in html

@@ -190,3 +190,4 @@ def test_a_monitor_run_survives_a_torn_last_line_a_corrupt_line_and_a_foreign_re
     assert loop.prediction_window(ws, "churn").versions == ()    # and the next one
     first = loop.prediction_window(ws, "churn", since=0.0)
     assert first.versions == (3,) and first.inputs.to_dict("records") == [GOOD]
+    assert [t.timestamp() for t in first.span] == [10.0, 10.0]

@@ -161,8 +161,8 @@ def render_html(report: DriftReport, reference: pd.DataFrame, current: pd.DataFr
     rows = [(f.feature, f.kind, f.statistic, f.p_value, f.p_adjusted,
              f"{f.missing_reference:.1%} / {f.missing_current:.1%}", "DRIFT" if f.drifted else "ok")
             for f in report.features]
-    sections = [verdict, f"<p>model {report.model}; reference {report.reference}; "
-                f"window {report.window_start} to {report.window_end}</p>",
+    sections = [verdict, f"<p>model <b>{report.model}</b>; reference: {report.reference}; "
+                f"{window_text(report, len(current))}</p>",
                 table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)", "verdict"], rows,
                       ["fail" if f.drifted else "pass" for f in report.features])]
     for f in report.features:
@@ -186,6 +186,15 @@ def render_html(report: DriftReport, reference: pd.DataFrame, current: pd.DataFr
             ax.legend()
         sections.append(img(figure_png(draw, (5, 2.8)), f.feature))
     return page(f"Drift: {report.model}", sections)
+
+
+def window_text(report: DriftReport, rows: int) -> str:
+    """"window: 1,204 rows logged 2026-11-29 01:02:03 to 01:12:09 UTC" (or what is known)."""
+    start, end = report.window_start, report.window_end
+    if start is None or end is None:
+        return f"window: {rows:,} rows"
+    fmt = "%H:%M:%S" if start.date() == end.date() else "%Y-%m-%d %H:%M:%S"
+    return f"window: {rows:,} rows logged {start:%Y-%m-%d %H:%M:%S} to {end.strftime(fmt)} UTC"
 
 
 def _top_categories(reference: np.ndarray, current: np.ndarray) -> tuple[pd.Series, pd.Series]:

@@ -435,6 +435,14 @@ class PredictionWindow:
     versions: tuple[int, ...]
     records: tuple[dict[str, Any], ...] = ()  # the raw log records (entity, request id, time)
 
+    @property
+    def span(self) -> tuple[datetime | None, datetime | None]:
+        """When the first and the last answered row of the window were logged (UTC)."""
+        times = [float(r["ts"]) for r in self.records if isinstance(r.get("ts"), int | float)]
+        if not times:
+            return None, None
+        return (datetime.fromtimestamp(min(times), UTC), datetime.fromtimestamp(max(times), UTC))
+
 
 def prediction_window(ws: Workspace, model_name: str, since: float | None = None) -> PredictionWindow:
     """Rows the configured serving backend logged since ``since`` (unix seconds).
@@ -503,7 +511,8 @@ def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:
 
 def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, reference_ref: str,
                 production_version: int | None = None, now: float | None = None,
-                outputs: Sequence[Any] | None = None) -> tuple[DriftReport, str, bool]:
+                outputs: Sequence[Any] | None = None,
+                window: tuple[datetime | None, datetime | None] = (None, None)) -> tuple[DriftReport, str, bool]:
     """Compare live inputs (and, given ``outputs``, the model's answers) with the training reference.
 
     The output test compares what the model answered live with what it answered on its training
@@ -527,7 +536,7 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
         (categorical if cfg.task == "multiclass" else numeric).append(OUTPUT_COLUMN)
     report = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
                                 alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
-                                model=cfg.model_name, reference_ref=reference_ref)
+                                model=cfg.model_name, reference_ref=reference_ref, window=window)
     html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
     key = f"reports/{cfg.model_name}/drift/drift-{_stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
