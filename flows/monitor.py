@@ -33,7 +33,8 @@ def monitor(since: float | None = None, config: str | None = None,
     rows = "\n".join(f"| {f.feature} | {f.kind} | {f.statistic:.4g} | {f.p_adjusted:.3g} | "
                      f"{'**DRIFT**' if f.drifted else 'ok'} |" for f in report.features)
     publish_markdown(f"{cfg.model_name}-drift",
-                     f"# Drift check: {report.reason}\n\n{drift_window_text(report, len(current))}\n\n| feature | test | statistic | Holm p | verdict |"
+                     f"# Drift check: {report.reason}\n\n{drift_window_text(report, len(current))}\n\n"
+                     "| feature | test | statistic | Holm p | verdict |"
                      f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
                      "drift of live inputs vs training data")
     if any(r.get("entity") is not None for r in window.records):
