@@ -92,3 +92,21 @@ def redis_server(tmp: Path) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+@contextmanager
+def mlflow_server(tmp: Path) -> Iterator[str]:
+    """A real ``mlflow server`` (SQLite backend, artifacts proxied over HTTP) on 127.0.0.1."""
+    port = free_port()
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    log = tmp / "mlflow-server.log"
+    proc = start([exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                  "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                  "--artifacts-destination", (tmp / "mlflow-artifacts").as_uri()],
+                 log, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", timeout=180, log=log)
+        yield url
+    finally:
+        stop(proc)

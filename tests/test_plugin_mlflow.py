@@ -1,10 +1,14 @@
-"""The MLflow tracker plugin, checked with mlflow.MlflowClient against a SQLite tracking store."""
+"""The MLflow tracker plugin, checked with MLflow's own client and loaders: against a SQLite
+tracking store, and against a real ``mlflow server`` over HTTP."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from loop_steps import train_and_validate
+from servers import mlflow_server
 
 from loopml.context import BackendContext
 from loopml.records import RunInfo
@@ -56,3 +60,76 @@ def test_mlflow_client_finds_the_run_its_metric_history_tags_and_artifacts(tmp_p
     assert [(m.step, m.value) for m in history] == [(0, 0.9), (1, 0.6), (2, 0.4)]
     assert [a.path for a in client.list_artifacts(found.info.run_id)] == ["model_card.md"]
     assert (tmp_path / ".loopml" / "mlflow-artifacts").is_dir()  # not ./mlruns in the cwd
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+class TestMlflowTrackerOverHttp(TrackerSuite):
+    @pytest.fixture
+    def tracker(self, server, tmp_path):
+        from loopml_mlflow import MlflowOptions, _factory
+
+        return _factory(MlflowOptions(tracking_uri=server), BackendContext("t", tmp_path, tmp_path / ".loopml"))
+
+
+def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path, monkeypatch) -> None:
+    """Train, validate, register, promote and roll back with MLflow as tracker, then read everything
+    back with MLflow's own client and loaders only."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from loopml import loop
+    from loopml.artifacts import Predictor
+    from loopml.context import Workspace
+    from loopml.examples import churn
+
+    churn.init_project(tmp_path, n_customers=600, seed=3)
+    config = tmp_path / "loopml.toml"
+    config.write_text(config.read_text() + f'\n[trackers.mlflow]\ntracking_uri = "{server}"\n')
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    ws = Workspace.open(config, profile="ci")
+    candidate, evaluation, key, baseline = train_and_validate(ws)
+    v1, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    client = MlflowClient(server)
+
+    # The run: inputs, standard tags, per-epoch curves, and the gate numbers as metrics.
+    [run] = client.search_runs([client.get_experiment_by_name("churn").experiment_id],
+                               filter_string=f"tags.`loopml.run_id` = '{candidate.run_id}'")
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"labels", "activity"}
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) > 1
+    assert run.data.metrics["holdout_auc"] == pytest.approx(evaluation.report.metrics["auc"])
+    gated = {f"gate_{c.name}": c.value for c in evaluation.report.checks if isinstance(c.value, float)}
+    assert len(gated) >= 3 and {k: run.data.metrics[k] for k in gated} == pytest.approx(gated)
+    assert {"model_card.md", "validation_report.html", "model.pt2"} <= {a.path for a in client.list_artifacts(
+        run.info.run_id)}
+
+    # The model: an MLflow model with a pyfunc flavour, loaded by MLflow, answering like loopml.
+    rows = pd.DataFrame(loop.drift_reference(ws, v1)).drop(columns=["model_output"], errors="ignore").head(20)
+    expected = Predictor.from_bytes(ws.store.get(v1.artifact_key)).predict_frame(rows).reshape(-1)
+    for uri in (f"runs:/{run.info.run_id}/model", "models:/churn@production", "models:/churn/1"):
+        got = mlflow.pyfunc.load_model(uri).predict(rows)
+        assert list(got) == pytest.approx(list(expected), abs=1e-6), uri
+
+    # The registry mirror follows loopml: versions by loopml.version, aliases after every move.
+    [registered] = [m for m in client.search_registered_models() if m.name == "churn"]
+    assert registered.aliases == {"production": "1"}
+    assert v1.status == "approved"
+    v2 = ws.registry.register("churn", artifact_key=v1.artifact_key, artifact_sha256=v1.artifact_sha256,
+                              status="approved", actor="t", reason="same bytes, new version", run_id=v1.run_id)
+    ws.notify("loopml_after_model_registered", model=v2)
+    from loopml import events
+
+    moved = ws.registry.set_alias("churn", "production", 2, expected=1, actor="t", reason="promote")
+    events.announce(ws, events.promotion_event(ws, moved), promotion=moved)
+    assert client.get_registered_model("churn").aliases == {"production": "2"}
+    back = ws.registry.rollback("churn", "production", expected=2, actor="oncall", reason="latency")
+    events.announce(ws, events.promotion_event(ws, back), promotion=back)
+    assert client.get_registered_model("churn").aliases == {"production": "1"}
+    versions = {mv.version: mv.tags for mv in client.search_model_versions("name = 'churn'")}
+    assert {v: t["loopml.version"] for v, t in versions.items()} == {"1": "1", "2": "2"}

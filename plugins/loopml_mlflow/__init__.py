@@ -4,6 +4,18 @@ Params, per-step metrics, tags (dataset versions, git commit, registry version) 
 (reports, model card) go to the tracking server named by ``tracking_uri``; the default is a SQLite
 file under the project's home, so nothing needs to run. The loopml run id is stored as the tag
 ``loopml.run_id``: a retried ``start_run`` finds the run it created instead of making another.
+
+What MLflow's own tools expect is there too:
+
+* the trained model is an MLflow **logged model** with a ``pyfunc`` flavour whose loader reads the
+  loopml artifact (no pickle; :mod:`loopml_mlflow.pyfunc`), so ``mlflow.pyfunc.load_model`` and
+  ``mlflow models serve`` work on ``models:/<id>``, ``runs:/<run>/model`` and ``models:/churn@production``;
+* every loopml registry version is mirrored into MLflow's model registry (tag ``loopml.version``)
+  and aliases follow every promotion and rollback. loopml's registry stays the source of truth:
+  mirroring runs after loopml's compare-and-set committed, and a failed mirror never blocks it;
+* dataset versions are run inputs (``log_inputs``), gate results and holdout metrics are run metrics,
+  and MLflow's standard ``mlflow.source.*`` and ``mlflow.user`` tags are set;
+* metrics are sent in batches (flushed by size, by age, and before any other call).
 Credentials for a remote server (``token`` or ``username``/``password``) are secrets in config;
 MLflow reads them from its ``MLFLOW_TRACKING_*`` environment variables, so the tracker sets those in
 its process when it is built. They are never logged or written to a run.
@@ -11,6 +23,8 @@ its process when it is built. They are never logged or written to a run.
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import shutil
 import tempfile
@@ -26,6 +40,10 @@ from loopml.records import MetricPoint, RunInfo, RunRecord
 from loopml.specs import BackendSpec
 
 RUN_ID_TAG = "loopml.run_id"
+MODEL_ID_TAG = "loopml.mlflow_model_id"
+VERSION_TAG = "loopml.version"
+BATCH_POINTS = 500  # MLflow's log_batch takes at most 1000 metrics
+BATCH_SECONDS = 2.0
 
 
 class MlflowOptions(BaseModel):
@@ -38,6 +56,7 @@ class MlflowOptions(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
+    mirror_registry: bool = True  # loopml registry versions and aliases -> MLflow's model registry
 
 
 class MlflowTracker:
@@ -55,6 +74,8 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._runs: dict[str, str] = {}  # loopml run id -> mlflow run id
         self._steps: dict[str, set[tuple[str, int]]] = {}  # mlflow run id -> (metric, step) logged
+        self._pending: dict[str, list[Any]] = {}  # mlflow run id -> Metric objects not yet sent
+        self._flushed_at = time.monotonic()
 
     def _set_credentials(self) -> None:
         if self.options.token is not None:
@@ -80,10 +101,13 @@ class MlflowTracker:
                 raise
             return found.experiment_id
 
-    def _mlflow_run(self, run_id: str) -> str:
+    def _mlflow_run(self, run_id: str, experiment_id: str | None = None) -> str:
+        """The MLflow run of a loopml run: remembered, else searched (in its experiment when known,
+        e.g. a retried start; across experiments only when a new process continues a run)."""
         if run_id in self._runs:
             return self._runs[run_id]
-        found = self.client.search_runs(experiment_ids=[e.experiment_id for e in self.client.search_experiments()],
+        experiments = [experiment_id] if experiment_id else [e.experiment_id for e in self.client.search_experiments()]
+        found = self.client.search_runs(experiment_ids=experiments,
                                         filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1)
         if not found:
             raise KeyError(f"MLflow has no run tagged {RUN_ID_TAG}={run_id}")
@@ -91,14 +115,30 @@ class MlflowTracker:
         return self._runs[run_id]
 
     def start_run(self, run: RunInfo) -> None:
+        experiment_id = self._experiment_id(run.experiment)
         try:
-            self._mlflow_run(run.run_id)
+            self._mlflow_run(run.run_id, experiment_id)
             return  # a retried start: the run exists
         except KeyError:
             pass
-        created = self.client.create_run(self._experiment_id(run.experiment), run_name=run.name,
-                                         tags={RUN_ID_TAG: run.run_id, **dict(run.tags)})
+        created = self.client.create_run(experiment_id, run_name=run.name,
+                                         tags={RUN_ID_TAG: run.run_id, **_standard_tags(run), **dict(run.tags)})
         self._runs[run.run_id] = created.info.run_id
+        self._log_dataset_inputs(created.info.run_id, run)
+
+    def _log_dataset_inputs(self, mlflow_run: str, run: RunInfo) -> None:
+        """Each ``loopml.dataset.<role>`` tag (``labels@9f3c…``) as an MLflow dataset input."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for tag, ref in sorted(run.tags.items()):
+            if tag.startswith("loopml.dataset.") and "@" in ref:
+                name, digest = ref.split("@", 1)
+                inputs.append(DatasetInput(Dataset(name=name, digest=digest[:36], source_type="loopml",
+                                                   source=json.dumps({"dataset": ref})),
+                                           tags=[InputTag("mlflow.data.context", tag.removeprefix("loopml.dataset."))]))
+        if inputs:
+            self.client.log_inputs(mlflow_run, datasets=inputs)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -126,16 +166,51 @@ class MlflowTracker:
         mlflow_run = self._mlflow_run(run_id)
         logged = self._logged_steps(mlflow_run)
         new = {k: v for k, v in metrics.items() if (k, int(step)) not in logged}
-        if not new:
-            return
         now = int(time.time() * 1000)
-        self.client.log_batch(mlflow_run, metrics=[Metric(k, float(v), now, int(step)) for k, v in new.items()])
+        pending = self._pending.setdefault(mlflow_run, [])
+        pending.extend(Metric(k, float(v), now, int(step)) for k, v in new.items())
         logged.update((k, int(step)) for k in new)
+        if len(pending) >= BATCH_POINTS or time.monotonic() - self._flushed_at >= BATCH_SECONDS:
+            self.flush(run_id)
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Send buffered metric points (of one run, or of all)."""
+        runs = [self._mlflow_run(run_id)] if run_id else list(self._pending)
+        for mlflow_run in runs:
+            pending = self._pending.pop(mlflow_run, [])
+            for i in range(0, len(pending), 1000):
+                self.client.log_batch(mlflow_run, metrics=pending[i:i + 1000])
+        self._flushed_at = time.monotonic()
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
+        self.flush(run_id)
         self.client.log_batch(self._mlflow_run(run_id), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_model(self, run_id: str, path: Path, name: str | None = None) -> None:
+        """The trained artifact as an MLflow logged model (pyfunc flavour, no pickle), also under
+        the run's ``model/`` folder; the raw archive stays a run artifact too. Retry-safe."""
+        from mlflow.entities import LoggedModelOutput
+
+        from loopml_mlflow.pyfunc import write_model_folder
+
+        self.log_artifact(run_id, path, name)
+        mlflow_run = self._mlflow_run(run_id)
+        self.flush(run_id)
+        run = self.client.get_run(mlflow_run)
+        if run.data.tags.get(MODEL_ID_TAG):
+            return  # a retried call: the model is logged
+        model = self.client.create_logged_model(run.info.experiment_id, name="model", source_run_id=mlflow_run,
+                                                tags={RUN_ID_TAG: run_id}, model_type="loopml")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = write_model_folder(Path(tmp) / "model", Path(path).read_bytes(), run_id=mlflow_run,
+                                        model_id=model.model_id, artifact_path=model.artifact_location)
+            self.client.log_model_artifacts(model.model_id, str(folder))
+            self.client.log_artifacts(mlflow_run, str(folder), artifact_path="model")
+        self.client.log_outputs(mlflow_run, [LoggedModelOutput(model.model_id, step=0)])
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.set_tag(mlflow_run, MODEL_ID_TAG, model.model_id)
 
     def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> None:
         path = Path(path)
@@ -148,6 +223,7 @@ class MlflowTracker:
             self.client.log_artifact(self._mlflow_run(run_id), str(path))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.flush(run_id)
         mlflow_run = self._mlflow_run(run_id)
         if self.client.get_run(mlflow_run).info.status == "RUNNING":
             self.client.set_terminated(mlflow_run, status=status)
@@ -156,6 +232,7 @@ class MlflowTracker:
     def get_run(self, run_id: str) -> RunRecord:
         from datetime import UTC, datetime
 
+        self.flush(run_id)
         mlflow_run = self.client.get_run(self._mlflow_run(run_id))
         info, data = mlflow_run.info, mlflow_run.data
         metrics = {key: tuple(MetricPoint(m.value, m.step, m.timestamp / 1000)
@@ -178,6 +255,111 @@ class MlflowTracker:
         runs = self.client.search_runs([e.experiment_id for e in experiments],
                                        filter_string=f"tags.`{RUN_ID_TAG}` != ''") if experiments else []
         return [self.get_run(r.data.tags[RUN_ID_TAG]) for r in runs]
+
+
+def _standard_tags(run: RunInfo) -> dict[str, str]:
+    """MLflow's own tags for who ran what from where (shown in its UI's User and Source columns)."""
+    import sys
+
+    try:
+        user = os.environ.get("LOOPML_ACTOR") or getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    flow_run = os.environ.get("PREFECT__FLOW_RUN_ID")
+    tags = {"mlflow.user": user, "mlflow.source.type": "JOB" if flow_run else "LOCAL",
+            "mlflow.source.name": f"prefect flow run {flow_run}" if flow_run else Path(sys.argv[0] or "loopml").name}
+    commit = run.tags.get("loopml.git_commit", "")
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+class RegistryMirror:
+    """Mirrors loopml's registry into MLflow's: one MLflow model version per loopml version (tag
+    ``loopml.version``), aliases moved after loopml moved them. Idempotent, so a retried hook or a
+    re-run mirrors nothing twice."""
+
+    def __init__(self, tracker: MlflowTracker) -> None:
+        self.tracker = tracker
+        self.client = tracker.client
+
+    def _name(self, model: str) -> str:
+        return self.tracker.options.experiment_prefix + model
+
+    def _registered(self, name: str, project: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(
+                    name, tags={"loopml.project": project},
+                    description="Mirrored by loopml; loopml's registry is the source of truth "
+                                "(`loopml models history`).")
+            except MlflowException:  # created concurrently
+                self.client.get_registered_model(name)
+
+    def find(self, model: str, version: int) -> Any | None:
+        found = self.client.search_model_versions(
+            f"name = '{self._name(model)}' and tags.`{VERSION_TAG}` = '{version}'")
+        return found[0] if found else None
+
+    def mirror_version(self, model: Any, project: str) -> Any:
+        name = self._name(model.name)
+        self._registered(name, project)
+        existing = self.find(model.name, model.version)
+        if existing is not None:
+            self.client.set_model_version_tag(name, existing.version, "loopml.status", model.status)
+            return existing
+        mlflow_run = self.tracker._mlflow_run(model.run_id)
+        model_id = self.client.get_run(mlflow_run).data.tags.get(MODEL_ID_TAG)
+        source = f"models:/{model_id}" if model_id else f"runs:/{mlflow_run}/model"
+        return self.client.create_model_version(
+            name, source, run_id=mlflow_run, model_id=model_id,
+            tags={VERSION_TAG: str(model.version), "loopml.status": model.status,
+                  "loopml.artifact_sha256": model.artifact_sha256, "loopml.dataset_version": model.dataset_version},
+            description=f"loopml {model.ref}: {model.status}")
+
+    def move_alias(self, event: Any) -> None:
+        target = self.find(event.name, event.to_version)
+        if target is None:
+            raise LookupError(f"MLflow has no version of {self._name(event.name)} tagged "
+                              f"{VERSION_TAG}={event.to_version}; it was registered before mirroring was on")
+        self.client.set_registered_model_alias(self._name(event.name), event.alias, target.version)
+
+
+_mirrors: dict[tuple[str, str], RegistryMirror] = {}
+
+
+def _mirror_for(context: Any) -> RegistryMirror | None:
+    """The mirror of the project a hook fires for, if it tracks to MLflow with mirroring on."""
+    if context is None or "mlflow" not in context.config.trackers:
+        return None
+    options = MlflowOptions.model_validate(context.config.trackers["mlflow"] or {})
+    if not options.mirror_registry:
+        return None
+    from loopml.context import BackendContext
+
+    tracker = _factory(options, BackendContext(context.project, context.root, context.home))
+    key = (tracker.tracking_uri, options.experiment_prefix)
+    if key not in _mirrors:
+        _mirrors[key] = RegistryMirror(tracker)
+    return _mirrors[key]
+
+
+@hookimpl
+def loopml_after_model_registered(model: Any, context: Any) -> None:
+    mirror = _mirror_for(context)
+    if mirror is not None:
+        mirror.mirror_version(model, context.project)
+
+
+@hookimpl
+def loopml_after_promotion(event: Any, context: Any) -> None:
+    mirror = _mirror_for(context)
+    if mirror is not None:
+        mirror.move_alias(event)
 
 
 def _factory(options: MlflowOptions, ctx: Any) -> MlflowTracker:

@@ -218,6 +218,7 @@ MEANINGS: dict[str, str] = {
     "MlflowOptions.username": "basic-auth user",
     "MlflowOptions.password": "basic-auth password (secret)",
     "MlflowOptions.token": "bearer token (secret)",
+    "MlflowOptions.mirror_registry": "mirror loopml's registry versions and aliases into MLflow's model registry",
     "WandbOptions.project": "W&B project (default: the loopml project)",
     "WandbOptions.entity": "W&B entity (team)",
     "WandbOptions.mode": "online, offline or disabled (default: W&B's)",

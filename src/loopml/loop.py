@@ -192,7 +192,7 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     with tempfile.TemporaryDirectory() as tmp:
         model_file = Path(tmp) / ARTIFACT_NAME
         model_file.write_bytes(trained.artifact)
-        session.log_artifact(model_file)
+        session.log_model(model_file)
     session.set_tags({"loopml.artifact_sha256": info.sha256})
     session.end("FINISHED")
     meta = {"sha256": info.sha256, "run_id": run.run_id, "metrics": metrics, "params": params,
@@ -324,7 +324,11 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
         card.write_text(model_card(model, report), encoding="utf-8")
         html = Path(tmp) / "validation_report.html"
         html.write_bytes(ws.store.get(report_key))
-        for tracker in ws.trackers:
+        gate_metrics = {**{f"holdout_{k}": float(v) for k, v in report.metrics.items()},
+                         **{f"gate_{c.name}": float(c.value) for c in report.checks
+                            if isinstance(c.value, int | float) and not isinstance(c.value, bool)}}
+        for tracker in ws.trackers:  # the gate numbers as metrics: runs sort and compare on them
+            _safely(tracker.log_metrics, candidate.run_id, gate_metrics, 0)
             _safely(tracker.set_tags, candidate.run_id, {"loopml.registry_version": model.ref,
                                                          "loopml.registry_status": model.status})
             _safely(tracker.log_artifact, candidate.run_id, card)

@@ -22,13 +22,14 @@ class TrackingSession:
         self.failures: dict[str, str] = {}
         self._call("start_run", run)
 
-    def _call(self, verb: str, *args: Any, **kwargs: Any) -> None:
+    def _call(self, verb: str, *args: Any, fallback: str | None = None, **kwargs: Any) -> None:
         for tracker in self.trackers:
             name = getattr(tracker, "name", type(tracker).__name__)
             if name in self.failures:
                 continue
             try:
-                getattr(tracker, verb)(*args, **kwargs)
+                method = getattr(tracker, verb, None) if fallback else getattr(tracker, verb)
+                (method or getattr(tracker, fallback))(*args, **kwargs)  # type: ignore[arg-type]
             except Exception as exc:
                 self.failures[name] = f"{verb}: {type(exc).__name__}: {exc}"
                 log.warning("tracker %r failed in %s (%s); training continues without it",
@@ -45,6 +46,11 @@ class TrackingSession:
 
     def log_artifact(self, path: Path, name: str | None = None) -> None:
         self._call("log_artifact", self.run.run_id, path, name)
+
+    def log_model(self, path: Path, name: str | None = None) -> None:
+        """The trained model: a tracker with the optional ``log_model`` verb logs it as a model
+        (MLflow: a logged model with a pyfunc flavour; W&B: a ``model`` artifact), others as a file."""
+        self._call("log_model", self.run.run_id, path, name, fallback="log_artifact")
 
     def end(self, status: str = "FINISHED") -> None:
         self._call("end_run", self.run.run_id, status)

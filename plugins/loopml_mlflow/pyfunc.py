@@ -1,0 +1,78 @@
+"""The ``pyfunc`` flavour of a loopml model: MLflow loads the loopml artifact, never a pickle.
+
+An MLflow model logged by loopml is a folder with ``MLmodel`` and ``model.pt2`` (the same torch.export
+archive loopml serves). ``MLmodel`` names this module as the pyfunc ``loader_module``, so
+``mlflow.pyfunc.load_model("models:/churn@production")`` and ``mlflow models serve`` call
+:func:`_load_pyfunc`, which checks the archive exactly as loopml's own server does (raw tensors only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ARTIFACT_FILE = "model.pt2"
+
+
+class LoopmlPyfuncModel:
+    """What ``mlflow.pyfunc.load_model`` returns inside its PyFuncModel wrapper."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        """Rows (a DataFrame, or a list of dicts) -> the score, value or class of each row."""
+        import numpy as np
+        import pandas as pd
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        scores = self.predictor.predict_frame(frame)
+        signature = self.predictor.signature
+        if signature.task == "multiclass":
+            return pd.Series([signature.classes[i] for i in np.argmax(scores, axis=1)], name="prediction")
+        return pd.Series(np.asarray(scores, dtype=float).reshape(-1), name="prediction")
+
+
+def _load_pyfunc(data_path: str) -> LoopmlPyfuncModel:
+    from loopml.artifacts import Predictor
+
+    path = Path(data_path)
+    if path.is_dir():
+        path = path / ARTIFACT_FILE
+    return LoopmlPyfuncModel(Predictor.from_bytes(path.read_bytes()))
+
+
+def mlflow_signature(signature: Any) -> Any:
+    """An MLflow ModelSignature from a loopml Signature: the input columns by name, the output.
+
+    Inputs are typed ``Any``: loopml's own encoder converts ints, floats and strings exactly as the
+    server does, while MLflow's enforcement would refuse an int column for a float feature."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = [ColSpec(AnyType(), name) for name in (*signature.numeric, *signature.categorical)]
+    output = ColSpec("string" if signature.task == "multiclass" else "double", "prediction")
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([output]))
+
+
+def write_model_folder(folder: Path, artifact: bytes, *, run_id: str | None, model_id: str | None,
+                       artifact_path: str | None) -> Path:
+    """An MLflow model folder (``MLmodel`` + ``model.pt2``) for this artifact."""
+    import mlflow
+    from mlflow.models import Model
+    from mlflow.pyfunc import add_to_model
+
+    from loopml.artifacts import Predictor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ARTIFACT_FILE).write_bytes(artifact)
+    predictor = Predictor.from_bytes(artifact)
+    model = Model(artifact_path=artifact_path, run_id=run_id, model_uuid=model_id, model_id=model_id,
+                  signature=mlflow_signature(predictor.signature),
+                  metadata={"loopml_task": predictor.signature.task})
+    add_to_model(model, loader_module=__name__, data=ARTIFACT_FILE)
+    model.add_flavor("loopml", artifact=ARTIFACT_FILE, format=predictor.signature.format,
+                     task=predictor.signature.task, mlflow_version=mlflow.__version__)
+    model.save(str(folder / "MLmodel"))
+    (folder / "requirements.txt").write_text("loopml\ntorch\npandas\n")
+    return folder
