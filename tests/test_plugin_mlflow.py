@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from loop_steps import train_and_validate
 from servers import mlflow_server
 
