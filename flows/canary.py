@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, publish_markdown, save_report, workspace
+from flows.common import label_run, on_failure, publish_markdown, save_report, workspace
 from loopml import canary, loop
 
 
@@ -20,6 +20,7 @@ def judge_canary(config: str | None = None, profile: str | None = None,
     ws = workspace(config, profile)
     name = loop.pipeline_config(ws).model_name
     active = canary.active(ws, name)
+    label_run(ws, f"canary-{name}" + (f"-v{active.candidate}" if active is not None else ""), model=name)
     if active is None:
         logger.info("no canary of %s is active", name)
         return None

@@ -14,6 +14,27 @@ from loopml.plugins import get_plugin_manager
 from loopml.records import GateReport
 
 
+def label_run(ws: Workspace, name: str, **labels: object) -> None:
+    """Name the current flow run (``train-churn-84a1be88``, ``pipeline-churn-v3``) and tag it with
+    the project and model, so runs are found by what they did, not by a random name. Outside a flow
+    run, or if the API refuses, nothing happens (a label is never worth failing a run)."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    if not run_id:
+        return
+    wanted = {"loopml", f"project:{ws.config.project}", *(f"{k}:{v}" for k, v in labels.items() if v is not None)}
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run_id)
+            client.update_flow_run(run_id, name=name, tags=sorted(set(current.tags or ()) | wanted))
+    except Exception as exc:  # noqa: BLE001 - best effort
+        logging.getLogger(__name__).debug("could not label flow run %s: %s", run_id, exc)
+
+
 def transient_io_error(task: object, task_run: object, state: State) -> bool:
     """Retry only what can pass by itself (network, disk I/O), never bad data or a bad config."""
     error = state.data if isinstance(state.data, BaseException) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.canary import judge_canary
-from flows.common import on_failure, workspace
+from flows.common import label_run, on_failure, workspace
 from loopml import canary, loop
 
 
@@ -20,6 +20,7 @@ def deploy(config: str | None = None, profile: str | None = None,
     logger = get_run_logger()
     ws = workspace(config, profile)
     name = loop.pipeline_config(ws).model_name
+    label_run(ws, f"deploy-{name}", model=name)
     url = loop.sync_serving(ws, name)
     if url is None:
         logger.warning("no production model yet: nothing to deploy")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_RETRIES, TASK_DEFAULTS, on_failure, workspace
+from flows.common import IO_RETRIES, TASK_DEFAULTS, label_run, on_failure, workspace
 from loopml import loop
 from loopml.records import DatasetVersion
 
@@ -23,4 +23,5 @@ def ingest(config: str | None = None, profile: str | None = None,
     """Validate and version the configured datasets (or those named)."""
     ws = workspace(config, profile)
     names = datasets or sorted(ws.config.datasets)
+    label_run(ws, f"ingest-{ws.config.project}" + (f"-{'-'.join(datasets)}" if datasets else ""))
     return {name: ingest_dataset(config, profile, name) for name in names}

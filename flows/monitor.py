@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, publish_markdown, save_report, workspace
+from flows.common import label_run, on_failure, publish_markdown, save_report, workspace
 from loopml import loop
 from loopml.drift import window_text as drift_window_text
 from loopml.records import DriftReport
@@ -18,6 +18,7 @@ def monitor(since: float | None = None, config: str | None = None,
     logger = get_run_logger()
     ws = workspace(config, profile)
     cfg = loop.pipeline_config(ws)
+    label_run(ws, f"monitor-{cfg.model_name}", model=cfg.model_name)
     model = loop.production_model(ws, cfg.model_name)
     if model is None:
         raise RuntimeError("no production model to monitor yet; run the pipeline first")

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.canary import judge_canary
-from flows.common import workspace
+from flows.common import label_run, workspace
 from flows.deploy import deploy
 from flows.features import features
 from flows.ingest import ingest
@@ -34,10 +34,14 @@ def pipeline(config: str | None = None, profile: str | None = None,
     logger = get_run_logger()
     ws = workspace(config, profile)
     cfg = loop.pipeline_config(ws)
+    label_run(ws, f"pipeline-{cfg.model_name}", model=cfg.model_name)
     versions = ingest(config=config, profile=profile)
     labels, feature_rows = versions[cfg.labels_dataset], versions[cfg.features.dataset]
+    logger.info("data: %s", ", ".join(f"{v.ref} ({v.row_count} rows)" for v in versions.values()))
     features(feature_rows, config=config, profile=profile)
     candidate = train(labels, feature_rows, config=config, profile=profile, trainer=trainer)
+    logger.info("candidate %s %s: %s", candidate.fingerprint[:8], "reused (inputs unchanged)" if candidate.skipped
+                else "trained", ", ".join(f"{k}={v:.4f}" for k, v in sorted(candidate.metrics.items())))
     existing = loop.registered_version_of(ws, candidate) if candidate.skipped else None
     if existing is not None:
         logger.info("%s already holds this model (%s); nothing to validate or register",
@@ -49,8 +53,14 @@ def pipeline(config: str | None = None, profile: str | None = None,
                                    True, existing.lineage.get("validation_report"), (), url, decision)
     baseline = loop.production_model(ws, cfg.model_name)
     report, key, path = validate(candidate, labels, config=config, profile=profile)
+    logger.info("validation %s against %s: %s", "passed" if report.passed else "FAILED",
+                f"production v{baseline.version}" if baseline else "no production model",
+                "; ".join(f"{c.name} {'ok' if c.passed else 'FAIL'}" for c in report.checks))
     model, event = register(candidate, report, key, baseline.version if baseline else None,
                             config=config, profile=profile)
+    label_run(ws, f"pipeline-{model.name}-v{model.version}", model=model.name, version=f"v{model.version}")
+    logger.info("registered %s (%s)%s", model.ref, model.status,
+                f"; {event.alias} -> v{event.to_version}" if event else "; production unchanged")
     url, decision = deploy(config=config, profile=profile, judge=await_canary) if deploy_model else (None, None)
     if event is not None and event.alias == canary.CANARY and not deploy_model:
         if await_canary:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, workspace
+from flows.common import label_run, on_failure, workspace
 from loopml import loop
 from loopml.records import GateReport, ModelVersion, PromotionEvent
 
@@ -16,6 +16,8 @@ def register(candidate: loop.Candidate, report: GateReport, report_key: str,
     logger = get_run_logger()
     model, event = loop.register_and_promote(workspace(config, profile), candidate, report,
                                              report_key, baseline_version)
+    label_run(workspace(config, profile), f"register-{model.name}-v{model.version}", model=model.name,
+              version=f"v{model.version}")
     if event and event.alias == "canary":
         logger.info("%s approved: canary next to production v%s before production moves", model.ref,
                     loop.production_model(workspace(config, profile), model.name).version)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, workspace
+from flows.common import label_run, on_failure, workspace
 from loopml import loop
 from loopml.records import DatasetVersion
 
@@ -19,12 +19,16 @@ def train(labels: DatasetVersion, features_version: DatasetVersion, config: str 
     same inputs were trained before."""
     logger = get_run_logger()
     ws = workspace(config, profile)
+    model_name = loop.pipeline_config(ws).model_name
+    label_run(ws, f"train-{model_name}", model=model_name)
     train_rows, holdout = loop.frames(ws, labels)
     logger.info("training on %d rows (%d held out)", len(train_rows), len(holdout))
     candidate = loop.train(
         ws, labels, features_version, train_rows, trainer=trainer,
         on_epoch=lambda e, total, m: logger.info("epoch %d/%d: %s", e, total,
                                                  ", ".join(f"{k}={v:.4f}" for k, v in m.items())))
+    label_run(ws, f"train-{model_name}-{candidate.fingerprint[:8]}", model=model_name,
+              fingerprint=candidate.fingerprint[:8])
     if candidate.skipped:
         logger.info("training skipped: inputs unchanged (fingerprint %s, run %s)",
                     candidate.fingerprint[:12], candidate.run_id)

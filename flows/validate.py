@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import gate_markdown, on_failure, publish_markdown, save_report, workspace
+from flows.common import label_run, gate_markdown, on_failure, publish_markdown, save_report, workspace
 from loopml import loop
 from loopml.records import DatasetVersion, GateReport
 
@@ -15,6 +15,8 @@ def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | No
     """Returns (report, report key in the store, local HTML path)."""
     logger = get_run_logger()
     ws = workspace(config, profile)
+    label_run(ws, f"validate-{candidate.model_name}-{candidate.fingerprint[:8]}", model=candidate.model_name,
+              fingerprint=candidate.fingerprint[:8])
     evaluation, key, html = loop.validate(ws, candidate, labels)
     report = evaluation.report
     path = save_report(ws, key, html)

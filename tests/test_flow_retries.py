@@ -102,5 +102,9 @@ def test_a_task_that_fails_transiently_is_retried_by_prefect_and_the_flow_comple
         runs = client.read_task_runs(flow_run_filter=flow_run)
     [task_run] = [r for r in runs if r.name.startswith("ingest_dataset")]
     assert task_run.run_count == 2 and task_run.state.is_completed()  # failed once, then succeeded
+    with get_client(sync_client=True) as client:  # the run says what it did and for which project
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name == "ingest-churn-example-labels"
+    assert {"loopml", "project:churn-example"} <= set(run.tags)
     ws = Workspace.open(tmp_path / "loopml.toml", manager=get_plugin_manager())
     assert ws.datasets.get("labels@latest").row_count > 0

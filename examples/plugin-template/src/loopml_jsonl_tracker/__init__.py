@@ -56,14 +56,15 @@ class JsonlTracker:
         self._append(verb="end_run", run_id=run_id, status=status)
 
     def get_run(self, run_id: str) -> RunRecord:
-        """Replay the file: the last value of each param/tag, every metric point, the first end."""
+        """Replay the file: the last value of each param/tag, one point per metric and step (a
+        retried call logs a step again), each artifact name once, the first end."""
         events = [json.loads(line) for line in self.path.read_text().splitlines() if line]
         events = [e for e in events if e["run_id"] == run_id]
         start = next(e for e in events if e["verb"] == "start_run")
         params: dict[str, str] = {}
         tags: dict[str, str] = dict(start["tags"])
-        metrics: dict[str, list[MetricPoint]] = {}
-        artifacts: list[str] = []
+        metrics: dict[str, dict[int, MetricPoint]] = {}
+        artifacts: dict[str, None] = {}
         status = "RUNNING"
         for e in events:
             if e["verb"] == "log_params":
@@ -72,16 +73,17 @@ class JsonlTracker:
                 tags.update(e["tags"])
             elif e["verb"] == "log_metrics":
                 for k, v in e["metrics"].items():
-                    metrics.setdefault(k, []).append(MetricPoint(v, e["step"], e["ts"]))
+                    metrics.setdefault(k, {})[e["step"]] = MetricPoint(v, e["step"], e["ts"])
             elif e["verb"] == "log_artifact":
-                artifacts.append(e["name"])
+                artifacts[e["name"]] = None
             elif e["verb"] == "end_run" and status == "RUNNING":
                 status = e["status"]
         from datetime import UTC, datetime
 
         return RunRecord(run_id, start["experiment"], start["name"], status,  # type: ignore[arg-type]
                          datetime.fromtimestamp(start["ts"], UTC), None, params,
-                         {k: tuple(v) for k, v in metrics.items()}, tags, tuple(artifacts))
+                         {k: tuple(v[step] for step in sorted(v)) for k, v in metrics.items()}, tags,
+                         tuple(artifacts))
 
 
 def _factory(options: JsonlOptions, ctx: Any) -> JsonlTracker:
