@@ -35,3 +35,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "loopml.toml").write_text('project = "test"\n')
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests run in a shuffled order (pytest-randomly), except the steps of a scenario module
+    (``pytestmark = pytest.mark.in_order``), which keep their written order at the places the
+    shuffle gave that module: each step builds on the one before, on purpose."""
+    by_module: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.get_closest_marker("in_order") is not None:
+            by_module.setdefault(item.nodeid.split("::")[0], []).append(index)
+    for indices in by_module.values():
+        steps = sorted((items[i] for i in indices), key=lambda item: item.location[1])
+        for index, item in zip(indices, steps, strict=True):
+            items[index] = item
+
+
+pytest_collection_modifyitems = pytest.hookimpl(trylast=True)(pytest_collection_modifyitems)

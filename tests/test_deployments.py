@@ -17,7 +17,7 @@ from servers import free_port, start, stop, wait_http
 
 from loopml.backends.sqlite_registry import SqliteRegistry
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.in_order]  # pipeline, then drift and retrain, then rollback
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 PROJECT = "churn-example"  # the `project` of the example's loopml.toml; scopes the triggers

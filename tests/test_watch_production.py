@@ -68,20 +68,21 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
     recorder = HookRecorder()
     ws2 = open_ws(config, ws, training={"seed": 7})
     ws2.manager.register(recorder, "recorder")
+    before = ws.registry.aliases("churn")["production"]  # v1, or a later one if another test ran first
     v2, event = train_and_register(ws2)
     assert event is not None and event.alias == "canary" and v2.status == "approved"
-    assert ws.registry.aliases("churn") == {"production": 1, "canary": 2}  # production has not moved
+    assert ws.registry.aliases("churn") == {"production": before, "canary": v2.version}  # production has not moved
     loop.sync_serving(ws, "churn")
-    assert ws.serving.status()["traffic"] == {"1": 0.9, "2": 0.1}
+    assert ws.serving.status()["traffic"] == {str(before): 0.9, str(v2.version): 0.1}
     traffic = TrafficGenerator(url, rows)
     verdict = judged(ws, traffic)
     assert verdict.decision == "promote", verdict.reason
     assert [c.name for c in verdict.checks] == ["canary-traffic", "canary-error-rate", "canary-p99-latency",
                                                 "canary-output-shift"]
     move, report = canary.finish(ws2, verdict)
-    assert (move.alias, move.from_version, move.to_version) == ("production", 1, 2)
+    assert (move.alias, move.from_version, move.to_version) == ("production", before, v2.version)
     loop.sync_serving(ws, "churn")
-    assert ws.serving.status()["traffic"] == {"2": 1.0} and traffic.failed == 0
+    assert ws.serving.status()["traffic"] == {str(v2.version): 1.0} and traffic.failed == 0
     last = ws.registry.history("churn")[-1]
     assert last.actor == "loopml-canary" and "canary passed" in last.reason and report in last.reason
     assert "PROMOTE" in ws.store.get(report).decode()
