@@ -31,7 +31,7 @@ def label_run(ws: Workspace, name: str, **labels: object) -> None:
         with get_client(sync_client=True) as client:
             current = client.read_flow_run(run_id)
             client.update_flow_run(run_id, name=name, tags=sorted(set(current.tags or ()) | wanted))
-    except Exception as exc:  # noqa: BLE001 - best effort
+    except Exception as exc:
         logging.getLogger(__name__).debug("could not label flow run %s: %s", run_id, exc)
 
 

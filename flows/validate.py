@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import label_run, gate_markdown, on_failure, publish_markdown, save_report, workspace
+from flows.common import gate_markdown, label_run, on_failure, publish_markdown, save_report, workspace
 from loopml import loop
 from loopml.records import DatasetVersion, GateReport
 
