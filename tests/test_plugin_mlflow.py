@@ -132,3 +132,29 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     assert client.get_registered_model("churn").aliases == {"production": "1"}
     versions = {mv.version: mv.tags for mv in client.search_model_versions("name = 'churn'")}
     assert {v: t["loopml.version"] for v, t in versions.items()} == {"1": "1", "2": "2"}
+
+    # MLflow's own server for the model: `mlflow models serve` answers like loopml.
+    import json
+    import os
+    import shutil
+    import sys
+    import urllib.request
+
+    from servers import free_port, start, stop, wait_http
+
+    port = free_port()
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    proc = start([exe, "models", "serve", "-m", "models:/churn@production", "--env-manager", "local",
+                  "--host", "127.0.0.1", "--port", str(port)], tmp_path / "serve.log",
+                 env={**os.environ, "MLFLOW_TRACKING_URI": server,  # its uvicorn is beside the python
+                      "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, log=tmp_path / "serve.log")
+        body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answered = json.loads(response.read())["predictions"]
+    finally:
+        stop(proc)
+    assert [a if isinstance(a, float) else a["prediction"] for a in answered] == pytest.approx(list(expected), abs=1e-6)
