@@ -82,7 +82,7 @@ def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_p
     assert run.data.tags["loopml.registry_version"] == "churn:v1"
     assert run.data.params["epochs"] == "10"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"model.pt2", "model_card.md", "validation_report.html"}
+    assert artifacts == {"model", "model.pt2", "model_card.md", "validation_report.html"}  # model/: MLflow model
     card = client.download_artifacts(run.info.run_id, "model_card.md", str(tmp_path))
     assert "churn:v1 (approved)" in Path(card).read_text()
 
@@ -91,6 +91,9 @@ def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_p
     content = read_run_file(run_file)
     assert content["config"]["epochs"] == "10" and len(content["history"]["train_loss"]) == 10
     assert content["exit_code"] == 0
+    # Registration's card and report reached the training run before it finished.
+    assert {a["type"] for a in content["artifact_records"]} == {"model", "model-card", "report"}
+    assert "loopml.registry_version=churn:v1" in content["tags"]
 
     # Canary secrets: in no output, local file, tracker store or S3 object.
     haystacks = [result.stdout.encode(), result.stderr.encode()]

@@ -1,12 +1,22 @@
 """Weights & Biases tracker for loopml, over the ``wandb`` SDK.
 
 One W&B run per loopml run, with the loopml run id as the W&B run id (a retried start resumes it).
-Params go to the run config, per-step metrics to its history, loopml tags to the run's tags
-(``key=value``) and to ``config["loopml_tags"]``, artifacts as a W&B artifact of type
-``loopml-file``. ``mode = "offline"`` (or ``WANDB_MODE=offline``) writes real run files under
-``dir`` with no network; ``wandb sync`` uploads them later. The API key comes from config (a secret)
-or the environment and is passed through ``wandb.Settings``: it never enters the run's config,
-tags or logs.
+Params go to the run config, per-step metrics to its history (a metric logged for an earlier step,
+such as the gate results after training, goes to the run summary), loopml tags to the run's tags
+(``key=value``, only those within W&B's 64-character limit) and all of them to
+``config["loopml_tags"]``. The model is an artifact of type ``model`` (named after the loopml model)
+whose aliases follow every promotion and rollback; reports are ``report`` artifacts, the model card
+a ``model-card``.
+
+A W&B run cannot change once finished, and loopml adds the model card, the validation report and
+the registry version after training. So ``end_run`` of a successful run keeps it open until the
+loop calls ``flush`` after registration (or the process exits); a failed run finishes at once. A
+call for a run finished in another process goes to a follow-up run (job type ``registration``,
+grouped with it), never to W&B's "run is finished" warning.
+
+``mode = "offline"`` (or ``WANDB_MODE=offline``) writes real run files under ``dir`` with no
+network; ``wandb sync`` uploads them later. The API key comes from config (a secret) or the
+environment and is passed through ``wandb.Settings``: it never enters the run's config, tags or logs.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ class WandbTracker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._runs: dict[str, Any] = {}
         self._finished: set[str] = set()
+        self._ending: set[str] = set()  # ended FINISHED by loopml, kept open for what comes next
+        self._followups: dict[str, Any] = {}  # run id -> follow-up run (the original ended elsewhere)
+        self._exit_hook = False
         self._artifacts: dict[str, dict[str, str]] = {}  # run id -> file name -> sha256 logged
 
     def _settings(self) -> Any:
@@ -65,10 +78,26 @@ class WandbTracker:
         return wandb.Settings(**kwargs)
 
     def _run(self, run_id: str) -> Any:
-        try:
+        """The open W&B run to log to: the run itself, or a follow-up if it finished elsewhere."""
+        import wandb
+
+        if run_id in self._runs and run_id not in self._finished:
             return self._runs[run_id]
-        except KeyError:
-            raise KeyError(f"W&B run {run_id!r} was not started by this tracker") from None
+        if run_id not in self._followups:
+            self._followups[run_id] = wandb.init(
+                project=self.project, entity=self.options.entity, id=f"{run_id}-registration",
+                name=f"{run_id[:8]}-registration", group=run_id, job_type="registration", dir=str(self.dir),
+                mode=self.options.mode, resume="allow", reinit="create_new", settings=self._settings(),
+                config={"loopml_run_id": run_id})
+            self._on_exit()
+        return self._followups[run_id]
+
+    def _on_exit(self) -> None:
+        if not self._exit_hook:
+            import atexit
+
+            atexit.register(self.flush)
+            self._exit_hook = True
 
     def start_run(self, run: RunInfo) -> None:
         import wandb
@@ -80,24 +109,24 @@ class WandbTracker:
             group=run.experiment, job_type="train", dir=str(self.dir), mode=self.options.mode,
             resume="allow", reinit="create_new", settings=self._settings(),
             config={"loopml_experiment": run.experiment, "loopml_tags": dict(run.tags)},
-            tags=[_tag(k, v) for k, v in run.tags.items()])
+            tags=_tags(run.tags))
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self._run(run_id).config.update({k: str(v) for k, v in params.items()}, allow_val_change=False)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self._run(run_id).log({k: float(v) for k, v in metrics.items()}, step=int(step))
+        run = self._run(run_id)
+        values = {k: float(v) for k, v in metrics.items()}
+        if int(step) < int(getattr(run, "step", 0) or 0):  # W&B history only moves forward
+            run.summary.update(values)
+            return
+        run.log(values, step=int(step))
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        if run_id in self._finished or run_id not in self._runs:
-            # A finished W&B run cannot change; tags set after training (the registry version)
-            # are kept by the other trackers and the registry itself.
-            log.info("W&B run %s is finished or not open here; tags %s not added", run_id, sorted(tags))
-            return
         run = self._run(run_id)
         merged = {**dict(run.config.get("loopml_tags", {})), **{k: str(v) for k, v in tags.items()}}
         run.config.update({"loopml_tags": merged}, allow_val_change=True)
-        run.tags = tuple(dict.fromkeys([*run.tags, *(_tag(k, v) for k, v in tags.items())]))
+        run.tags = tuple(dict.fromkeys([*run.tags, *_tags(tags)]))
 
     def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> None:
         """A retried call with the same file (name and bytes) logs nothing new: W&B would record
@@ -111,17 +140,55 @@ class WandbTracker:
         logged = self._artifacts.setdefault(run_id, {})
         if logged.get(target) == digest:
             return
-        artifact = wandb.Artifact(_artifact_name(target), type="loopml-file")
+        artifact = wandb.Artifact(_artifact_name(target), type=_artifact_type(target))
         artifact.add_file(str(path), name=target)
         self._run(run_id).log_artifact(artifact)
         logged[target] = digest
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        if run_id in self._finished:
+    def log_model(self, run_id: str, path: Path, name: str | None = None) -> None:
+        """The trained model as a W&B ``model`` artifact named after the model (one artifact, a
+        version per distinct file), with the run's fingerprint in its metadata."""
+        import hashlib
+
+        import wandb
+
+        run = self._run(run_id)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        logged = self._artifacts.setdefault(run_id, {})
+        if logged.get("model") == digest:
             return
-        self._run(run_id).finish(exit_code=0 if status == "FINISHED" else 1)
-        self._finished.add(run_id)
-        self._wait_until_written(run_id)
+        tags = dict(run.config.get("loopml_tags", {}))
+        artifact = wandb.Artifact(_artifact_name(model_artifact_name(run.config.get("loopml_experiment", "model"))),
+                                  type="model", metadata={"sha256": digest, "loopml_run_id": run_id,
+                                                          "fingerprint": tags.get("loopml.fingerprint", "")})
+        artifact.add_file(str(path), name=name or Path(path).name)
+        run.log_artifact(artifact, aliases=["candidate"])
+        logged["model"] = digest
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        if run_id in self._finished or run_id in self._ending:
+            return
+        if status == "FINISHED" and run_id in self._runs:
+            self._ending.add(run_id)  # finished by flush(): registration adds the card and report
+            self._on_exit()
+            return
+        self._finish(run_id, status)
+
+    def _finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._ending.discard(run_id)
+        if run_id in self._runs and run_id not in self._finished:
+            self._runs[run_id].finish(exit_code=0 if status == "FINISHED" else 1)
+            self._finished.add(run_id)
+            self._wait_until_written(run_id)
+        followup = self._followups.pop(run_id, None)
+        if followup is not None:
+            followup.finish(exit_code=0)
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Finish what loopml ended (one run, or all): everything logged so far is in the run."""
+        for rid in [run_id] if run_id else sorted({*self._ending, *self._followups}):
+            if rid in self._ending or rid in self._followups:
+                self._finish(rid)
 
     def _wait_until_written(self, run_id: str, timeout: float = 30.0) -> None:
         """``finish()`` returns before W&B's service has flushed the run file; wait for its exit
@@ -147,6 +214,7 @@ class WandbTracker:
         """Read a run back from its local W&B transaction log (works offline)."""
         from datetime import UTC, datetime
 
+        self.flush(run_id)
         content = read_run_file(self.run_file(run_id))
         config = content["config"]
         tags = dict(config.get("loopml_tags", {}))
@@ -165,8 +233,26 @@ class WandbTracker:
         return [r for r in runs if experiment is None or r.experiment == experiment]
 
 
-def _tag(key: str, value: str) -> str:
-    return f"{key}={value}"[:64]  # W&B limits tags to 64 characters
+def _tag(key: str, value: str) -> str | None:
+    """``key=value`` if it fits W&B's 64-character tag limit; else None (it stays in the config)."""
+    tag = f"{key}={value}"
+    return tag if len(tag) <= 64 else None
+
+
+def _tags(tags: Mapping[str, str]) -> list[str]:
+    return [t for t in (_tag(k, v) for k, v in tags.items()) if t is not None]
+
+
+def model_artifact_name(model: str) -> str:
+    return f"{model}-model"
+
+
+def _artifact_type(name: str) -> str:
+    if name.endswith(".html"):
+        return "report"
+    if name == "model_card.md":
+        return "model-card"
+    return "file"
 
 
 def _artifact_name(name: str) -> str:
@@ -233,6 +319,12 @@ def read_run_file(path: Path) -> dict[str, Any]:
                                                                           float(items.get("_timestamp", 0))))
         elif kind == "artifact":
             out["artifacts"] += [m.path for m in rec.artifact.manifest.contents]
+            out.setdefault("artifact_records", []).append(
+                {"name": rec.artifact.name, "type": rec.artifact.type, "aliases": list(rec.artifact.aliases),
+                 "digest": rec.artifact.digest, "files": [m.path for m in rec.artifact.manifest.contents]})
+        elif kind == "summary":
+            for item in rec.summary.update:
+                out.setdefault("summary", {})[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "exit":
             out["exit_code"] = rec.exit.exit_code
     return out
@@ -247,6 +339,49 @@ def _apply_config(config: dict[str, Any], record: Any) -> None:
 
 def _factory(options: WandbOptions, ctx: Any) -> WandbTracker:
     return WandbTracker(options, ctx.project, ctx.resolve(options.dir, ""))
+
+
+def publish_alias(tracker: WandbTracker, model: Any, alias: str, artifact: bytes) -> str:
+    """Log the model's bytes again as the ``model`` artifact with ``alias`` from a short
+    ``promotion`` run: W&B finds the version with the same digest and moves the alias to it.
+    Returns the promotion run's id."""
+    import tempfile
+    import uuid
+
+    import wandb
+
+    run_id = f"promote-{model.name}-v{model.version}-{alias}-{uuid.uuid4().hex[:6]}"
+    run = wandb.init(project=tracker.project, entity=tracker.options.entity, id=run_id,
+                     name=f"{alias}: {model.ref}", group=model.run_id, job_type="promotion",
+                     dir=str(tracker.dir), mode=tracker.options.mode, reinit="create_new",
+                     settings=tracker._settings(),
+                     config={"loopml_model": model.ref, "loopml_alias": alias, "loopml_run_id": model.run_id})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt2"
+            path.write_bytes(artifact)
+            art = wandb.Artifact(_artifact_name(model_artifact_name(model.name)), type="model",
+                                 metadata={"sha256": model.artifact_sha256, "loopml_run_id": model.run_id,
+                                           "loopml_version": model.version})
+            art.add_file(str(path), name="model.pt2")
+            run.log_artifact(art, aliases=[alias, f"loopml-v{model.version}"])
+    finally:
+        run.finish()
+    return run_id
+
+
+@hookimpl
+def loopml_after_promotion(event: Any, context: Any) -> None:
+    """The ``model`` artifact's aliases follow loopml's (production, canary) after each move."""
+    if context is None or "wandb" not in context.config.trackers:
+        return
+    from loopml.context import BackendContext, Workspace
+
+    options = WandbOptions.model_validate(context.config.trackers["wandb"] or {})
+    ws = Workspace(context.config)
+    model = ws.registry.get(event.name, event.to_version)
+    tracker = _factory(options, BackendContext(context.project, context.root, context.home))
+    publish_alias(tracker, model, event.alias, ws.store.get(model.artifact_key))
 
 
 @hookimpl

@@ -333,6 +333,9 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                                                          "loopml.registry_status": model.status})
             _safely(tracker.log_artifact, candidate.run_id, card)
             _safely(tracker.log_artifact, candidate.run_id, html)
+            flush = getattr(tracker, "flush", None)  # optional verb: W&B finishes the run here
+            if callable(flush):
+                _safely(flush, candidate.run_id)
     checks = {c.name: {"passed": c.passed, "value": c.value, "threshold": c.threshold} for c in report.checks}
     gates = {"checks": checks, "metrics": dict(report.metrics), "baseline": report.baseline, "report": report_key}
     events.announce(ws, events.make_event(ws, events.VALIDATED, model.name, model.version, reason, gates))

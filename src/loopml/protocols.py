@@ -52,6 +52,11 @@ class Tracker(Protocol):
 
     loopml owns the run id, so one run is logged under the same id to every tracker. Every verb
     must be idempotent for the same arguments (retries after transient errors are safe).
+
+    Two optional verbs, used when present: ``log_model(run_id, path, name=None)`` logs the trained
+    artifact as the vendor's model object (else ``log_artifact``), and ``flush(run_id)`` is called
+    after registration has logged the card and report (a tracker that must finish runs to make them
+    final, like W&B, finishes them there; one that buffers sends the buffer).
     """
 
     name: str
