@@ -66,7 +66,7 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
     ws = Workspace.open(config, profile="ci")
     caplog.set_level(logging.WARNING)
     candidate, evaluation, key, baseline = train_and_validate(ws)
-    v1, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    _v1, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
     tracker = next(t for t in ws.trackers if t.name == "wandb")
 
     content = read_run_file(tracker.run_file(candidate.run_id))
