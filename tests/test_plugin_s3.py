@@ -94,3 +94,18 @@ def test_s3_uri_selects_the_plugin_from_config(endpoint: str, project: Path) -> 
     assert created and ws.datasets.load(version)["a"].tolist() == [1, 2]
     keys = [o["Key"] for o in client(endpoint).list_objects_v2(Bucket="from-config")["Contents"]]
     assert f"team/refs/datasets/tiny/{version.id}/manifest.json.ref" in keys
+
+
+def test_objects_carry_a_content_type_so_browsers_and_tools_open_them(endpoint: str) -> None:
+    store = make_store(endpoint, "content-types")
+    s3 = client(endpoint)
+    cases = {"reports/churn/validation.html": "text/html; charset=utf-8", "datasets/labels/a.parquet":
+             "application/vnd.apache.parquet", "models/churn/abc/train.json": "application/json",
+             "models/churn/abc/model.pt2": "application/zip", "misc/blob": "application/octet-stream"}
+    for i, (key, expected) in enumerate(cases.items()):
+        info = store.put(key, f"content {i}".encode())
+        head = s3.head_object(Bucket="content-types", Key=f"loopml/objects/{info.sha256[:2]}/{info.sha256}")
+        assert head["ContentType"] == expected, key
+    info = store.put("reports/x", b"<h1>hi</h1>", metadata={"content-type": "text/html"})
+    head = s3.head_object(Bucket="content-types", Key=f"loopml/objects/{info.sha256[:2]}/{info.sha256}")
+    assert head["ContentType"] == "text/html"

@@ -33,7 +33,7 @@ from loopml.errors import (
     ObjectNotFoundError,
     StorageError,
 )
-from loopml.keys import validate_key
+from loopml.keys import content_type, validate_key
 from loopml.plugins import hookimpl
 from loopml.records import ObjectInfo
 from loopml.specs import BackendSpec
@@ -121,6 +121,7 @@ class S3ArtifactStore:
                 if not self._blob_ok(sha):
                     self.client.upload_file(str(path), self.bucket, self._blob(sha), Config=self.transfer,
                                             ExtraArgs={"ChecksumAlgorithm": "SHA256",
+                                                       "ContentType": content_type(key, dict(metadata or {})),
                                                        "Metadata": {"sha256": sha}})
             except (BotoCoreError, ClientError) as exc:
                 raise self._error(exc, f"upload of {key!r}") from exc
@@ -131,7 +132,8 @@ class S3ArtifactStore:
                            "metadata": dict(info.metadata)}, sort_keys=True).encode()
         try:
             self.client.put_object(Bucket=self.bucket, Key=ref_key, Body=body, IfNoneMatch="*",
-                                   ContentType="application/json", ChecksumAlgorithm="SHA256")
+                                   ContentType="application/json", ChecksumAlgorithm="SHA256",
+                                   Metadata={"content-type": content_type(key, dict(metadata or {}))})
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 existing = self._read_ref(ref_key, key)

@@ -54,3 +54,19 @@ def prefect_artifact_key(name: str) -> str:
     ``churn_model`` publishes ``churn-model-drift``, not an error at the end of a flow."""
     key = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
     return key or "loopml"
+
+
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json", ".jsonl": "application/x-ndjson",
+                  ".md": "text/markdown; charset=utf-8", ".parquet": "application/vnd.apache.parquet",
+                  ".csv": "text/csv", ".png": "image/png", ".pt2": "application/zip", ".txt": "text/plain"}
+
+
+def content_type(key: str, metadata: dict[str, str] | None = None) -> str:
+    """The HTTP content type of an object: ``metadata["content-type"]`` if given, else by the key's
+    extension (reports are ``text/html``, so a browser shows them), else binary."""
+    given = (metadata or {}).get("content-type")
+    if given:
+        return given
+    name = key.rsplit("/", 1)[-1]
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return _CONTENT_TYPES.get(suffix, "application/octet-stream")
