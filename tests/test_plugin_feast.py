@@ -92,3 +92,35 @@ def test_online_features_equal_the_offline_features_used_for_training(tmp_path: 
         def plain(series: pd.Series) -> list:
             return series.where(series.notna(), None).tolist()
         assert plain(online[col]) == plain(offline[col]) == plain(reference[col])
+
+
+def test_the_repo_is_a_feast_repo_that_feasts_own_cli_plans_applies_and_materializes(tmp_path: Path) -> None:
+    """What loopml applied is what the repo's files define: a team running Feast's CLI in the
+    repo changes nothing of loopml's (no deletions), and can materialize and read it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = churn.generate(300, seed=5)
+    store = make_store(tmp_path)
+    store.apply(VIEW, data.activity)
+    repo = store.repo
+    assert (repo / "feature_store.yaml").is_file() and (repo / f"loopml_{VIEW.name}.py").is_file()
+    feast = shutil.which("feast", path=os.path.dirname(sys.executable)) or "feast"
+    env = {**os.environ, "FEAST_USAGE": "False"}
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([feast, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    plan = cli("plan")
+    assert "No changes to registry" in plan and "Deleted" not in plan, plan  # the files match the registry
+    assert VIEW.name in cli("feature-views", "list")
+    cli("apply")
+    end = data.activity["event_timestamp"].max()
+    cli("materialize", (end - timedelta(days=40)).isoformat(), end.isoformat())
+    ids = data.labels["customer_id"].head(20).tolist()
+    online = make_store(tmp_path).online_features(VIEW.name, ids)  # loopml reads what Feast wrote
+    assert online["monthly_charges"].notna().any()

@@ -8,6 +8,12 @@ store; ``online_features`` reads it by entity id, so serving reads the same defi
 
 The timestamp of each joined feature row is kept as the feature ``<view>__event_timestamp`` so
 leakage can be audited: it is never later than the row's label time.
+
+The repo is a complete Feast repo a team can use with Feast's own CLI: ``feature_store.yaml`` and a
+definitions file per view (``loopml_<view>.py``) describing exactly what loopml applied, so
+``feast plan`` in the repo shows no deletions and ``feast apply`` / ``feast materialize`` work. A
+Redis connection string is never written to disk: the YAML reads it from
+``$LOOPML_FEAST_REDIS_CONNECTION_STRING``.
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ class FeastFeatureStore:
                                       "connection_string": options.redis_connection_string.get_secret_value()}
         else:
             online = {"type": "sqlite", "path": str(self.repo / "online.db")}
+        self.options = options
         self.config = RepoConfig(project=options.project, provider="local",
                                  registry=options.registry or str(self.repo / "registry.db"),
                                  online_store=online, offline_store={"type": "file"}, repo_path=self.repo,
                                  entity_key_serialization_version=3)
         self.store = FeatureStore(config=self.config)
+        self._write_repo_config()
         self.views: dict[str, LoopmlView] = {}
 
     def _view(self, name: str) -> LoopmlView:
@@ -104,6 +112,25 @@ class FeastFeatureStore:
                   "loopml.numeric": ",".join(view.numeric), "loopml.categorical": ",".join(view.categorical)})
         self.store.apply([entity, feast_view])
         self.views[view.name] = view
+        _write_atomically(self.repo / f"loopml_{view.name}.py",
+                          definitions(view, path, integer_ids, entity.name))
+
+    def _write_repo_config(self) -> None:
+        """``feature_store.yaml``: the same configuration loopml uses, for Feast's CLI."""
+        import yaml
+
+        if self.options.redis_connection_string is not None:
+            online: dict[str, Any] = {"type": "redis",
+                                      "connection_string": "${LOOPML_FEAST_REDIS_CONNECTION_STRING}"}
+        else:
+            online = {"type": "sqlite", "path": str(self.repo / "online.db")}
+        body = {"project": self.options.project, "provider": "local",
+                "registry": self.options.registry or str(self.repo / "registry.db"),
+                "online_store": online, "offline_store": {"type": "file"},
+                "entity_key_serialization_version": 3}
+        _write_atomically(self.repo / "feature_store.yaml",
+                          "# Written by loopml: the Feast repo of this project's feature views.\n"
+                          + yaml.safe_dump(body, sort_keys=False))
 
     def historical_features(self, view_name: str, entities: Any, timestamp_column: str,
                             features: Sequence[str] | None = None) -> Any:
@@ -150,6 +177,51 @@ class FeastFeatureStore:
         frame = self.store.get_online_features(features=[f"{view_name}:{f}" for f in view.features],
                                                entity_rows=rows).to_df()
         return frame[[view.entity, *view.features]]
+
+
+def definitions(view: LoopmlView, path: Path, integer_ids: bool, entity: str) -> str:
+    """Python definitions Feast's CLI reads: the objects loopml applied, equal field by field."""
+    ttl = int(view.ttl.total_seconds()) if view.ttl else 0
+    fields = [f"        Field(name={view.entity!r}, dtype={'Int64' if integer_ids else 'String'}),",
+              *(f"        Field(name={n!r}, dtype=Float64)," for n in view.numeric),
+              *(f"        Field(name={n!r}, dtype=String)," for n in view.categorical),
+              f"        Field(name={view.name + '__event_timestamp'!r}, dtype=UnixTimestamp),"]
+    tags = {"loopml.entity": view.entity, "loopml.timestamp": view.timestamp,
+            "loopml.numeric": ",".join(view.numeric), "loopml.categorical": ",".join(view.categorical)}
+    return "\n".join([
+        f'"""Feature view {view.name!r}, written by loopml (`loopml run` re-applies it): edit the loopml',
+        'config, not this file, or loopml will write it again."""',
+        "",
+        "from datetime import timedelta",
+        "",
+        "from feast import Entity, FeatureView, Field, FileSource, ValueType",
+        "from feast.types import Float64, Int64, String, UnixTimestamp",
+        "",
+        f"{view.entity} = Entity(name={entity!r}, join_keys=[{view.entity!r}], "
+        f"value_type=ValueType.{'INT64' if integer_ids else 'STRING'})",
+        "",
+        f"{view.name}_source = FileSource(name={view.name + '_source'!r}, path={str(path)!r}, "
+        f"timestamp_field={view.timestamp!r})",
+        "",
+        f"{view.name} = FeatureView(",
+        f"    name={view.name!r},",
+        f"    entities=[{view.entity}],",
+        f"    ttl=timedelta(seconds={ttl}),",
+        "    schema=[",
+        *fields,
+        "    ],",
+        "    online=True,",
+        f"    source={view.name}_source,",
+        f"    tags={tags!r},",
+        ")",
+        "",
+    ])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _plain(value: Any) -> Any:
