@@ -81,7 +81,7 @@ def save_report(ws: Workspace, key: str, html: str) -> Path:
 
 def gate_markdown(report: GateReport, path: Path) -> str:
     lines = [f"# Validation of {report.model_name}: {'PASSED' if report.passed else 'REJECTED'}",
-             f"candidate **{report.candidate}** vs production **{report.baseline or 'none'}**", "",
+             f"**{report.candidate}** vs production **{report.baseline or 'none'}**", "",
              "| check | value | threshold | verdict | reason |", "|---|---|---|---|---|"]
     for c in report.checks:
         value = "-" if c.value is None else f"{c.value:.4g}"

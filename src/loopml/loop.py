@@ -265,7 +265,7 @@ def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tup
     _, holdout = frames(ws, labels, extra)
     sample = holdout[list(view_of(ws).features)].head(5).to_dict("records")
     evaluation = validation.evaluate(
-        model_name=cfg.model_name, candidate_ref=f"candidate {candidate.fingerprint[:8]}",
+        model_name=cfg.model_name, candidate_ref=f"{candidate.model_name} candidate {candidate.fingerprint[:8]}",
         candidate=cand, baseline_ref=prod.ref if prod else None, baseline=baseline, holdout=holdout,
         label=cfg.label, sensitive=cfg.sensitive_attribute, gates=cfg.gates, thresholds=cfg.thresholds,
         servability=lambda: ws.serving.smoke_test(artifact, sample) if sample else (False, "no holdout rows"),

@@ -278,7 +278,7 @@ def render_html(ev: Evaluation) -> str:
     rows = [(c.name, c.value, c.threshold, c.reason, "pass" if c.passed else "FAIL") for c in r.checks]
     checks_html = table(["check", "value", "threshold", "reason", "verdict"], rows,
                         ["pass" if c.passed else "fail" for c in r.checks])
-    sections = [verdict, f"<p>{ev.task} model; candidate <b>{r.candidate}</b> vs production "
+    sections = [verdict, f"<p>{ev.task} model; <b>{r.candidate}</b> vs production "
                 f"<b>{r.baseline or 'none'}</b> on {len(ev.labels)} holdout rows</p>", checks_html]
     if ev.metrics:
         names = list(ev.metrics)
