@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import label_run, on_failure, publish_markdown, save_report, workspace
+from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import canary, loop
 
 
@@ -46,7 +46,8 @@ def judge_canary(config: str | None = None, profile: str | None = None,
                      f"| {c.reason} |" for c in verdict.checks)
     publish_markdown(f"{name}-canary", f"# Canary of {name} v{verdict.candidate}: {verdict.decision.upper()}\n\n"
                      f"{verdict.reason}\n\n| check | value | limit | verdict | reason |\n|---|---|---|---|---|\n{rows}"
-                     f"\n\nReport with plots: `{path}`", "canary verdict")
+                     f"\n\nReport with plots: {report_link(ws, key, path, f'{name}-canary-report', 'canary report')}",
+                     "canary verdict")
     (logger.info if verdict.decision == "promote" else logger.warning)(
         "%s v%s: %s", name, verdict.candidate, verdict.reason)
     return verdict

@@ -79,7 +79,40 @@ def save_report(ws: Workspace, key: str, html: str) -> Path:
     return path
 
 
-def gate_markdown(report: GateReport, path: Path) -> str:
+def report_link(ws: Workspace, key: str, path: Path, artifact_key: str, title: str) -> str:
+    """A link to a stored report that opens from the Prefect UI: a presigned URL when the store can
+    make one (S3), else the copy on this machine. Published as a Prefect link artifact too; returns
+    the markdown link."""
+    from prefect.artifacts import create_link_artifact
+
+    from loopml.keys import prefect_artifact_key
+
+    make_url = getattr(ws.store, "url", None)
+    try:
+        url = make_url(key) if callable(make_url) else path.resolve().as_uri()
+    except Exception:
+        url = path.resolve().as_uri()
+    create_link_artifact(key=prefect_artifact_key(artifact_key), link=url, link_text=title,
+                         description=f"{title} ({key} in {ws.store.uri})")
+    return f"[{title}]({url})"
+
+
+def tracker_links(ws: Workspace, run_id: str) -> str:
+    """Markdown links to a run in every tracker that can name a URL for it (MLflow over HTTP, W&B online)."""
+    links = []
+    for tracker in ws.trackers:
+        make = getattr(tracker, "run_url", None)
+        try:
+            url = make(run_id) if callable(make) else None
+        except Exception:
+            url = None
+        if url:
+            links.append(f"[{tracker.name}]({url})")
+    return ("Tracked in: " + ", ".join(links)) if links else ""
+
+
+def gate_markdown(report: GateReport, link: str, tracked: str = "") -> str:
+    """The gate table as Prefect markdown; ``link`` is a markdown link (or a path) to the HTML report."""
     lines = [f"# Validation of {report.model_name}: {'PASSED' if report.passed else 'REJECTED'}",
              f"**{report.candidate}** vs production **{report.baseline or 'none'}**", "",
              "| check | value | threshold | verdict | reason |", "|---|---|---|---|---|"]
@@ -87,7 +120,7 @@ def gate_markdown(report: GateReport, path: Path) -> str:
         value = "-" if c.value is None else f"{c.value:.4g}"
         threshold = "-" if c.threshold is None else f"{c.threshold:.4g}"
         lines.append(f"| {c.name} | {value} | {threshold} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
-    lines += ["", f"Full report with plots: `{path}`"]
+    lines += ["", f"Full report with plots: {link}"] + (["", tracked] if tracked else [])
     return "\n".join(lines)
 
 

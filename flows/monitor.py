@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import label_run, on_failure, publish_markdown, save_report, workspace
+from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import loop
 from loopml.drift import window_text as drift_window_text
 from loopml.records import DriftReport
@@ -36,7 +36,8 @@ def monitor(since: float | None = None, config: str | None = None,
     publish_markdown(f"{cfg.model_name}-drift",
                      f"# Drift check: {report.reason}\n\n{drift_window_text(report, len(current))}\n\n"
                      "| feature | test | statistic | Holm p | verdict |"
-                     f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: `{path}`",
+                     f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: "
+                     f"{report_link(ws, key, path, f'{cfg.model_name}-drift-report', 'drift report')}",
                      "drift of live inputs vs training data")
     if any(r.get("entity") is not None for r in window.records):
         from loopml import performance

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, publish_markdown, save_report, workspace
+from flows.common import on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import loop, performance
 
 
@@ -24,6 +24,8 @@ def live_performance(config: str | None = None, profile: str | None = None,
     publish_markdown(f"{cfg.model_name}-performance",
                      f"# Live performance: {'DEGRADED' if result.degraded else 'ok'}\n\n{result.reason}\n\n"
                      f"| version | labels | live {result.primary} | holdout |\n|---|---|---|---|\n{rows}\n\n"
-                     f"Report with plots: `{path}`", "live performance from delayed labels")
+                     "Report with plots: "
+                     f"{report_link(ws, key, path, f'{cfg.model_name}-performance-report', 'report')}",
+                     "live performance from delayed labels")
     (logger.warning if result.degraded else logger.info)("%s", result.reason)
     return result

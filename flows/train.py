@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.common import label_run, on_failure, workspace
 from loopml import loop
+from loopml.keys import prefect_artifact_key
 from loopml.records import DatasetVersion
 
 
@@ -23,10 +25,15 @@ def train(labels: DatasetVersion, features_version: DatasetVersion, config: str 
     label_run(ws, f"train-{model_name}", model=model_name)
     train_rows, holdout = loop.frames(ws, labels)
     logger.info("training on %d rows (%d held out)", len(train_rows), len(holdout))
-    candidate = loop.train(
-        ws, labels, features_version, train_rows, trainer=trainer,
-        on_epoch=lambda e, total, m: logger.info("epoch %d/%d: %s", e, total,
-                                                 ", ".join(f"{k}={v:.4f}" for k, v in m.items())))
+    progress = create_progress_artifact(0.0, key=prefect_artifact_key(f"{model_name}-training"),
+                                        description=f"training {model_name}: share of epochs done")
+
+    def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+        logger.info("epoch %d/%d: %s", epoch, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        update_progress_artifact(progress, 100.0 * epoch / max(total, 1))
+
+    candidate = loop.train(ws, labels, features_version, train_rows, trainer=trainer, on_epoch=on_epoch)
+    update_progress_artifact(progress, 100.0)
     label_run(ws, f"train-{model_name}-{candidate.fingerprint[:8]}", model=model_name,
               fingerprint=candidate.fingerprint[:8])
     if candidate.skipped:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import gate_markdown, label_run, on_failure, publish_markdown, save_report, workspace
+from flows.common import (
+    gate_markdown,
+    label_run,
+    on_failure,
+    publish_markdown,
+    report_link,
+    save_report,
+    tracker_links,
+    workspace,
+)
 from loopml import loop
 from loopml.records import DatasetVersion, GateReport
 
@@ -22,7 +31,9 @@ def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | No
     path = save_report(ws, key, html)
     for check in report.checks:
         logger.info("%s %s: %s", "PASS" if check.passed else "FAIL", check.name, check.reason)
-    publish_markdown(f"{report.model_name}-validation", gate_markdown(report, path),
+    link = report_link(ws, key, path, f"{report.model_name}-validation-report", "validation report")
+    publish_markdown(f"{report.model_name}-validation",
+                     gate_markdown(report, link, tracker_links(ws, candidate.run_id)),
                      f"gates for {report.candidate}")
     ws.notify("loopml_after_validation", report=report)
     return report, key, str(path)

@@ -3,6 +3,7 @@ trigger that closes the loop (what Prefect Cloud runs, minus the cloud)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -121,6 +122,24 @@ asyncio.run(main())
     return [s for s in out.stdout.strip().split(",") if s]
 
 
+def prefect_view(env: dict[str, str]) -> dict:
+    """What the Prefect UI shows: flow run names and tags, and the latest artifact of each key."""
+    script = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        artifacts = await client.read_latest_artifacts()
+        print(json.dumps({"runs": {r.name: sorted(r.tags) for r in runs},
+                          "artifacts": {a.key: {"type": a.type, "data": a.data} for a in artifacts}}, default=str))
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
 def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
     env, project = prefect_stack
     result = subprocess.run([*PREFECT, "deployment", "run", "loopml-pipeline/pipeline", "--watch",
@@ -129,6 +148,17 @@ def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
     assert "Completed" in result.stdout
     registry = SqliteRegistry(project / ".loopml" / "registry.db")
     assert registry.aliases("churn") == {"production": 1}
+    # In the Prefect UI: runs named by what they did, tagged by project and model; a link to the
+    # report; the training's progress.
+    view = prefect_view(env)
+    assert {"loopml", "project:churn-example", "model:churn", "version:v1"} <= set(view["runs"]["pipeline-churn-v1"])
+    assert any(name.startswith("train-churn-") for name in view["runs"])
+    assert "register-churn-v1" in view["runs"]
+    assert view["artifacts"]["churn-validation-report"]["type"] == "link"
+    assert view["artifacts"]["churn-validation-report"]["data"].startswith("file://")
+    assert "[validation report](file://" in view["artifacts"]["churn-validation"]["data"]
+    assert view["artifacts"]["churn-training"]["type"] == "progress"
+    assert float(view["artifacts"]["churn-training"]["data"]) == 100.0
     # The store's gc deployment runs on the worker too, and takes nothing a key refers to.
     killed = project / ".loopml" / "artifacts" / "tmp" / ".part-killed-writer"
     killed.write_bytes(b"partial")

@@ -222,6 +222,14 @@ class MlflowTracker:
         else:
             self.client.log_artifact(self._mlflow_run(run_id), str(path))
 
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page in the MLflow UI (for links from Prefect); None for a local store."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        mlflow_run = self._mlflow_run(run_id)
+        experiment = self.client.get_run(mlflow_run).info.experiment_id
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{mlflow_run}"
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.flush(run_id)
         mlflow_run = self._mlflow_run(run_id)

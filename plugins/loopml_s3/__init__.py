@@ -143,6 +143,16 @@ class S3ArtifactStore:
             raise self._error(exc, f"write of {key!r}") from exc
         return info
 
+    def url(self, key: str, expires_seconds: int = 7 * 24 * 3600) -> str:
+        """A presigned HTTPS link to the object (the blob, served with the key's content type), for
+        links in Prefect artifacts and reports: opens in a browser without S3 credentials."""
+        info = self.info(key)
+        return self.client.generate_presigned_url(
+            "get_object", ExpiresIn=int(expires_seconds),
+            Params={"Bucket": self.bucket, "Key": self._blob(info.sha256),
+                    "ResponseContentType": content_type(key, dict(info.metadata)),
+                    "ResponseContentDisposition": "inline"})
+
     def delete(self, key: str) -> None:
         ref_key = self._ref(key)
         if not self._exists(ref_key):

@@ -165,6 +165,15 @@ class WandbTracker:
         run.log_artifact(artifact, aliases=["candidate"])
         logged["model"] = digest
 
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page on W&B when online (offline runs have none until ``wandb sync``)."""
+        import os
+
+        if (self.options.mode or os.environ.get("WANDB_MODE")) in ("offline", "disabled"):
+            return None
+        run = self._runs.get(run_id)
+        return getattr(run, "url", None) if run is not None else None
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         if run_id in self._finished or run_id in self._ending:
             return
