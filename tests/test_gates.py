@@ -37,6 +37,9 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
         assert event is not None and (event.from_version, event.to_version) == (None, 1)
         assert v1.lineage["datasets"]["labels"].startswith("labels@") and v1.git_commit
         assert v1.lineage["validation_report"] == key and good_ws.store.exists(key)
+        export = good_ws.store.root / "exports" / "models" / "churn" / "1"  # a readable copy beside the store
+        assert {p.name for p in export.iterdir()} >= {"model.pt2", "MLmodel", "model_card.md", "loopml.json"}
+        assert (export / "model.pt2").read_bytes() == good_ws.store.get(v1.artifact_key)
 
         # Same data, weaker features: still above the absolute AUC floor, but worse than production.
         weak_ws = open_ws(project, features={"numeric": ["tenure_months"], "categorical": ["region"]},
@@ -48,6 +51,7 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
         assert "vs production" in reason and "worse beyond the noise margin" in reason
         v2, event = loop.register_and_promote(weak_ws, weak, evaluation.report, key, baseline)
         assert event is None and v2.status == "rejected"
+        assert not (good_ws.store.root / "exports" / "models" / "churn" / "2").exists()  # rejected: no export
         assert good_ws.registry.get("churn", alias="production").version == 1
         assert "regression" in good_ws.registry.history("churn")[-1].reason
     finally:

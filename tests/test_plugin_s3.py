@@ -109,3 +109,42 @@ def test_objects_carry_a_content_type_so_browsers_and_tools_open_them(endpoint: 
     info = store.put("reports/x", b"<h1>hi</h1>", metadata={"content-type": "text/html"})
     head = s3.head_object(Bucket="content-types", Key=f"loopml/objects/{info.sha256[:2]}/{info.sha256}")
     assert head["ContentType"] == "text/html"
+
+
+def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpoint: str, tmp_path: Path) -> None:
+    """The readable export (what a KServe storageUri points at): plain objects under
+    exports/models/<name>/<version>/, downloaded with boto3 and loaded by MLflow's pyfunc loader."""
+    import mlflow
+    import pandas as pd
+
+    from loopml import loop
+    from loopml.artifacts import Predictor
+    from loopml.context import Workspace
+    from loopml.examples import churn
+
+    churn.init_project(tmp_path / "p", n_customers=500, seed=2)
+    client(endpoint).create_bucket(Bucket="exports")
+    config = tmp_path / "p" / "loopml.toml"
+    config.write_text(config.read_text().replace('uri = "artifacts"', 'uri = "s3://exports/loopml"', 1)
+                      + f'\n[storage.options]\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\n'
+                        'access_key_id = "testing"\nsecret_access_key = "testing"\n')
+    from loop_steps import train_and_validate
+
+    ws = Workspace.open(config, profile="ci")
+    candidate, evaluation, key, baseline = train_and_validate(ws)
+    model, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    s3 = client(endpoint)
+    listed = s3.list_objects_v2(Bucket="exports", Prefix="loopml/exports/models/churn/1/")["Contents"]
+    names = {o["Key"].rsplit("/", 1)[1] for o in listed}
+    assert names == {"model.pt2", "MLmodel", "requirements.txt", "loopml.json", "model_card.md",
+                     "validation_report.html"}
+    head = s3.head_object(Bucket="exports", Key="loopml/exports/models/churn/1/validation_report.html")
+    assert head["ContentType"].startswith("text/html")
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    for name in names:
+        s3.download_file("exports", f"loopml/exports/models/churn/1/{name}", str(folder / name))
+    rows = loop.drift_reference(ws, model).drop(columns=["model_output"], errors="ignore").head(20)
+    expected = Predictor.from_bytes(ws.store.get(model.artifact_key)).predict_frame(pd.DataFrame(rows)).reshape(-1)
+    got = mlflow.pyfunc.load_model(str(folder)).predict(rows)
+    assert list(got) == pytest.approx(list(expected), abs=1e-6)

@@ -143,6 +143,19 @@ class S3ArtifactStore:
             raise self._error(exc, f"write of {key!r}") from exc
         return info
 
+    def export(self, path: str, data: bytes) -> str:
+        """Write ``data`` as a plain object at ``<prefix>/exports/<path>`` with its content type
+        (readable by any S3 client; see :mod:`loopml.exports`). Returns its ``s3://`` URI."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._full("exports", validate_key(path))
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
+                                   ContentType=content_type(path))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, f"export of {path!r}") from exc
+        return f"s3://{self.bucket}/{key}"
+
     def url(self, key: str, expires_seconds: int = 7 * 24 * 3600) -> str:
         """A presigned HTTPS link to the object (the blob, served with the key's content type), for
         links in Prefect artifacts and reports: opens in a browser without S3 credentials."""

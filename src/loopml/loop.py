@@ -338,6 +338,13 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                 _safely(flush, candidate.run_id)
     checks = {c.name: {"passed": c.passed, "value": c.value, "threshold": c.threshold} for c in report.checks}
     gates = {"checks": checks, "metrics": dict(report.metrics), "baseline": report.baseline, "report": report_key}
+    if report.passed:  # a readable copy for tools outside loopml (KServe storageUri, MLflow, a browser)
+        try:
+            from loopml.exports import export_model
+
+            gates["export"] = export_model(ws, model, report)
+        except Exception as exc:
+            log.warning("export of %s failed (the loop goes on): %s", model.ref, exc)
     events.announce(ws, events.make_event(ws, events.VALIDATED, model.name, model.version, reason, gates))
     if not report.passed:
         events.announce(ws, events.make_event(ws, events.REJECTED, model.name, model.version, reason, gates))

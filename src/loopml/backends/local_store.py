@@ -6,6 +6,7 @@ Layout under the root::
     refs/<key>.ref     JSON {sha256, size, created_at, metadata}: the key's manifest, written last
     tmp/               partial writes; never listed, swept by gc()
     gc.lock            writers hold it shared, gc() exclusive (flock(2))
+    exports/           plain copies of approved models for tools outside loopml (loopml.exports)
 
 A write streams to ``tmp/``, fsyncs, renames the blob into place, then links the ref into place
 with a create-only ``link(2)``. A process killed at any point leaves at most a temp file or an
@@ -160,6 +161,21 @@ class LocalArtifactStore:
             f"object {key!r} already exists with different content (sha256 {existing.sha256[:12]}…, "
             f"new {sha[:12]}…); objects are immutable: write under a new key"
         )
+
+    def export(self, path: str, data: bytes) -> str:
+        """Write ``data`` as a plain file at ``<root>/exports/<path>`` (readable without loopml;
+        see :mod:`loopml.exports`), atomically. Returns its ``file://`` URI."""
+        target = self.root / "exports" / validate_key(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return target.as_uri()
 
     def delete(self, key: str) -> None:
         ref_path = self._ref_path(key)

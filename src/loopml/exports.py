@@ -1,0 +1,94 @@
+"""A readable export of each approved model version: ``exports/models/<name>/<version>/``.
+
+The store keeps objects by content (``objects/ab/ab12…`` plus small refs), which tools outside loopml
+cannot browse. Each approved version is therefore also written as plain files beside them, at a path
+anyone can read with the store's own client (``aws s3 cp -r``, a file browser), and that a model
+server can load:
+
+* ``model.pt2``: the loopml artifact (a torch.export archive with its signature inside);
+* ``MLmodel`` + ``requirements.txt``: an MLflow model with a ``pyfunc`` flavour whose loader reads
+  ``model.pt2`` (no pickle). ``mlflow.pyfunc.load_model("<folder>")`` and ``mlflow models serve``
+  work on it, and so does KServe with ``storageUri: s3://<bucket>/<prefix>/exports/models/<name>/<version>``
+  and ``modelFormat: mlflow`` (the runtime image needs ``loopml`` installed, as requirements.txt says);
+* ``model_card.md``, ``validation_report.html`` and ``loopml.json`` (ref, sha256, lineage).
+
+The export is written by the store's optional ``export`` verb; a store without it is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loopml.context import Workspace
+    from loopml.records import GateReport, ModelVersion
+
+ARTIFACT_FILE = "model.pt2"
+
+
+def export_path(model: ModelVersion) -> str:
+    return f"models/{model.name}/{model.version}"
+
+
+def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
+    """An MLflow ``MLmodel`` file, written without importing MLflow."""
+    import yaml
+
+    from loopml import __version__
+
+    inputs = [{"type": "any", "name": name, "required": True}
+              for name in (*signature.numeric, *signature.categorical)]
+    output = [{"type": "string" if signature.task == "multiclass" else "double", "name": "prediction",
+               "required": True}]
+    body = {
+        "artifact_path": export_path(model),
+        "flavors": {
+            "python_function": {"loader_module": "loopml_mlflow.pyfunc", "data": ARTIFACT_FILE,
+                                "python_version": platform.python_version(), "env": {"virtualenv": None}},
+            "loopml": {"artifact": ARTIFACT_FILE, "format": signature.format, "task": signature.task,
+                       "loopml_version": __version__},
+        },
+        "model_uuid": model.artifact_sha256[:32],
+        "utc_time_created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+        "signature": {"inputs": json.dumps(inputs), "outputs": json.dumps(output), "params": None},
+        "metadata": {"loopml_ref": model.ref, "loopml_sha256": model.artifact_sha256},
+    }
+    body["flavors"]["python_function"].pop("env")
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None = None) -> str | None:
+    """Write the readable export of ``model``; returns its folder's URI (None: the store has no
+    ``export`` verb). Idempotent: the same version always exports the same files."""
+    from loopml import __version__
+    from loopml.artifacts import Predictor
+
+    export = getattr(ws.store, "export", None)
+    if not callable(export):
+        return None
+    folder = export_path(model)
+    artifact = ws.store.get(model.artifact_key)
+    signature = Predictor.from_bytes(artifact).signature
+    files: dict[str, bytes] = {
+        ARTIFACT_FILE: artifact,
+        "MLmodel": mlmodel_yaml(model, signature).encode(),
+        "requirements.txt": f"loopml>={__version__}\ntorch\npandas\nmlflow\n".encode(),
+        "loopml.json": json.dumps({"ref": model.ref, "status": model.status, "sha256": model.artifact_sha256,
+                                   "run_id": model.run_id, "dataset_version": model.dataset_version,
+                                   "git_commit": model.git_commit, "lineage": model.lineage},
+                                  indent=2, sort_keys=True, default=str).encode(),
+    }
+    if report is not None:
+        from loopml.loop import model_card
+
+        files["model_card.md"] = model_card(model, report).encode()
+        key = model.lineage.get("validation_report")
+        if key and ws.store.exists(key):
+            files["validation_report.html"] = ws.store.get(key)
+    uri = ""
+    for name, data in files.items():
+        uri = export(f"{folder}/{name}", data)
+    return uri.rsplit("/", 1)[0]
