@@ -37,6 +37,17 @@ def test_kserve_inference_service_runs_loopml_serve_with_v2_probes() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 
+def test_kserve_mlflow_variant_points_at_loopmls_export_layout() -> None:
+    from types import SimpleNamespace
+
+    from loopml.exports import export_path
+
+    isvc = yaml.safe_load((ROOT / "deployments" / "kserve" / "inferenceservice-mlflow.yaml").read_text())
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "mlflow"
+    assert model["storageUri"].endswith("/exports/" + export_path(SimpleNamespace(name="churn", version=3)))
+
+
 def test_dockerfile_entrypoint_is_loopml_serve_as_a_non_root_user() -> None:
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
