@@ -124,3 +124,74 @@ def test_the_repo_is_a_feast_repo_that_feasts_own_cli_plans_applies_and_material
     ids = data.labels["customer_id"].head(20).tolist()
     online = make_store(tmp_path).online_features(VIEW.name, ids)  # loopml reads what Feast wrote
     assert online["monthly_charges"].notna().any()
+
+
+TEAM_REPO = '''
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64, String
+
+customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64)
+activity = FileSource(name="team_activity_source", path="{path}", timestamp_field="event_timestamp")
+team_activity = FeatureView(
+    name="team_activity", entities=[customer], ttl=timedelta(days=45), online=True, source=activity,
+    schema=[Field(name="customer_id", dtype=Int64), Field(name="tenure_months", dtype=Float64),
+            Field(name="monthly_charges", dtype=Float64), Field(name="support_calls", dtype=Float64),
+            Field(name="contract", dtype=String), Field(name="region", dtype=String)])
+churn_features = FeatureService(name="churn_features", features=[team_activity])
+'''
+
+
+def test_loopml_reads_through_a_feature_service_of_the_teams_own_feast_repo(tmp_path: Path) -> None:
+    """A team that already runs Feast points loopml at its repo and service: loopml trains and serves
+    from them, point in time, and never writes to the repo."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from loopml.backends.local_features import LocalFeatureStore
+    from loopml.errors import DataValidationError
+    from loopml_feast import FeastFeatureStore, FeastOptions
+
+    data = churn.generate(300, seed=6)
+    repo = tmp_path / "team-repo"
+    repo.mkdir()
+    frame = data.activity.copy()
+    for name in VIEW.numeric:
+        frame[name] = frame[name].astype("float64")
+    frame.to_parquet(repo / "activity.parquet", index=False)
+    (repo / "feature_store.yaml").write_text(
+        f"project: team\nprovider: local\nregistry: {repo / 'registry.db'}\n"
+        f"online_store: {{type: sqlite, path: {repo / 'online.db'}}}\noffline_store: {{type: file}}\n"
+        "entity_key_serialization_version: 3\n")
+    (repo / "definitions.py").write_text(TEAM_REPO.replace("{path}", str(repo / "activity.parquet")))
+    feast = shutil.which("feast", path=os.path.dirname(sys.executable)) or "feast"
+    applied = subprocess.run([feast, "apply"], cwd=repo, env={**os.environ, "FEAST_USAGE": "False"},
+                             capture_output=True, text=True, timeout=300)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.iterdir() if p.suffix in (".py", ".yaml")}
+
+    store = FeastFeatureStore(FeastOptions(feature_service="churn_features"), repo)
+    store.apply(VIEW, data.activity)  # checks the service has loopml's features; writes nothing
+    end = data.activity["event_timestamp"].max()
+    store.materialize(VIEW.name, end.to_pydatetime())
+    ids = data.labels["customer_id"].head(30).tolist()
+    entities = pd.DataFrame({"customer_id": ids, "as_of": [end] * len(ids)})
+    offline = store.historical_features(VIEW.name, entities, "as_of")
+    local = LocalFeatureStore(tmp_path / "local")
+    local.apply(VIEW, data.activity)
+    reference = local.historical_features(VIEW.name, entities, "as_of")  # the same point-in-time answer
+    for col in VIEW.numeric:
+        assert offline[col].astype(float).tolist() == pytest.approx(reference[col].astype(float).tolist(), nan_ok=True)
+    online = FeastFeatureStore(FeastOptions(feature_service="churn_features"), repo).online_features(VIEW.name, ids)
+    assert online["monthly_charges"].astype(float).tolist() == pytest.approx(
+        offline["monthly_charges"].astype(float).tolist(), nan_ok=True)
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.iterdir() if p.suffix in (".py", ".yaml")}
+    assert after == before and not (repo / f"loopml_{VIEW.name}.py").exists()  # the team's repo is untouched
+
+    wider = FeatureView(VIEW.name, VIEW.entity, VIEW.timestamp, (*VIEW.numeric, "arpu"), VIEW.categorical)
+    with pytest.raises(DataValidationError, match=r"churn_features.*lacks feature\(s\) \['arpu'\]"):
+        store.apply(wider, data.activity)

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from loopml.errors import DataValidationError
+from loopml.errors import ConfigError, DataValidationError
 from loopml.features import FeatureView as LoopmlView
 from loopml.plugins import hookimpl
 from loopml.specs import BackendSpec
@@ -39,6 +39,7 @@ class FeastOptions(BaseModel):
     project: str = "loopml"
     registry: str | None = None  # default: <repo_path>/registry.db; e.g. s3://bucket/feast/registry.db
     redis_connection_string: SecretStr | None = None  # e.g. "redis.internal:6379,password=…"; default: SQLite
+    feature_service: str | None = None  # use this service of the team's own repo at repo_path (read only)
 
 
 class FeastFeatureStore:
@@ -49,6 +50,16 @@ class FeastFeatureStore:
         from feast.repo_config import RepoConfig
 
         self.repo = repo_path.resolve()
+        self.options = options
+        self.views: dict[str, LoopmlView] = {}
+        if options.feature_service is not None:  # the team's repo: read it, never write to it
+            if not (self.repo / "feature_store.yaml").is_file():
+                raise ConfigError(f"feature_store.options.feature_service = {options.feature_service!r} reads "
+                                  f"an existing Feast repo, but {self.repo} has no feature_store.yaml; point "
+                                  "repo_path at your Feast repo")
+            self.store = FeatureStore(repo_path=str(self.repo))
+            self.config = self.store.config
+            return
         (self.repo / "data").mkdir(parents=True, exist_ok=True)
         if options.redis_connection_string is not None:
             online: dict[str, Any] = {"type": "redis",
@@ -64,7 +75,22 @@ class FeastFeatureStore:
         self._write_repo_config()
         self.views: dict[str, LoopmlView] = {}
 
+    def _service_refs(self) -> dict[str, str]:
+        """feature name -> ``view:feature`` reference, for every feature of the team's service."""
+        service = self.store.get_feature_service(self.options.feature_service)
+        return {f.name: f"{proj.name_to_use()}:{f.name}" for proj in service.feature_view_projections
+                for f in proj.features}
+
+    def _service_view(self, name: str) -> LoopmlView:
+        """A loopml view of the service, for a process that did not apply one (serving)."""
+        service = self.store.get_feature_service(self.options.feature_service)
+        first = self.store.get_feature_view(service.feature_view_projections[0].name)
+        entity = first.entity_columns[0].name
+        return LoopmlView(name, entity, "event_timestamp", tuple(self._service_refs()), ())
+
     def _view(self, name: str) -> LoopmlView:
+        if name not in self.views and self.options.feature_service is not None:
+            self.views[name] = self._service_view(name)
         if name not in self.views:
             fv = self.store.get_feature_view(name)  # raises if never applied
             tags = fv.tags
@@ -83,6 +109,17 @@ class FeastFeatureStore:
         from feast import Entity, Field, FileSource, ValueType
         from feast import FeatureView as FeastView
         from feast.types import Float64, Int64, String, UnixTimestamp
+
+        if self.options.feature_service is not None:  # the team applies its repo; loopml checks it
+            refs = self._service_refs()
+            missing = [f for f in view.features if f not in refs]
+            if missing:
+                raise DataValidationError(
+                    f"Feast feature service {self.options.feature_service!r} in {self.repo} lacks feature(s) "
+                    f"{missing} of loopml's view {view.name!r}; add them to the service or to "
+                    "[pipeline.features]", column=missing[0])
+            self.views[view.name] = view
+            return
 
         view.check_source(source)
         frame = source[[view.entity, view.timestamp, *view.features]].copy()
@@ -147,8 +184,18 @@ class FeastFeatureStore:
         original_ts = left[timestamp_column]
         request = left[[view.entity, "__loopml_row"]].copy()
         request["event_timestamp"] = pd.to_datetime(original_ts, utc=True)
-        refs = [f"{view_name}:{f}" for f in [*wanted, self.stamp(view)]]
-        joined = self.store.get_historical_features(entity_df=request, features=refs).to_df()
+        if self.options.feature_service is not None:
+            service_refs = self._service_refs()
+            refs = [service_refs[f] for f in wanted]
+        else:
+            refs = [f"{view_name}:{f}" for f in [*wanted, self.stamp(view)]]
+        joined = self.store.get_historical_features(entity_df=request, features=refs,
+                                                    full_feature_names=False).to_df()
+        if self.options.feature_service is not None:
+            # The team's views carry no loopml stamp: a row joined when Feast found any feature for
+            # it, as of the label time (Feast's own point-in-time join).
+            found = joined[wanted].notna().any(axis=1)
+            joined[self.stamp(view)] = joined["event_timestamp"].where(found)
         joined = joined.drop(columns=["event_timestamp", view.entity]).set_index("__loopml_row")
         # Feast may reorder rows (and drops some it cannot match): restore the caller's rows.
         joined = joined.reindex(range(len(left)))
@@ -162,6 +209,12 @@ class FeastFeatureStore:
         import pandas as pd
 
         view = self._view(view_name)
+        if self.options.feature_service is not None:
+            service = self.store.get_feature_service(self.options.feature_service)
+            start = end - (view.ttl or timedelta(days=365))
+            self.store.materialize(start_date=start, end_date=end,
+                                   feature_views=[p.name for p in service.feature_view_projections])
+            return 0  # the team's sources: loopml does not count their entities
         source = pd.read_parquet(self.repo / "data" / f"{view_name}.parquet", columns=[view.entity, view.timestamp])
         start = source[view.timestamp].min().to_pydatetime() - timedelta(seconds=1)
         if view.ttl is not None:  # rows older than the ttl are not served (as the offline join drops them)
@@ -174,8 +227,9 @@ class FeastFeatureStore:
     def online_features(self, view_name: str, entity_ids: Sequence[Any]) -> Any:
         view = self._view(view_name)
         rows = [{view.entity: _plain(e)} for e in entity_ids]
-        frame = self.store.get_online_features(features=[f"{view_name}:{f}" for f in view.features],
-                                               entity_rows=rows).to_df()
+        refs = ([self._service_refs()[f] for f in view.features] if self.options.feature_service is not None
+                else [f"{view_name}:{f}" for f in view.features])
+        frame = self.store.get_online_features(features=refs, entity_rows=rows, full_feature_names=False).to_df()
         return frame[[view.entity, *view.features]]
 
 

@@ -191,6 +191,8 @@ MEANINGS: dict[str, str] = {
     "FeastOptions.project": "Feast project name",
     "FeastOptions.registry": "Feast registry path or URI",
     "FeastOptions.redis_connection_string": "Redis online store (secret); default SQLite",
+    "FeastOptions.feature_service": ("read features through this service of the team's own Feast repo at "
+                                     "repo_path (loopml then never writes to the repo)"),
     "LocalFeatureStoreOptions.root": "folder of feature rows and the online SQLite file (default: home/features)",
     "LogMonitorOptions.path": "JSONL event log (default: home/monitoring/events.jsonl)",
     "SqliteRegistryOptions.path": "SQLite file (default: home/registry.db)",
