@@ -172,7 +172,11 @@ def test_loopml_reads_through_a_feature_service_of_the_teams_own_feast_repo(tmp_
     applied = subprocess.run([feast, "apply"], cwd=repo, env={**os.environ, "FEAST_USAGE": "False"},
                              capture_output=True, text=True, timeout=300)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.iterdir() if p.suffix in (".py", ".yaml")}
+    def repo_files() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.iterdir()
+                if p.suffix in (".py", ".yaml")}
+
+    before = repo_files()
 
     store = FeastFeatureStore(FeastOptions(feature_service="churn_features"), repo)
     store.apply(VIEW, data.activity)  # checks the service has loopml's features; writes nothing
@@ -185,12 +189,12 @@ def test_loopml_reads_through_a_feature_service_of_the_teams_own_feast_repo(tmp_
     local.apply(VIEW, data.activity)
     reference = local.historical_features(VIEW.name, entities, "as_of")  # the same point-in-time answer
     for col in VIEW.numeric:
-        assert offline[col].astype(float).tolist() == pytest.approx(reference[col].astype(float).tolist(), nan_ok=True)
+        assert offline[col].astype(float).tolist() == pytest.approx(reference[col].astype(float).tolist(),
+                                                                    nan_ok=True)
     online = FeastFeatureStore(FeastOptions(feature_service="churn_features"), repo).online_features(VIEW.name, ids)
     assert online["monthly_charges"].astype(float).tolist() == pytest.approx(
         offline["monthly_charges"].astype(float).tolist(), nan_ok=True)
-    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.iterdir() if p.suffix in (".py", ".yaml")}
-    assert after == before and not (repo / f"loopml_{VIEW.name}.py").exists()  # the team's repo is untouched
+    assert repo_files() == before and not (repo / f"loopml_{VIEW.name}.py").exists()  # the team's repo is untouched
 
     wider = FeatureView(VIEW.name, VIEW.entity, VIEW.timestamp, (*VIEW.numeric, "arpu"), VIEW.categorical)
     with pytest.raises(DataValidationError, match=r"churn_features.*lacks feature\(s\) \['arpu'\]"):
