@@ -125,3 +125,29 @@ def test_unknown_dataset_reference_lists_known_ones(catalog, tmp_path) -> None:
         catalog.get("ordrs")
     with pytest.raises(DatasetNotFoundError, match=r"matches no version"):
         catalog.get("orders@ffffffff")
+
+
+def test_re_ingesting_unchanged_files_is_one_hash_pass_and_writes_nothing(catalog, tmp_path, monkeypatch) -> None:
+    import loopml.datasets as datasets
+
+    path = _write(tmp_path, "orders.csv", CSV)
+    first, created = catalog.ingest("orders", path, columns=RULES)
+    assert created
+    stored = sorted((o.key, o.sha256) for o in catalog.store.list())
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("an unchanged source was parsed again")
+
+    monkeypatch.setattr(datasets, "_read_file", no_parsing)
+    moved = _write(tmp_path / "elsewhere", "copy.csv", CSV)  # the same bytes at another path match too
+    for source in (path, moved):
+        again, created = catalog.ingest("orders", source, columns=RULES)
+        assert not created and again.id == first.id
+    assert sorted((o.key, o.sha256) for o in catalog.store.list()) == stored  # nothing written
+    monkeypatch.undo()
+    # Other rules for the same bytes, or other bytes, are a real ingest again.
+    looser = tuple(r if r.name != "amount" else ColumnRule("amount", "float") for r in RULES)
+    assert catalog.ingest("orders", path, columns=looser)[0].id == first.id  # same rows: same version
+    _write(tmp_path, "orders.csv", CSV + "3,2024-01-03T00:00:00Z,1,a\n")
+    changed, created = catalog.ingest("orders", path, columns=RULES)
+    assert created and changed.id != first.id and changed.row_count == 3

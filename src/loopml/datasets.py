@@ -8,6 +8,9 @@ version is visible only when complete; a rejected input writes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import glob as globlib
 import hashlib
 import io
@@ -334,21 +337,28 @@ class DatasetCatalog:
 
         prefix = self._prefix(name)
         files = resolve_sources(source)
+        hashes = [_file_sha256(path) for path in files]  # one pass over the bytes, before any parsing
+        seen_key = f"{prefix}sources/{_source_key(hashes, columns)}.json"
+        if self.store.exists(seen_key):  # the same bytes under the same rules: that version, no parse
+            known = json.loads(self.store.get(seen_key))["id"]
+            with contextlib.suppress(DatasetNotFoundError):
+                return self._read_manifest(name, known), False
         frames, sources = [], []
         rules = columns
-        for path in files:
+        for path, sha in zip(files, hashes, strict=True):
             raw = _read_file(path)
             if rules is None:
                 rules = infer_rules(raw)
             frames.append(_validate_file(raw, rules, path))
-            sources.append({"path": str(path.resolve()), "rows": len(raw),
-                            "sha256": _file_sha256(path)})
+            sources.append({"path": str(path.resolve()), "rows": len(raw), "sha256": sha})
         assert rules is not None
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         data = canonical_parquet(frame, rules)
         version_id = hashlib.sha256(data).hexdigest()
         base = f"{prefix}{version_id}/"
+        remember = functools.partial(self._remember_source, seen_key, version_id)
         if self.store.exists(base + "manifest.json"):
+            remember()
             return self._read_manifest(name, version_id), False
         self.store.put(base + "data.parquet", data, metadata={"content-type": "application/parquet"})
         version = DatasetVersion(
@@ -363,8 +373,16 @@ class DatasetCatalog:
             self.store.put(base + "manifest.json", manifest,
                            metadata={"content-type": "application/json"})
         except ObjectExistsError:  # a concurrent ingest of the same rows won the race
+            remember()
             return self._read_manifest(name, version_id), False
+        remember()
         return version, True
+
+    def _remember_source(self, key: str, version_id: str) -> None:
+        """Source bytes + rules -> version: the next ingest of the same files is one hash pass.
+        Written after the manifest, so it only ever names a complete version."""
+        with contextlib.suppress(ObjectExistsError):
+            self.store.put(key, json.dumps({"id": version_id}).encode(), metadata={"content-type": "application/json"})
 
     def _read_manifest(self, name: str, version_id: str) -> DatasetVersion:
         key = f"{self._prefix(name)}{version_id}/manifest.json"
@@ -416,6 +434,17 @@ class DatasetCatalog:
     def iter_all(self) -> Iterator[DatasetVersion]:
         for name in self.names():
             yield from self.versions(name)
+
+
+SOURCE_KEY_FORMAT = "loopml.sources/1"
+
+
+def _source_key(file_hashes: list[str], rules: tuple[ColumnRule, ...] | None) -> str:
+    """What makes a version from files: their bytes in order, and the declared rules (None: inferred
+    from the bytes, so the bytes decide). Paths are left out: the same files elsewhere match."""
+    body = {"format": SOURCE_KEY_FORMAT, "files": file_hashes,
+            "rules": None if rules is None else [dataclasses.asdict(r) for r in rules]}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=list).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
