@@ -110,3 +110,37 @@ def mlflow_server(tmp: Path) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL 15 on 127.0.0.1 in a temp cluster; yields a SQLAlchemy URL of database ``loopml``.
+
+    PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user (Debian's binaries
+    in /usr/lib/postgresql/15/bin); its folder lives under /tmp where that user can write."""
+    import glob
+    import tempfile
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: `apt-get install postgresql` (15 is used in CI)")
+    bin_dir = Path(found[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="loopml-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
+                    "-t", "120", "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "start"], check=True, capture_output=True, timeout=180)
+    try:
+        subprocess.run([*as_user, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "loopml"], check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/loopml"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)

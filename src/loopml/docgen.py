@@ -191,6 +191,9 @@ MEANINGS: dict[str, str] = {
     "FeastOptions.project": "Feast project name",
     "FeastOptions.registry": "Feast registry path or URI",
     "FeastOptions.redis_connection_string": "Redis online store (secret); default SQLite",
+    "PostgresRegistryOptions.url": "postgresql+psycopg://user:password@host:5432/db (a secret)",
+    "PostgresRegistryOptions.pool_size": "connections kept open per process",
+    "PostgresRegistryOptions.connect_timeout": "seconds to wait for a connection",
     "FeastOptions.feature_service": ("read features through this service of the team's own Feast repo at "
                                      "repo_path (loopml then never writes to the repo)"),
     "LocalFeatureStoreOptions.root": "folder of feature rows and the online SQLite file (default: home/features)",

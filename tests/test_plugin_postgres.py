@@ -1,0 +1,121 @@
+"""The PostgreSQL registry against a real PostgreSQL 15 started here: the registry contract, and the
+many-process promotion race."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import postgres_server
+
+from loopml.testing import RegistrySuite
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+def fresh_database(url: str) -> str:
+    """A database of its own per test: the suite expects an empty registry."""
+    from sqlalchemy import create_engine
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+class TestPostgresRegistry(RegistrySuite):
+    @pytest.fixture
+    def registry(self, postgres):
+        from loopml_postgres import PostgresRegistry
+
+        return PostgresRegistry(fresh_database(postgres))
+
+
+def test_history_is_append_only_in_the_database_itself(postgres) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from loopml_postgres import PostgresRegistry
+
+    registry = PostgresRegistry(fresh_database(postgres))
+    registry.register("churn", artifact_key="m/1", artifact_sha256="a" * 64, actor="t")
+    for sql in ("UPDATE history SET reason = 'rewritten'", "DELETE FROM history"):
+        with pytest.raises(DBAPIError, match="append-only"), registry.engine.begin() as conn:
+            conn.execute(text(sql))
+    assert [e.action for e in registry.history("churn")] == ["register"]
+
+
+def test_the_backend_is_selected_by_config_and_the_url_is_a_secret(postgres, tmp_path: Path, capsys) -> None:
+    from loopml.cli import main
+
+    database = fresh_database(postgres)
+    (tmp_path / "loopml.toml").write_text(f'[registry]\nbackend = "postgres"\n[registry.options]\nurl = "{database}"\n')
+    assert main(["models", "list", "--json", "--config", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["config", "--json", "--config", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert database not in shown and "**********" in shown
+
+
+PROMOTER = r"""
+import json, os, sys, time
+from loopml_postgres import PostgresRegistry
+from loopml.errors import StaleAliasError, ModelNotFoundError
+
+def barrier(folder, name, me, parties):
+    open(os.path.join(folder, f"{name}.{me}"), "w").close()
+    while sum(1 for f in os.listdir(folder) if f.startswith(name + ".")) < parties:
+        time.sleep(0.005)
+
+url, worker, rounds, parties, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+reg = PostgresRegistry(url)
+won = stale = 0
+for i in range(rounds):
+    mine = reg.register("churn", artifact_key=f"m/{worker}/{i}", artifact_sha256="b" * 64, actor=worker).version
+    try:
+        current = reg.get("churn", alias="production").version
+    except ModelNotFoundError:
+        current = None
+    barrier(folder, f"read{i}", worker, parties)
+    try:
+        reg.set_alias("churn", "production", mine, expected=current, actor=worker, reason="race")
+        won += 1
+    except StaleAliasError:
+        stale += 1
+    barrier(folder, f"wrote{i}", worker, parties)
+print(json.dumps({"won": won, "stale": stale}))
+"""
+
+
+def test_parallel_promoters_on_postgres_keep_one_winner_per_round(postgres, tmp_path: Path) -> None:
+    from loopml_postgres import PostgresRegistry
+
+    url = fresh_database(postgres)
+    PostgresRegistry(url)  # migrate once
+    barriers = tmp_path / "barriers"
+    barriers.mkdir()
+    parties, rounds = 6, 10
+    workers = [subprocess.Popen([sys.executable, "-c", PROMOTER, url, f"w{i}", str(rounds), str(parties),
+                                 str(barriers)], stdout=subprocess.PIPE, text=True) for i in range(parties)]
+    results = [json.loads(w.communicate(timeout=300)[0]) for w in workers]
+    assert sum(r["won"] for r in results) == rounds and sum(r["stale"] for r in results) == rounds * (parties - 1)
+    registry = PostgresRegistry(url)
+    assert [v.version for v in registry.list_versions("churn")] == list(range(1, rounds * parties + 1))
+    promotions = [e for e in registry.history("churn") if e.action == "promote"]
+    for before, after in itertools.pairwise(promotions):  # linearizable: no lost update
+        assert after.from_version == before.to_version
+    assert registry.get("churn", alias="production").version == promotions[-1].to_version
