@@ -337,7 +337,7 @@ class RegistryMirror:
         self.client.set_registered_model_alias(self._name(event.name), event.alias, target.version)
 
 
-_mirrors: dict[tuple[str, str], RegistryMirror] = {}
+_mirrors: dict[tuple[str, str], RegistryMirror] = {}  # (options, home) -> mirror: one client per project
 
 
 def _mirror_for(context: Any) -> RegistryMirror | None:
@@ -347,12 +347,12 @@ def _mirror_for(context: Any) -> RegistryMirror | None:
     options = MlflowOptions.model_validate(context.config.trackers["mlflow"] or {})
     if not options.mirror_registry:
         return None
-    from loopml.context import BackendContext
+    key = (options.model_dump_json(), str(context.home))
+    if key not in _mirrors:  # build the tracker (an MlflowClient) once, not on every hook call
+        from loopml.context import BackendContext
 
-    tracker = _factory(options, BackendContext(context.project, context.root, context.home))
-    key = (tracker.tracking_uri, options.experiment_prefix)
-    if key not in _mirrors:
-        _mirrors[key] = RegistryMirror(tracker)
+        _mirrors[key] = RegistryMirror(_factory(options, BackendContext(context.project, context.root,
+                                                                         context.home)))
     return _mirrors[key]
 
 
