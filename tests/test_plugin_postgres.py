@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from race import race_promoters
 from servers import postgres_server
 
 from loopml.testing import RegistrySuite
@@ -71,47 +70,13 @@ def test_the_backend_is_selected_by_config_and_the_url_is_a_secret(postgres, tmp
     assert database not in shown and "**********" in shown
 
 
-PROMOTER = r"""
-import json, os, sys, time
-from loopml_postgres import PostgresRegistry
-from loopml.errors import StaleAliasError, ModelNotFoundError
-
-def barrier(folder, name, me, parties):
-    open(os.path.join(folder, f"{name}.{me}"), "w").close()
-    while sum(1 for f in os.listdir(folder) if f.startswith(name + ".")) < parties:
-        time.sleep(0.005)
-
-url, worker, rounds, parties, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-reg = PostgresRegistry(url)
-won = stale = 0
-for i in range(rounds):
-    mine = reg.register("churn", artifact_key=f"m/{worker}/{i}", artifact_sha256="b" * 64, actor=worker).version
-    try:
-        current = reg.get("churn", alias="production").version
-    except ModelNotFoundError:
-        current = None
-    barrier(folder, f"read{i}", worker, parties)
-    try:
-        reg.set_alias("churn", "production", mine, expected=current, actor=worker, reason="race")
-        won += 1
-    except StaleAliasError:
-        stale += 1
-    barrier(folder, f"wrote{i}", worker, parties)
-print(json.dumps({"won": won, "stale": stale}))
-"""
-
-
 def test_parallel_promoters_on_postgres_keep_one_winner_per_round(postgres, tmp_path: Path) -> None:
     from loopml_postgres import PostgresRegistry
 
     url = fresh_database(postgres)
     PostgresRegistry(url)  # migrate once
-    barriers = tmp_path / "barriers"
-    barriers.mkdir()
     parties, rounds = 6, 10
-    workers = [subprocess.Popen([sys.executable, "-c", PROMOTER, url, f"w{i}", str(rounds), str(parties),
-                                 str(barriers)], stdout=subprocess.PIPE, text=True) for i in range(parties)]
-    results = [json.loads(w.communicate(timeout=300)[0]) for w in workers]
+    results = race_promoters(url, tmp_path / "barriers", parties, rounds)
     assert sum(r["won"] for r in results) == rounds and sum(r["stale"] for r in results) == rounds * (parties - 1)
     registry = PostgresRegistry(url)
     assert [v.version for v in registry.list_versions("churn")] == list(range(1, rounds * parties + 1))
