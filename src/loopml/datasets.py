@@ -15,6 +15,7 @@ import glob as globlib
 import hashlib
 import io
 import json
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -166,7 +167,7 @@ def _coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
                             "declare the column as type 'string' (ids, codes) or 'float' (quantities)")
             values = values.astype("Int64")
         else:
-            values = values.astype("float64")
+            values = _exact_floats(raw, present, values)
     elif rule.type == "bool":
         mapping = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
         if raw.dtype == bool:
@@ -195,10 +196,12 @@ def _coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
         raise _fail(path, rule.name, i, raw.iloc[i], "value is missing but the column is not nullable",
                     "fill it in or declare nullable = true")
     if rule.min is not None or rule.max is not None:
-        numeric = values.astype("float64")
-        low = numeric < rule.min if rule.min is not None else numeric != numeric
-        high = numeric > rule.max if rule.max is not None else numeric != numeric
-        out = (low | high).fillna(False).to_numpy(dtype=bool)
+        numeric = values.astype("float64")  # missing values are never out of bounds
+        out = np.zeros(len(numeric), dtype=bool)
+        if rule.min is not None:
+            out |= (numeric < rule.min).fillna(False).to_numpy(dtype=bool)
+        if rule.max is not None:
+            out |= (numeric > rule.max).fillna(False).to_numpy(dtype=bool)
         if out.any():
             i = int(np.argmax(out))
             raise _fail(path, rule.name, i, raw.iloc[i],
@@ -210,6 +213,17 @@ def _coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
             raise _fail(path, rule.name, i, raw.iloc[i],
                         f"value is not one of {list(rule.allowed)}", "fix the value or extend 'allowed'")
     return values
+
+
+def _exact_floats(raw: pd.Series, present: pd.Series, parsed: pd.Series) -> pd.Series:
+    """Text parsed again with Python's ``float()``, which rounds correctly, as Arrow's CSV reader
+    does (``pd.to_numeric`` can be off in the last bit), so both ingest paths store the same floats."""
+    if raw.dtype != object:
+        return parsed.astype("float64")
+    try:
+        return raw.where(present).astype("float64")
+    except (TypeError, ValueError):
+        return parsed.astype("float64")
 
 
 def infer_rules(frame: pd.DataFrame) -> tuple[ColumnRule, ...]:
@@ -277,14 +291,17 @@ def _arrow_schema(rules: tuple[ColumnRule, ...]) -> pa.Schema:
 
 
 def canonical_parquet(frame: pd.DataFrame, rules: tuple[ColumnRule, ...]) -> bytes:
-    """Deterministic Parquet bytes for validated rows (same rows, same bytes)."""
+    """Deterministic Parquet bytes for validated rows (same rows, same bytes as a streamed ingest)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from loopml import canonical
 
     table = pa.Table.from_pandas(frame.reset_index(drop=True), schema=_arrow_schema(rules),
                                  preserve_index=False).replace_schema_metadata(None)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=False)
+    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=False,
+                   row_group_size=canonical.ROW_GROUP)
     return buf.getvalue()
 
 
@@ -311,6 +328,47 @@ def profile_frame(frame: pd.DataFrame, rules: tuple[ColumnRule, ...]) -> dict[st
     return profile
 
 
+def _write_streamed(files: list[Path], rules: tuple[ColumnRule, ...], out: Path) -> tuple[list[int], str]:
+    """Every file into one canonical Parquet at ``out``: CSVs streamed when Arrow can take them as
+    they stand, any other file (and any CSV the fast path gives up on) through the reference path.
+    Returns (rows per file, sha256 of the Parquet = the version id)."""
+    from loopml import canonical
+
+    schema = _arrow_schema(rules)
+    reference_path: set[Path] = {f for f in files if SUFFIXES[f.suffix.lower()] != "csv"}
+
+    def batches(path: Path) -> Iterator[pa.RecordBatch]:
+        if path in reference_path:
+            yield from canonical.frame_batches(_validate_file(_read_file(path), rules, path), schema)
+            return
+        try:
+            yield from canonical.csv_batches(path, rules, schema)
+        except canonical.NotFastPath:
+            reference_path.add(path)  # start again, this file on the reference path
+            raise
+
+    while True:
+        try:
+            return canonical.write_canonical([functools.partial(batches, f) for f in files], out, schema)
+        except canonical.NotFastPath:
+            continue
+
+
+def profile_parquet(path: Path, rules: tuple[ColumnRule, ...]) -> dict[str, dict[str, Any]]:
+    """``profile_frame`` of a written version, one column in memory at a time."""
+    import pyarrow.parquet as pq
+
+    dtypes = {"int": "Int64", "bool": "boolean", "string": "string", "category": "string"}
+    profile: dict[str, dict[str, Any]] = {}
+    parquet = pq.ParquetFile(path)
+    for rule in rules:
+        column = parquet.read(columns=[rule.name]).to_pandas()
+        if rule.type in dtypes:
+            column = column.astype({rule.name: dtypes[rule.type]})
+        profile.update(profile_frame(column, (rule,)))
+    return profile
+
+
 # ---------------------------------------------------------------------- the catalogue
 class DatasetCatalog:
     """Dataset versions kept in an artifact store under ``datasets/<name>/<id>/``."""
@@ -333,7 +391,6 @@ class DatasetCatalog:
         columns: tuple[ColumnRule, ...] | None = None,
     ) -> tuple[DatasetVersion, bool]:
         """Validate and store ``source`` as a version of ``name``. Returns (version, created)."""
-        import pandas as pd
 
         prefix = self._prefix(name)
         files = resolve_sources(source)
@@ -343,31 +400,29 @@ class DatasetCatalog:
             known = json.loads(self.store.get(seen_key))["id"]
             with contextlib.suppress(DatasetNotFoundError):
                 return self._read_manifest(name, known), False
-        frames, sources = [], []
         rules = columns
-        for path, sha in zip(files, hashes, strict=True):
-            raw = _read_file(path)
-            if rules is None:
-                rules = infer_rules(raw)
-            frames.append(_validate_file(raw, rules, path))
-            sources.append({"path": str(path.resolve()), "rows": len(raw), "sha256": sha})
-        assert rules is not None
-        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        data = canonical_parquet(frame, rules)
-        version_id = hashlib.sha256(data).hexdigest()
-        base = f"{prefix}{version_id}/"
-        remember = functools.partial(self._remember_source, seen_key, version_id)
-        if self.store.exists(base + "manifest.json"):
-            remember()
-            return self._read_manifest(name, version_id), False
-        self.store.put(base + "data.parquet", data, metadata={"content-type": "application/parquet"})
-        version = DatasetVersion(
-            name=name, id=version_id, row_count=len(frame),
-            columns=tuple(ColumnSchema(r.name, r.type, r.nullable) for r in rules),
-            profile=profile_frame(frame, rules),
-            source={"files": sources, "given": str(source)},
-            created_at=datetime.now(UTC), data_key=base + "data.parquet",
-        )
+        if rules is None:  # no declared schema: the first file's values decide the types
+            first = _read_file(files[0])
+            rules = infer_rules(first)
+            del first
+        with tempfile.TemporaryDirectory(prefix="loopml-ingest-") as tmp:
+            out = Path(tmp) / "data.parquet"
+            counts, version_id = _write_streamed(files, rules, out)
+            sources = [{"path": str(path.resolve()), "rows": rows, "sha256": sha}
+                       for path, rows, sha in zip(files, counts, hashes, strict=True)]
+            base = f"{prefix}{version_id}/"
+            remember = functools.partial(self._remember_source, seen_key, version_id)
+            if self.store.exists(base + "manifest.json"):
+                remember()
+                return self._read_manifest(name, version_id), False
+            self.store.put(base + "data.parquet", out, metadata={"content-type": "application/parquet"})
+            version = DatasetVersion(
+                name=name, id=version_id, row_count=sum(counts),
+                columns=tuple(ColumnSchema(r.name, r.type, r.nullable) for r in rules),
+                profile=profile_parquet(out, rules),
+                source={"files": sources, "given": str(source)},
+                created_at=datetime.now(UTC), data_key=base + "data.parquet",
+            )
         manifest = _manifest_json(version, rules)
         try:
             self.store.put(base + "manifest.json", manifest,

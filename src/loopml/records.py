@@ -203,6 +203,7 @@ class FeatureDrift:
     n_current: int
     missing_reference: float = 0.0  # share of missing values in each window
     missing_current: float = 0.0
+    statistic_error: float = 0.0  # from sketches: the exact statistic is in [statistic, statistic + this]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""Mergeable drift sketches: partitions merge exactly, the KS statistic stays within its stated
+bound of the exact one, and a large check flags the same features as the exact path."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loopml import sketches
+from loopml.drift import detect_drift, drift_from_sketches, ks_two_sample
+from loopml.sketches import SketchMismatchError, WindowSketch
+
+
+def columns(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    with_gaps = rng.normal(shift, 1, n)
+    with_gaps[rng.random(n) < 0.05] = np.nan
+    with_inf = rng.normal(0, 1, n)
+    with_inf[:3] = np.inf
+    with_inf[3:5] = -np.inf
+    return {"normal": rng.normal(shift, 1, n), "lognormal": rng.lognormal(shift, 1, n),
+            "cauchy": rng.standard_cauchy(n) + shift, "poisson": rng.poisson(2 + shift, n).astype(float),
+            "with_gaps": with_gaps, "with_inf": with_inf}
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.02, 0.3])
+def test_ks_from_sketches_brackets_the_exact_statistic(shift: float) -> None:
+    rng = np.random.default_rng(7)
+    ref, cur = columns(rng, 50_000), columns(rng, 30_000, shift)
+    for name in ref:
+        r = sketches.sketch_numeric(ref[name])
+        c = sketches.sketch_numeric(cur[name], r.edges)
+        d, bound = sketches.ks_statistic(r, c)
+        exact, _ = ks_two_sample(ref[name], cur[name])
+        assert d - 1e-12 <= exact <= d + bound + 1e-12, (name, d, bound, exact)
+        assert bound <= 2.0 / sketches.EDGES, name
+        if name == "poisson":  # fewer distinct values than edges: exact
+            assert bound == 0.0 and d == pytest.approx(exact, abs=1e-12)
+
+
+def test_partitions_merge_to_the_sketch_of_the_whole_window() -> None:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(columns(rng, 40_000)).assign(k=rng.choice(["a", "b", None], 40_000))
+    numeric = ["normal", "cauchy", "with_gaps", "with_inf"]
+    reference = sketches.sketch_frame(frame.iloc[:10_000], numeric=numeric, categorical=["k"])
+    whole = sketches.sketch_frame(frame, numeric=numeric, categorical=["k"], edges=reference.edges)
+    cuts = [0, 1, 777, 12_000, 12_001, 39_999, 40_000]
+    parts = [sketches.sketch_frame(frame.iloc[a:b], numeric=numeric, categorical=["k"], edges=reference.edges)
+             for a, b in itertools.pairwise(cuts)]
+    merged = sketches.merge_all(parts)
+    assert merged.rows == whole.rows == 40_000
+    for name in numeric:
+        assert np.array_equal(merged.numeric[name].below, whole.numeric[name].below)
+        assert np.array_equal(merged.numeric[name].at_or_below, whole.numeric[name].at_or_below)
+        assert merged.numeric[name].missing == whole.numeric[name].missing
+    assert merged.categorical["k"].counts == whole.categorical["k"].counts
+    assert whole.categorical["k"].counts["(missing)"] == int(frame["k"].isna().sum())
+    one = drift_from_sketches(reference, whole, alpha=0.01, min_samples=100)
+    many = drift_from_sketches(reference, merged, alpha=0.01, min_samples=100)
+    assert one == many
+
+
+def test_a_large_check_flags_the_same_features_as_the_exact_path() -> None:
+    rng = np.random.default_rng(11)
+    n = 60_000
+    shifts = {f"f{i}": (0.05 if i % 5 == 0 else 0.0) for i in range(30)}  # 6 drift, 24 do not
+    reference = pd.DataFrame({k: rng.normal(0, 1, n) for k in shifts}).assign(k=rng.choice(list("xyz"), n))
+    current = pd.DataFrame({k: rng.normal(s, 1, n) for k, s in shifts.items()}).assign(
+        k=rng.choice(list("xyz"), n, p=[0.3, 0.3, 0.4]))
+    kwargs = dict(numeric=list(shifts), categorical=["k"], alpha=0.01, min_samples=100)
+    exact = detect_drift(reference, current, **kwargs)
+    sketched = detect_drift(reference, current, exact_up_to=0, **kwargs)
+    assert exact.drifted_features == sketched.drifted_features == (*[k for k, s in shifts.items() if s], "k")
+    for e, s in zip(exact.features, sketched.features, strict=True):
+        assert s.statistic <= e.statistic + 1e-12 <= s.statistic + s.statistic_error + 2e-12
+        if e.kind == "categorical":
+            assert (s.statistic, s.p_value) == (e.statistic, e.p_value)
+
+
+def test_sketches_round_trip_without_pickle_and_refuse_mismatched_edges(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"x": rng.normal(0, 1, 5000), "k": rng.choice(["a", "ü", None], 5000)})
+    sketch = sketches.sketch_frame(frame, numeric=["x"], categorical=["k"])
+    back = WindowSketch.from_bytes(sketch.to_bytes())
+    assert back.rows == 5000 and back.categorical == sketch.categorical
+    assert np.array_equal(back.numeric["x"].edges, sketch.numeric["x"].edges)
+    assert np.array_equal(back.numeric["x"].at_or_below, sketch.numeric["x"].at_or_below)
+    other = sketches.sketch_frame(frame.iloc[:100], numeric=["x"], categorical=["k"])  # its own edges
+    with pytest.raises(SketchMismatchError, match="edges"):
+        sketch.merge(other)
+    with pytest.raises(SketchMismatchError, match="different features"):
+        sketch.merge(sketches.sketch_frame(frame, numeric=[], categorical=["k"]))
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, header=np.array([{"format": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickle"):
+        WindowSketch.from_bytes(evil.read_bytes())
