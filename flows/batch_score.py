@@ -1,19 +1,24 @@
-"""Batch score: a dataset version scored by a registered model, in partitions run as concurrent tasks."""
+"""Batch score: a dataset version scored by a registered model, in partitions run as concurrent tasks.
+
+``batch_score`` runs the partitions on Prefect's thread pool; ``batch_score_on_dask`` is the same flow
+on a Dask cluster (``loopml.compute.dask_task_runner``: ``LOOPML_DASK_ADDRESS``, or a local cluster).
+"""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
 from flows.common import TASK_DEFAULTS, label_run, on_failure, workspace
-from loopml import batch, loop
-from loopml.artifacts import Predictor
+from loopml import batch, compute, loop
 from loopml.records import DatasetVersion
 
 
 @task(**TASK_DEFAULTS)
-def score_part(predictor: Predictor, rows, index: int) -> list:
+def score_part(artifact: bytes, rows, index: int) -> list:
+    """Score one partition. Takes the artifact's bytes (loopml's own format, no pickle), so the task
+    ships to another process or machine as it is."""
     get_run_logger().info("partition %d: %d rows", index, len(rows))
-    return batch.score_partition(predictor, rows)
+    return batch.score_partition(batch.predictor_of(artifact), rows)
 
 
 @flow(name="loopml-batch-score", on_failure=on_failure("batch-score"))
@@ -28,11 +33,21 @@ def batch_score(dataset: str, model: str | None = None, as_of: str | None = None
     version = batch.resolve_model(ws, name, model)
     label_run(ws, f"batch-score-{name}-v{version.version}", model=name, version=f"v{version.version}")
     rows = batch.scoring_rows(ws, ws.datasets.get(dataset), as_of)
-    predictor = Predictor.from_bytes(loop.artifact_file(ws, version).read_bytes())
+    artifact = loop.artifact_file(ws, version).read_bytes()
     parts = batch.partitions_of(rows, partitions)
-    futures = [score_part.submit(predictor, part, i) for i, part in enumerate(parts)]
+    futures = [score_part.submit(artifact, part, i) for i, part in enumerate(parts)]
     predictions = [p for future in futures for p in future.result()]
     result, created = batch.write_scores(ws, version, rows, predictions)
     logger.info("scored %d rows of %s with %s in %d partitions: %s (%s)", len(rows), dataset, version.ref,
                 len(parts), result.ref, "new version" if created else "same as before")
     return result
+
+
+def _on_dask():  # the dask extra is optional: without it this entry point is simply absent
+    try:
+        return batch_score.with_options(name="loopml-batch-score-dask", task_runner=compute.dask_task_runner())
+    except ImportError:
+        return None
+
+
+batch_score_on_dask = _on_dask()

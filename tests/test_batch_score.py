@@ -70,3 +70,27 @@ def test_the_flow_scores_in_partitions_as_concurrent_tasks(scored_project, monke
     with prefect_test_harness(server_startup_timeout=120):
         result = batch_score(dataset=dataset, as_of="as_of", partitions=4, config=str(config), profile="ci")
     assert result.id == expected.id
+
+
+def test_the_flow_on_a_dask_cluster_gives_the_same_version(scored_project, monkeypatch) -> None:
+    """prefect-dask's task runner on a LocalCluster of 2 worker processes: partitions scored in other
+    processes, the same bytes as one partition in this one."""
+    pytest.importorskip("prefect_dask")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.batch_score import batch_score_on_dask
+
+    config, _ = scored_project
+    ws = Workspace.open(config, profile="ci")
+    labels = pd.read_csv(config.parent / "data" / "labels.csv")
+    assert len(labels) > 2 * batch.BLOCK  # at least 3 blocks, so 3 partitions really split the rows
+    everyone = labels[["customer_id"]].assign(as_of=labels["label_timestamp"])
+    everyone.to_csv(config.parent / "everyone.csv", index=False)
+    ws.datasets.ingest("everyone", config.parent / "everyone.csv")
+    expected, _, _ = batch.score_dataset(ws, "everyone@latest", as_of="as_of", partitions=1)
+    monkeypatch.setenv("LOOPML_DASK_WORKERS", "2")
+    monkeypatch.delenv("LOOPML_DASK_ADDRESS", raising=False)
+    with prefect_test_harness(server_startup_timeout=120):
+        result = batch_score_on_dask(dataset="everyone@latest", as_of="as_of", partitions=3,
+                                     config=str(config), profile="ci")
+    assert result.id == expected.id

@@ -11,7 +11,9 @@ model is the same version.
 
 from __future__ import annotations
 
+import functools
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +71,23 @@ def partitions_of(rows: pd.DataFrame, n: int) -> list[pd.DataFrame]:
     blocks = -(-len(rows) // BLOCK)
     size = -(-blocks // n) * BLOCK
     return [rows.iloc[i:i + size] for i in range(0, len(rows), size)]
+
+
+_LOADING = threading.Lock()
+
+
+def predictor_of(artifact: bytes) -> Any:
+    """The predictor in an artifact, loaded once per process (a worker scores many partitions).
+    Loads one at a time: torch.export's deserializer is not thread-safe."""
+    with _LOADING:
+        return _load_predictor(artifact)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_predictor(artifact: bytes) -> Any:
+    from loopml.artifacts import Predictor
+
+    return Predictor.from_bytes(artifact)
 
 
 def score_partition(predictor: Any, rows: pd.DataFrame) -> list[Any]:

@@ -137,17 +137,17 @@ def detect_drift(
 ) -> DriftReport:
     """Drift of ``current`` against ``reference``, feature by feature, Holm-corrected.
 
-    Up to ``exact_up_to`` rows in both windows the tests run on the raw values. Above it (or given
-    a cached ``reference_sketch``) both windows are sketched (:mod:`loopml.sketches`) and the same
-    tests run on the sketches: categorical and missing-value tests are identical, and each KS
-    statistic comes with its ``statistic_error`` bound (about 1/4,096 at most)."""
+    Up to ``exact_up_to`` rows in both windows the tests run on the raw values. Above it (or with
+    an empty ``reference`` frame and a stored ``reference_sketch``) both windows are sketched
+    (:mod:`loopml.sketches`) and the same tests run on the sketches: categorical and missing-value
+    tests are identical, and each KS statistic comes with its ``statistic_error`` bound (about 1/4,096 at most)."""
     from loopml import sketches
 
     n_cur, n_ref = len(current), len(reference)
     missing = [c for c in (*numeric, *categorical) if c not in current.columns]
     if missing and n_cur:
         raise DataValidationError(f"current window lacks feature column(s) {missing}", column=missing[0])
-    if reference_sketch is None and n_ref + n_cur <= exact_up_to:
+    if n_ref and n_ref + n_cur <= exact_up_to:  # small enough: raw values (a given sketch is not needed)
         reference_sketch = current_sketch = None
     else:
         if reference_sketch is None:
