@@ -190,7 +190,10 @@ class Workspace:
 
     @functools.cached_property
     def serving(self) -> ServingBackend:
-        return self._build(self.selected["serving"])  # type: ignore[arg-type]
+        backend = self._build(self.selected["serving"])
+        if shares_state(self) and hasattr(backend, "log_sink"):  # in-process server: segments to the store
+            backend.log_sink = self.store
+        return backend  # type: ignore[return-value]
 
     @functools.cached_property
     def trackers(self) -> list[Tracker]:
@@ -241,3 +244,10 @@ class Workspace:
                 continue
             out[key] = [one(v) for v in value] if isinstance(value, list) else one(value)
         return out
+
+
+def shares_state(ws: Workspace) -> bool:
+    """True when the serving backend uploads its prediction log (``log_to_store``): then monitors
+    read the log, and keep their cursor and alert state, in the artifact store, not on local disk."""
+    options = getattr(ws.selected.get("serving"), "options", None)
+    return bool(getattr(options, "log_to_store", False))

@@ -467,6 +467,7 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
     """
     import pandas as pd
 
+    from loopml.context import shares_state
     from loopml.predlog import LogCursor, read_since
 
     flush = getattr(ws.serving, "flush_log", None)
@@ -474,7 +475,9 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
         flush()
     root = Path(ws.serving.prediction_log_dir)
     cursor_file = ws.context.home / "monitoring" / f"{model_name}.log-cursor.json"
-    if since is None:
+    if shares_state(ws):
+        records = _records_from_store(ws, model_name, since)
+    elif since is None:
         cursor = LogCursor.from_json(cursor_file.read_text()) if cursor_file.is_file() else LogCursor()
         records, moved = read_since(root, model_name, cursor)
         cursor_file.parent.mkdir(parents=True, exist_ok=True)
@@ -495,6 +498,36 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
                                   for r in records),
                             tuple(float(r.get("latency_ms", 0.0)) for r in records),
                             tuple(int(r["version"]) for r in records), tuple(records))
+
+
+LOG_HORIZON_DAYS = 7  # uploaded segments older than this are neither read nor remembered by the cursor
+
+
+def _records_from_store(ws: Workspace, model_name: str, since: float | None) -> list[dict[str, Any]]:
+    """Records of uploaded log segments. Without ``since``: the segments no monitor has read yet,
+    claimed through a shared cursor in the store (compare-and-set), so two monitors on two machines
+    never read the same segment twice and neither misses one."""
+    from datetime import timedelta
+
+    from loopml.predlog import read_store_segments, segment_day, store_segments
+    from loopml.shared_state import SharedState, StateConflictError
+
+    if since is not None:
+        return read_store_segments(ws.store, store_segments(ws.store, model_name), since=since)
+    horizon = (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
+    state = SharedState(ws.store, f"monitoring/{model_name}/log-cursor")
+    for _ in range(20):
+        current = state.read()
+        read = {k for k in current.value.get("segments", []) if segment_day(k) >= horizon}
+        new = [k for k in store_segments(ws.store, model_name) if k not in read and segment_day(k) >= horizon]
+        if not new:
+            return []
+        try:
+            state.write(current.version, {"segments": sorted(read | set(new))})
+        except StateConflictError:  # another monitor claimed segments first: look again
+            continue
+        return read_store_segments(ws.store, new)
+    raise StateConflictError(f"could not claim prediction log segments of {model_name}: the cursor kept moving")
 
 
 def _well_formed(record: Mapping[str, Any]) -> bool:
@@ -563,22 +596,58 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
     if not report.drift_detected:
         return report, key, False
     now = time.time() if now is None else now
-    state_file = ws.context.home / "monitoring" / f"{cfg.model_name}.last-drift-alert.json"
-    last = json.loads(state_file.read_text()) if state_file.is_file() else None
     cooldown = cfg.drift.cooldown_minutes * 60
+    alert_state = _AlertState(ws, cfg.model_name)
+    last = alert_state.read()
     if last and last.get("production_version") == production_version and now - last["ts"] < cooldown:
         minutes = (cooldown - (now - last["ts"])) / 60
         report = dataclasses.replace(report, reason=f"{report.reason}; alert suppressed: cooldown for "
                                                     f"{minutes:.0f} more minutes")
         return report, key, False
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state_file.with_suffix(".tmp")  # replace atomically: a crash never leaves half a file
-    tmp.write_text(json.dumps({"ts": now, "production_version": production_version, "report": key}))
-    tmp.replace(state_file)
+    if not alert_state.claim({"ts": now, "production_version": production_version, "report": key}):
+        report = dataclasses.replace(report, reason=f"{report.reason}; alert suppressed: another monitor "
+                                                    "raised it at the same moment")
+        return report, key, False
     report = dataclasses.replace(report, html_key=key)
     events.announce(ws, events.make_event(ws, events.DRIFT, cfg.model_name, production_version, report.reason,
                                           payload), drift=report)
     return report, key, True
+
+
+class _AlertState:
+    """The last drift alert of a model: a file under ``<home>/monitoring``, or, when monitors share
+    state (``log_to_store``), a compare-and-set state in the store, so of two monitors that see the
+    same drift at once exactly one alerts."""
+
+    def __init__(self, ws: Workspace, model_name: str) -> None:
+        from loopml.context import shares_state
+        from loopml.shared_state import SharedState
+
+        self.file = ws.context.home / "monitoring" / f"{model_name}.last-drift-alert.json"
+        self.shared = SharedState(ws.store, f"monitoring/{model_name}/last-drift-alert") if shares_state(ws) else None
+        self.version = 0
+
+    def read(self) -> dict[str, Any] | None:
+        if self.shared is not None:
+            current = self.shared.read()
+            self.version = current.version
+            return current.value or None
+        return json.loads(self.file.read_text()) if self.file.is_file() else None
+
+    def claim(self, value: dict[str, Any]) -> bool:
+        if self.shared is not None:
+            from loopml.shared_state import StateConflictError
+
+            try:
+                self.shared.write(self.version, value)
+            except StateConflictError:
+                return False
+            return True
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")  # replace atomically: a crash never leaves half a file
+        tmp.write_text(json.dumps(value))
+        tmp.replace(self.file)
+        return True
 
 
 def registered_version_of(ws: Workspace, candidate: Candidate) -> ModelVersion | None:

@@ -2,8 +2,10 @@
 
 Layout under a log folder: ``<model>/<YYYY-MM-DD>/<HH>/<writer>.jsonl`` where ``writer`` is
 ``<host>-<pid>-<start>``, so replicas and restarts never share a file. A segment is closed when the
-hour turns or it reaches ``max_segment_bytes``; with a ``sink`` (the artifact store), closed
-segments are uploaded under ``predictions/<model>/…`` so a monitor on another machine reads them.
+hour turns, when it reaches ``max_segment_bytes``, or ``segment_seconds`` after it opened (even with
+no traffic since); with a ``sink`` (the artifact store), closed segments are uploaded under
+``predictions/<model>/…`` (an upload that fails is retried at the next close) so monitors on other
+machines read them with :func:`store_segments` / :func:`read_store_segments`.
 
 Each line: ``{"ts", "request_id", "version", "inputs", "output", ["probabilities"], ["entity"],
 ["unknown"], "latency_ms"}``. Readers (:func:`read_since`) keep a cursor of byte offsets per
@@ -45,13 +47,17 @@ class PredictionLogWriter:
     """
 
     def __init__(self, root: Path, model: str, *, max_segment_bytes: int = 64 << 20, max_buffered: int = 200_000,
-                 sink: Any = None, flush_seconds: float = 0.25, threaded: bool = True) -> None:
+                 sink: Any = None, flush_seconds: float = 0.25, threaded: bool = True,
+                 segment_seconds: float = 3600.0) -> None:
         self.root = Path(root)
         self.model = model
         self.max_segment_bytes = max_segment_bytes
         self.max_buffered = max_buffered
         self.sink = sink
         self.flush_seconds = flush_seconds
+        self.segment_seconds = segment_seconds
+        self._opened_at = 0.0
+        self._unsent: list[tuple[str, Path]] = []  # closed segments whose upload failed
         self.writer_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}"
         self.dropped = 0
         self.written = 0
@@ -79,6 +85,14 @@ class PredictionLogWriter:
     def tick(self) -> None:
         """Write what is buffered now (the server calls this from its event loop, unthreaded mode)."""
         self._drain()
+        self._roll_if_due()
+
+    def _roll_if_due(self) -> None:
+        """Close a segment older than ``segment_seconds``, so it reaches the store without traffic."""
+        if self._file is not None and time.time() - self._opened_at >= self.segment_seconds:
+            with self._lock:
+                if self._file is not None and time.time() - self._opened_at >= self.segment_seconds:
+                    self._close_segment()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Return once everything written so far is on disk (monitors in the same process, tests)."""
@@ -104,7 +118,8 @@ class PredictionLogWriter:
     # ------------------------------------------------------------ the writer thread
     def _segment(self, ts: float) -> Any:
         stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H")
-        if self._file is not None and (stamp != self._hour or self._file.tell() >= self.max_segment_bytes):
+        if self._file is not None and (stamp != self._hour or self._file.tell() >= self.max_segment_bytes
+                                       or ts - self._opened_at >= self.segment_seconds):
             self._close_segment()
         if self._file is None:
             folder = segment_dir(self.root, self.model, ts)
@@ -113,6 +128,7 @@ class PredictionLogWriter:
             self._part += 1
             self._file = open(self._path, "ab")  # noqa: SIM115 - closed in _close_segment
             self._hour = stamp
+            self._opened_at = ts
         return self._file
 
     def _close_segment(self) -> None:
@@ -121,11 +137,18 @@ class PredictionLogWriter:
         self._file.close()
         self._file = None
         if self.sink is not None and self._path is not None:
-            key = "predictions/" + self._path.relative_to(self.root).as_posix()
+            self._unsent.append(("predictions/" + self._path.relative_to(self.root).as_posix(), self._path))
+            self._upload()
+
+    def _upload(self) -> None:
+        still: list[tuple[str, Path]] = []
+        for key, path in self._unsent:
             try:
-                self.sink.put(key, self._path, metadata={"content-type": "application/x-ndjson"})
-            except Exception as exc:  # the segment stays on local disk
-                log.warning("could not upload prediction log segment %s: %s", key, exc)
+                self.sink.put(key, path, metadata={"content-type": "application/x-ndjson"})
+            except Exception as exc:  # the segment stays on local disk, and is tried again
+                log.warning("could not upload prediction log segment %s (retried at the next close): %s", key, exc)
+                still.append((key, path))
+        self._unsent = still
 
     def _drain(self) -> None:
         with self._lock:
@@ -149,6 +172,7 @@ class PredictionLogWriter:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             self._drain()
+            self._roll_if_due()
             with self._flushed:
                 self._generation += 1
                 self._flushed.notify_all()
@@ -215,3 +239,34 @@ def read_since(root: Path, model: str, cursor: LogCursor | None = None,
         cursor.offsets[rel] = start + end
     out.sort(key=lambda r: r.get("ts", 0))
     return out, cursor
+
+
+# ---------------------------------------------------------------------------- reading from the store
+def store_segments(store: Any, model: str) -> list[str]:
+    """Keys of the closed segments of ``model`` uploaded to ``store``, oldest hour first."""
+    prefix = f"predictions/{model}/"
+    return sorted(info.key for info in store.list(prefix) if info.key.endswith(".jsonl"))
+
+
+def read_store_segments(store: Any, keys: list[str], since: float = 0.0) -> list[dict[str, Any]]:
+    """The records (``ts >= since``) of uploaded segments, by time; corrupt lines skipped with a warning."""
+    out: list[dict[str, Any]] = []
+    for key in keys:
+        for line in store.get(key).splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.warning("skipping a corrupt line in prediction log %s", key)
+                continue
+            if isinstance(record, dict) and record.get("ts", 0) >= since:
+                out.append(record)
+    out.sort(key=lambda r: r.get("ts", 0))
+    return out
+
+
+def segment_day(key: str) -> str:
+    """``YYYY-MM-DD`` of a segment key ``predictions/<model>/<day>/<hour>/<file>`` ('' if not one)."""
+    parts = key.split("/")
+    return parts[2] if len(parts) == 5 else ""

@@ -910,14 +910,15 @@ class ModelServer:
     """The server in a background thread of this process (the ``builtin`` backend, tests)."""
 
     def __init__(self, model_name: str, *, host: str = "127.0.0.1", port: int = 0, log_dir: Path | None = None,
-                 entity: str | None = None, limits: ServerLimits | None = None, log_sink: Any = None) -> None:
+                 entity: str | None = None, limits: ServerLimits | None = None, log_sink: Any = None,
+                 segment_seconds: float = 3600.0) -> None:
         import uvicorn
 
         from loopml.predlog import PredictionLogWriter
 
         warn_if_exposed(host)
-        writer = (PredictionLogWriter(log_dir, model_name, sink=log_sink, threaded=False)
-                  if log_dir is not None else None)
+        writer = (PredictionLogWriter(log_dir, model_name, sink=log_sink, threaded=False,
+                                      segment_seconds=segment_seconds) if log_dir is not None else None)
         self.core = ServingCore(model_name, entity=entity, limits=limits, log_writer=writer)
         self.socket = bind(host, port)
         self._server = uvicorn.Server(uvicorn_config(build_app(self.core), self.core.limits, self.core))

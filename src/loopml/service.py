@@ -110,7 +110,8 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     host = host or options.host
     warn_if_exposed(host)
     log_dir = ws.context.resolve(options.log_dir, "predictions")
-    writer = PredictionLogWriter(log_dir, name, sink=ws.store if options.log_to_store else None, threaded=False)
+    writer = PredictionLogWriter(log_dir, name, sink=ws.store if options.log_to_store else None, threaded=False,
+                                 segment_seconds=options.segment_seconds())
     entity = None
     try:
         entity = ws.registry.get(name, alias=alias).lineage.get("entity")

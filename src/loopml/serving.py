@@ -45,7 +45,15 @@ class BuiltinServingOptions(BaseModel):
                                         "for the version under alias 'canary'; default: [pipeline.rollout]")
     poll_seconds: float = Field(default=2.0, gt=0, description="`loopml serve`: how often the registry is read")
     log_to_store: bool = Field(default=False, description="upload closed prediction-log segments to the "
-                                                          "artifact store (server and monitor share no disk)")
+                                                          "artifact store; monitors then read the log and keep "
+                                                          "their state there (replicas and monitors share no disk)")
+    log_segment_seconds: float | None = Field(default=None, gt=0, description="close (and upload) a log segment "
+                                              "this long after it opened; default 60 with log_to_store, else 3600")
+
+    def segment_seconds(self) -> float:
+        if self.log_segment_seconds is not None:
+            return self.log_segment_seconds
+        return 60.0 if self.log_to_store else 3600.0
 
     def limits(self) -> ServerLimits:
         import os
@@ -120,7 +128,8 @@ class BuiltinServing:
             self.prediction_log_dir.mkdir(parents=True, exist_ok=True)
             self.server = ModelServer(model.name, host=self.options.host, port=self.options.port,
                                       log_dir=self.prediction_log_dir, entity=model.lineage.get("entity"),
-                                      limits=self.options.limits(), log_sink=self.log_sink).start()
+                                      limits=self.options.limits(), log_sink=self.log_sink,
+                                      segment_seconds=self.options.segment_seconds()).start()
             self.server.feature_lookup = self.feature_lookup
         elif self.server.model_name != model.name:
             raise LoopmlError(f"this server serves {self.server.model_name!r}, not {model.name!r}")

@@ -1,0 +1,128 @@
+"""State shared through the artifact store: compare-and-set on create-only keys, raced by processes
+on the local store and on a real S3 server (moto_server), and the prediction log's store side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from race import BARRIER
+from servers import moto_server
+
+from loopml.backends.local_store import LocalArtifactStore
+from loopml.predlog import PredictionLogWriter, read_store_segments, store_segments
+from loopml.shared_state import KEEP, SharedState, StateConflictError
+
+RACER = BARRIER + r"""
+import sys, json
+from loopml.shared_state import SharedState, StateConflictError
+target, worker, rounds, parties, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+if target.startswith("s3://"):
+    from loopml_s3 import S3ArtifactStore, S3StoreOptions
+    store = S3ArtifactStore(S3StoreOptions(uri=target, endpoint_url=sys.argv[6], region="us-east-1",
+                                           access_key_id="AKIATEST", secret_access_key="x"))
+else:
+    from loopml.backends.local_store import LocalArtifactStore
+    store = LocalArtifactStore(target)
+state = SharedState(store, "race/counter")
+won = lost = 0
+for i in range(rounds):
+    current = state.read()
+    barrier(folder, f"read{i}", worker, parties)  # everyone has read the same version before anyone writes
+    try:
+        state.write(current.version, {"count": current.value.get("count", 0) + 1, "by": worker})
+        won += 1
+    except StateConflictError:
+        lost += 1
+    barrier(folder, f"wrote{i}", worker, parties)
+print(json.dumps({"won": won, "lost": lost}))
+"""
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="AKIATEST",
+                     aws_secret_access_key="x").create_bucket(Bucket="state")
+        yield endpoint
+
+
+def race(target: str, barriers: Path, parties: int, rounds: int, *extra: str) -> list[dict[str, int]]:
+    workers = [subprocess.Popen([sys.executable, "-c", RACER, target, f"w{i}", str(rounds), str(parties),
+                                 str(barriers), *extra], stdout=subprocess.PIPE, text=True) for i in range(parties)]
+    results = [json.loads(w.communicate(timeout=600)[0]) for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_processes_racing_on_one_version_exactly_one_wins_each_round(where, tmp_path, request) -> None:
+    parties, rounds = 4, 8
+    if where == "s3":
+        endpoint = request.getfixturevalue("s3")
+        target, extra = "s3://state/loopml", (endpoint,)
+    else:
+        target, extra = str(tmp_path / "store"), ()
+    results = race(target, tmp_path / "barriers", parties, rounds, *extra)
+    assert sum(r["won"] for r in results) == rounds  # one winner per round
+    assert sum(r["lost"] for r in results) == rounds * (parties - 1)
+    if where == "local":
+        final = SharedState(LocalArtifactStore(tmp_path / "store"), "race/counter").read()
+        assert final.version == rounds and final.value["count"] == rounds  # no lost update
+        assert len(list(LocalArtifactStore(tmp_path / "store").list("state/race/counter/0"))) == KEEP  # pruned
+
+
+def test_a_writer_that_read_long_ago_cannot_recreate_a_pruned_version(tmp_path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    state = SharedState(store, "monitoring/churn/log-cursor")
+    assert state.read().version == 0
+    stale = state.read()
+    for i in range(KEEP + 3):
+        state.write(i, {"n": i + 1})
+    assert state.read().value == {"n": KEEP + 3}
+    assert not store.exists("state/monitoring/churn/log-cursor/000000000001.json")  # pruned
+    with pytest.raises(StateConflictError):
+        state.write(stale.version, {"n": "stale"})  # version 1 again: below the floor
+    assert state.read().value == {"n": KEEP + 3}
+    with pytest.raises(StateConflictError):
+        state.write(KEEP + 1, {"n": "also stale"})  # an existing version: create-only
+
+
+class FlakySink:
+    """The local store, refusing its first ``failures`` writes (a network blip to S3)."""
+
+    def __init__(self, store: LocalArtifactStore, failures: int) -> None:
+        self.store, self.failures = store, failures
+
+    def put(self, key, data, metadata=None):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("S3 is unreachable")
+        return self.store.put(key, data, metadata=metadata)
+
+
+def test_segments_reach_the_store_on_age_without_traffic_and_a_failed_upload_is_retried(tmp_path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    writer = PredictionLogWriter(tmp_path / "log", "churn", sink=FlakySink(store, failures=1), threaded=False,
+                                 segment_seconds=0.2)
+    writer.write([{"ts": time.time(), "request_id": "r1", "version": 1, "inputs": {}, "output": 0.5}])
+    writer.tick()  # written to disk, segment open
+    assert store_segments(store, "churn") == []
+    time.sleep(0.25)
+    writer.tick()  # old enough: closed; the upload fails and is kept
+    assert store_segments(store, "churn") == []
+    writer.write([{"ts": time.time(), "request_id": "r2", "version": 1, "inputs": {}, "output": 0.7}])
+    writer.tick()
+    time.sleep(0.25)
+    writer.tick()  # the next close uploads both
+    keys = store_segments(store, "churn")
+    assert len(keys) == 2
+    assert [r["request_id"] for r in read_store_segments(store, keys)] == ["r1", "r2"]
+    writer.close()
