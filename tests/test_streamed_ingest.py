@@ -135,3 +135,21 @@ def test_a_bad_value_deep_in_a_stream_names_its_line_and_stores_nothing(tmp_path
         DatasetCatalog(store).ingest("orders", source, columns=RULES)
     assert "column 'id'" in str(err.value) and "'4000x'" in str(err.value) and "line 4002" in str(err.value)
     assert list(store.list()) == []
+
+
+def test_the_bytes_equal_one_write_of_the_whole_table_when_dictionaries_overflow(tmp_path, monkeypatch) -> None:
+    """200k distinct floats overflow Parquet's 1 MB dictionary page, so the encoding falls back to
+    plain part-way through a row group; written from many blocks, the bytes must still be those of
+    one write of the whole validated table."""
+    import hashlib
+
+    monkeypatch.setattr(canonical, "BLOCK", 64 << 10)
+    monkeypatch.setattr(canonical, "ROW_GROUP", 150_000)
+    rng = np.random.default_rng(2)
+    rows = 200_000
+    rules = (ColumnRule("id", "int", nullable=False), ColumnRule("score", "float"))
+    source = tmp_path / "wide.csv"
+    pd.DataFrame({"id": np.arange(rows), "score": rng.random(rows)}).to_csv(source, index=False)
+    version, _ = DatasetCatalog(LocalArtifactStore(tmp_path / "store")).ingest("wide", source, columns=rules)
+    frame = datasets._validate_file(datasets._read_file(source), rules, source)
+    assert version.id == hashlib.sha256(datasets.canonical_parquet(frame, rules)).hexdigest()
