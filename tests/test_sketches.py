@@ -96,3 +96,37 @@ def test_sketches_round_trip_without_pickle_and_refuse_mismatched_edges(tmp_path
     np.savez(evil, header=np.array([{"format": 1}], dtype=object))
     with pytest.raises(ValueError, match="pickle"):
         WindowSketch.from_bytes(evil.read_bytes())
+
+
+def test_a_large_window_is_checked_on_sketches_and_the_reference_sketch_is_stored(tmp_path, monkeypatch) -> None:
+    import base64
+    import io
+    import re
+
+    from loopml import drift, loop
+    from loopml.context import Workspace
+    from loopml.examples import churn
+
+    churn.init_project(tmp_path, n_customers=300)
+    ws = Workspace.open(tmp_path / "loopml.toml")
+    features = loop.view_of(ws).features
+    reference = pd.DataFrame(churn.request_rows(churn.generate(3000, seed=1), features))
+    ws.store.put("models/churn/x/reference.parquet", reference.to_parquet())
+    shifted = pd.DataFrame(churn.request_rows(churn.generate(3000, seed=2, drift=1.0), features))
+    exact, _, _ = loop.check_drift(ws, reference, shifted, "ref", production_version=1)
+
+    monkeypatch.setattr(drift, "EXACT_UP_TO", 1000)  # 6,000 rows now count as a large window
+    stored = pd.read_parquet(io.BytesIO(ws.store.get("models/churn/x/reference.parquet")))
+    stored.attrs["loopml_key"] = "models/churn/x/reference.parquet"  # as loop.drift_reference marks it
+    report, key, _ = loop.check_drift(ws, stored, shifted, "ref", production_version=2)
+    assert report.drifted_features == exact.drifted_features and report.drifted_features
+    # 3,000 reference rows: fewer than 4,096 edges, so every value is an edge and the sketch is exact
+    assert [f.statistic for f in report.features] == pytest.approx([f.statistic for f in exact.features])
+    assert all(f.statistic_error == 0 for f in report.features)
+    cached = [o.key for o in ws.store.list("models/churn/x/") if "reference-sketch-" in o.key]
+    assert len(cached) == 1
+    html = ws.store.get(key).decode()
+    pngs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(pngs) == len(report.features) and base64.b64decode(pngs[0]).startswith(b"\x89PNG")
+    again, _, _ = loop.check_drift(ws, stored, shifted, "ref", production_version=3)  # the cached sketch
+    assert [f.p_value for f in again.features] == [f.p_value for f in report.features]

@@ -29,7 +29,7 @@ from loopml.reports import figure_png, img, page, table
 if TYPE_CHECKING:
     import pandas as pd
 
-    from loopml.sketches import WindowSketch
+    from loopml.sketches import NumericSketch, WindowSketch
 
 
 def ks_two_sample(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -251,28 +251,46 @@ def _verdict(results: list[_Result], n_ref: int, n_cur: int, *, alpha: float, mi
     return DriftReport(model, reference_ref, window[0], window[1], features, bool(drifted), reason)
 
 
-def render_html(report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame) -> str:
+def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
+                current: pd.DataFrame | WindowSketch) -> str:
+    """The drift report page, from the two windows' rows or from their sketches (large windows:
+    numeric features are then drawn as densities over the reference's quantile bins)."""
+    from loopml.sketches import WindowSketch
+
+    sketched = isinstance(reference, WindowSketch) and isinstance(current, WindowSketch)
+    rows_current = current.rows if isinstance(current, WindowSketch) else len(current)
     verdict = (f"<p class='verdict fail'>DRIFT: {report.reason}</p>" if report.drift_detected
                else f"<p class='verdict pass'>{report.reason}</p>")
     rows = [(f.feature, f.kind, _statistic_text(f), f.p_value, f.p_adjusted,
              f"{f.missing_reference:.1%} / {f.missing_current:.1%}", "DRIFT" if f.drifted else "ok")
             for f in report.features]
     sections = [verdict, f"<p>model <b>{report.model}</b>; reference: {report.reference}; "
-                f"{window_text(report, len(current))}</p>",
+                f"{window_text(report, rows_current)}</p>",
                 table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)", "verdict"], rows,
                       ["fail" if f.drifted else "pass" for f in report.features])]
     for f in report.features:
         def draw(ax, f=f):
-            if f.kind == "numeric":
-                ref = reference[f.feature].to_numpy(dtype=float, na_value=np.nan)
-                cur = current[f.feature].to_numpy(dtype=float, na_value=np.nan)
+            if f.kind == "numeric" and sketched:
+                edges, ref_density, cur_density = _sketch_densities(reference.numeric[f.feature],  # type: ignore[union-attr]
+                                                                    current.numeric[f.feature])  # type: ignore[union-attr]
+                if len(edges) > 1:
+                    ax.stairs(ref_density, edges, fill=True, alpha=0.5, label="reference")
+                    ax.stairs(cur_density, edges, fill=True, alpha=0.5, label="current")
+            elif f.kind == "numeric":
+                ref = reference[f.feature].to_numpy(dtype=float, na_value=np.nan)  # type: ignore[index]
+                cur = current[f.feature].to_numpy(dtype=float, na_value=np.nan)  # type: ignore[index]
                 ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]  # NaN and ±inf are in the table
                 if len(ref) or len(cur):
                     bins = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=30)
                     ax.hist(ref, bins=bins, alpha=0.5, density=True, label="reference")
                     ax.hist(cur, bins=bins, alpha=0.5, density=True, label="current")
             else:
-                ref, cur = _top_categories(categories(reference[f.feature]), categories(current[f.feature]))
+                if sketched:
+                    ref, cur = _top_categories_of_counts(reference.categorical[f.feature].counts,  # type: ignore[union-attr]
+                                                         current.categorical[f.feature].counts)  # type: ignore[union-attr]
+                else:
+                    ref, cur = _top_categories(categories(reference[f.feature]),  # type: ignore[index]
+                                               categories(current[f.feature]))  # type: ignore[index]
                 cats = list(ref.index)
                 x = np.arange(len(cats))
                 ax.bar(x - 0.2, ref.to_numpy(), 0.4, label="reference")
@@ -282,6 +300,46 @@ def render_html(report: DriftReport, reference: pd.DataFrame, current: pd.DataFr
             ax.legend()
         sections.append(img(figure_png(draw, (5, 2.8)), f.feature))
     return page(f"Drift: {report.model}", sections)
+
+
+PLOT_BINS = 40
+
+
+def _sketch_densities(reference: NumericSketch, current: NumericSketch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, reference density, current density) over about PLOT_BINS reference-quantile bins
+    between the reference's smallest and largest finite value (mass outside is in the table's KS)."""
+    edges_all = reference.edges
+    if len(edges_all) < 2:
+        return edges_all, np.empty(0), np.empty(0)
+    pick = np.unique(np.linspace(0, len(edges_all) - 1, min(PLOT_BINS + 1, len(edges_all))).round().astype(int))
+    edges = edges_all[pick]
+    widths = np.diff(edges)
+
+    def density(s: NumericSketch) -> np.ndarray:
+        if not s.present:
+            return np.zeros(len(widths))
+        counts = np.diff(s.at_or_below[pick]).astype(float)
+        counts[0] += s.at_or_below[pick[0]] - s.below[pick[0]]  # the values equal to the first edge
+        return counts / s.present / np.where(widths > 0, widths, 1.0)
+
+    return edges, density(reference), density(current)
+
+
+def _top_categories_of_counts(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple[pd.Series, pd.Series]:
+    """``_top_categories`` from category counts (sketches)."""
+    import pandas as pd
+
+    ref = pd.Series(dict(reference), dtype=float)
+    cur = pd.Series(dict(current), dtype=float)
+    ref, cur = ref / max(ref.sum(), 1.0), cur / max(cur.sum(), 1.0)
+    total = ref.add(cur, fill_value=0).sort_values(ascending=False, kind="stable")
+    top = list(total.index[:PLOT_CATEGORIES])
+    ref, cur = ref.reindex(top, fill_value=0.0), cur.reindex(top, fill_value=0.0)
+    rest = len(total) - len(top)
+    if rest:
+        label = f"(other: {rest})"
+        ref[label], cur[label] = 1 - ref.sum(), 1 - cur.sum()
+    return ref, cur
 
 
 def _statistic_text(f: FeatureDrift) -> str:

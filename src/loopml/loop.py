@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from loopml import __version__, events
 from loopml.context import Workspace, current_actor
-from loopml.errors import ConfigError, ModelNotFoundError, ObjectExistsError, StaleAliasError
+from loopml.errors import (
+    ConfigError,
+    ModelNotFoundError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StaleAliasError,
+)
 from loopml.features import FeatureView
 from loopml.records import (
     DatasetVersion,
@@ -232,13 +238,36 @@ def _reference_sample(frame: pd.DataFrame, view: FeatureView, artifact: bytes) -
 
 
 def drift_reference(ws: Workspace, model: ModelVersion) -> pd.DataFrame:
-    """The inputs ``model`` was trained on, as stored next to its artifact."""
+    """The inputs ``model`` was trained on, as stored next to its artifact. The frame's
+    ``attrs["loopml_key"]`` is that store key (``check_drift`` caches the reference's sketch beside it)."""
     import io
 
     import pandas as pd
 
     key = model.artifact_key.rsplit("/", 1)[0] + "/reference.parquet"
-    return pd.read_parquet(io.BytesIO(ws.store.get(key)))
+    frame = pd.read_parquet(io.BytesIO(ws.store.get(key)))
+    frame.attrs["loopml_key"] = key
+    return frame
+
+
+def reference_sketch(ws: Workspace, reference: pd.DataFrame, numeric: Sequence[str],
+                     categorical: Sequence[str]) -> Any:
+    """The reference's drift sketch: built once per model version and feature set, and kept in the
+    store beside the reference (``reference-sketch-<features>.npz``), so checks of large windows
+    on any machine reuse it."""
+    from loopml import sketches
+
+    key = reference.attrs.get("loopml_key")
+    if not key:
+        return sketches.sketch_frame(reference, numeric=numeric, categorical=categorical)
+    features = hashlib.sha256(json.dumps([list(numeric), list(categorical)]).encode()).hexdigest()[:12]
+    cache = f"{key.rsplit('/', 1)[0]}/reference-sketch-{features}.npz"
+    with contextlib.suppress(ObjectNotFoundError):
+        return sketches.WindowSketch.from_bytes(ws.store.get(cache))
+    built = sketches.sketch_frame(reference, numeric=numeric, categorical=categorical)
+    with contextlib.suppress(ObjectExistsError):  # another monitor cached it first: same counts
+        ws.store.put(cache, built.to_bytes(), metadata={"content-type": "application/octet-stream"})
+    return built
 
 
 # ---------------------------------------------------------------------------- validation
@@ -581,10 +610,20 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
             and OUTPUT_COLUMN not in view.features):
         current = current.assign(**{OUTPUT_COLUMN: list(outputs)})
         (categorical if cfg.task == "multiclass" else numeric).append(OUTPUT_COLUMN)
-    report = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
-                                alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
-                                model=cfg.model_name, reference_ref=reference_ref, window=window)
-    html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
+    if len(reference) + len(current) > drift.EXACT_UP_TO and len(current):  # large: on sketches
+        from loopml import sketches
+
+        ref_sketch = reference_sketch(ws, reference, numeric, categorical)
+        cur_sketch = sketches.sketch_frame(current, numeric=numeric, categorical=categorical, edges=ref_sketch.edges)
+        report = drift.drift_from_sketches(ref_sketch, cur_sketch, alpha=cfg.drift.alpha,
+                                           min_samples=cfg.drift.min_samples, model=cfg.model_name,
+                                           reference_ref=reference_ref, window=window)
+        html = drift.render_html(report, ref_sketch, cur_sketch)
+    else:
+        report = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
+                                    alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
+                                    model=cfg.model_name, reference_ref=reference_ref, window=window)
+        html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
     key = f"reports/{cfg.model_name}/drift/drift-{_stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
     payload = {"features": list(report.drifted_features), "production_version": production_version, "report": key,
