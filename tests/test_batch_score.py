@@ -72,6 +72,16 @@ def test_the_flow_scores_in_partitions_as_concurrent_tasks(scored_project, monke
     assert result.id == expected.id
 
 
+def everyone(ws: Workspace, config: Path) -> str:
+    """Every labelled customer as of its label time: enough rows for 3 real partitions."""
+    labels = pd.read_csv(config.parent / "data" / "labels.csv")
+    assert len(labels) > 2 * batch.BLOCK  # at least 3 blocks, so 3 partitions really split the rows
+    labels[["customer_id"]].assign(as_of=labels["label_timestamp"]).to_csv(config.parent / "everyone.csv",
+                                                                            index=False)
+    ws.datasets.ingest("everyone", config.parent / "everyone.csv")  # the same rows: the same version
+    return "everyone@latest"
+
+
 def test_the_flow_on_a_dask_cluster_gives_the_same_version(scored_project, monkeypatch) -> None:
     """prefect-dask's task runner on a LocalCluster of 2 worker processes: partitions scored in other
     processes, the same bytes as one partition in this one."""
@@ -82,15 +92,34 @@ def test_the_flow_on_a_dask_cluster_gives_the_same_version(scored_project, monke
 
     config, _ = scored_project
     ws = Workspace.open(config, profile="ci")
-    labels = pd.read_csv(config.parent / "data" / "labels.csv")
-    assert len(labels) > 2 * batch.BLOCK  # at least 3 blocks, so 3 partitions really split the rows
-    everyone = labels[["customer_id"]].assign(as_of=labels["label_timestamp"])
-    everyone.to_csv(config.parent / "everyone.csv", index=False)
-    ws.datasets.ingest("everyone", config.parent / "everyone.csv")
-    expected, _, _ = batch.score_dataset(ws, "everyone@latest", as_of="as_of", partitions=1)
+    expected, _, _ = batch.score_dataset(ws, everyone(ws, config), as_of="as_of", partitions=1)
     monkeypatch.setenv("LOOPML_DASK_WORKERS", "2")
     monkeypatch.delenv("LOOPML_DASK_ADDRESS", raising=False)
     with prefect_test_harness(server_startup_timeout=120):
         result = batch_score_on_dask(dataset="everyone@latest", as_of="as_of", partitions=3,
                                      config=str(config), profile="ci")
     assert result.id == expected.id
+
+
+def test_dataset_drift_is_the_same_for_one_partition_in_process_and_three_on_dask(scored_project, monkeypatch) -> None:
+    pytest.importorskip("prefect_dask")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.dataset_drift import dataset_drift_on_dask
+    from loopml import dataset_drift
+
+    config, _ = scored_project
+    ws = Workspace.open(config, profile="ci")
+    ref = everyone(ws, config)
+    rows = batch.scoring_rows(ws, ws.datasets.get(ref), "as_of")
+    plan = dataset_drift.plan(ws, batch.resolve_model(ws, "churn", None))
+    whole = dataset_drift.sketch_partition(rows, plan.numeric, plan.categorical, plan.edges)
+    expected, key = dataset_drift.report(ws, plan, [whole], ref)
+    assert ws.store.exists(key) and len(expected.features) == len(plan.numeric) + len(plan.categorical)
+    assert any(o.key.endswith(".npz") and "reference-sketch-" in o.key for o in ws.store.list("models/"))
+    monkeypatch.setenv("LOOPML_DASK_WORKERS", "2")
+    monkeypatch.delenv("LOOPML_DASK_ADDRESS", raising=False)
+    with prefect_test_harness(server_startup_timeout=120):
+        report = dataset_drift_on_dask(dataset=ref, as_of="as_of", partitions=3, config=str(config), profile="ci")
+    assert report.features == expected.features  # merged exactly: every statistic and p-value equal
+    assert report.drift_detected == expected.drift_detected

@@ -149,6 +149,11 @@ def test_two_replicas_and_two_monitors_share_only_s3_and_postgres(shared: dict[s
         assert sorted(read) == sorted(sent), (len(read), len(sent))
         local = {p.name for p in (root / "m1" / ".loopml").rglob("*")}
         assert not any("cursor" in name for name in local)  # the cursor lives in S3, not on this disk
+        # A canary judge on a third machine sees both replicas' answers too (read incrementally).
+        from loopml.canary import CanaryWindow
+
+        window = CanaryWindow(Workspace.open(shared["m2"]), "churn", since=0.0)
+        assert len(window.read()) == len(sent) and len(window.read()) == len(sent)
         # New traffic on one replica reaches whichever monitor runs next, and only that.
         more = send(url_b, [GOOD], 10)
         wait_for(lambda: more <= logged_ids(shared["m1"]), 120, "new rows in S3")

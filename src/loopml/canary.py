@@ -247,16 +247,23 @@ class CanaryWindow:
 
         self.ws, self.model_name, self.since = ws, model_name, since
         self.cursor = LogCursor()
+        self.segments_read: set[str] = set()  # with a shared log: the uploaded segments already read
         self.records: list[dict[str, Any]] = []
 
     def read(self) -> list[dict[str, Any]]:
-        from loopml.predlog import read_since
+        from loopml.context import shares_state
+        from loopml.predlog import read_since, read_store_segments, store_segments
 
         flush = getattr(self.ws.serving, "flush_log", None)
         if callable(flush):
             flush()
-        new, self.cursor = read_since(Path(self.ws.serving.prediction_log_dir), self.model_name, self.cursor,
-                                      since=self.since)
+        if shares_state(self.ws):  # every replica's answers, from the store
+            keys = [k for k in store_segments(self.ws.store, self.model_name) if k not in self.segments_read]
+            new = read_store_segments(self.ws.store, keys, since=self.since)
+            self.segments_read.update(keys)
+        else:
+            new, self.cursor = read_since(Path(self.ws.serving.prediction_log_dir), self.model_name, self.cursor,
+                                          since=self.since)
         self.records.extend({k: r[k] for k in _KEPT if k in r} for r in new)
         return self.records
 

@@ -151,7 +151,8 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
     pipeline's labels dataset). Returns (result, report key)."""
     from loopml import loop
     from loopml.artifacts import Predictor
-    from loopml.predlog import read_since
+    from loopml.context import shares_state
+    from loopml.predlog import read_since, read_store_segments, store_segments
 
     cfg = loop.pipeline_config(ws)
     mon = cfg.monitoring
@@ -161,7 +162,10 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
     flush = getattr(ws.serving, "flush_log", None)
     if callable(flush):
         flush()
-    records, _ = read_since(ws.serving.prediction_log_dir, cfg.model_name, since=since or 0.0)
+    if shares_state(ws):  # every replica's answers, from the store
+        records = read_store_segments(ws.store, store_segments(ws.store, cfg.model_name), since=since or 0.0)
+    else:
+        records, _ = read_since(ws.serving.prediction_log_dir, cfg.model_name, since=since or 0.0)
     joined = join_labels(records, labels, entity=cfg.entity, label=cfg.label, label_timestamp=cfg.label_timestamp,
                          max_delay_hours=mon.max_label_delay_hours)
     primary = tasks.primary_metric(cfg.task).name
