@@ -249,5 +249,5 @@ class Workspace:
 def shares_state(ws: Workspace) -> bool:
     """True when the serving backend uploads its prediction log (``log_to_store``): then monitors
     read the log, and keep their cursor and alert state, in the artifact store, not on local disk."""
-    options = getattr(ws.selected.get("serving"), "options", None)
+    options = getattr(getattr(ws, "selected", {}).get("serving"), "options", None)
     return bool(getattr(options, "log_to_store", False))
