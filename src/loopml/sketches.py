@@ -149,8 +149,13 @@ def sketch_numeric(values: np.ndarray, edges: np.ndarray | None = None) -> Numer
     ordered, missing = _sorted_present(np.asarray(values, dtype=float))
     if edges is None:
         edges = reference_edges(ordered)
-    return NumericSketch(edges, np.searchsorted(ordered, edges, side="left").astype(np.int64),
-                         np.searchsorted(ordered, edges, side="right").astype(np.int64), len(ordered), missing)
+    below = np.searchsorted(ordered, edges, side="left").astype(np.int64)
+    at_or_below = below.copy()
+    if len(ordered):  # only edges that occur in the window need a second search (ties)
+        hit = below < len(ordered)
+        hit[hit] = ordered[below[hit]] == edges[hit]
+        at_or_below[hit] = np.searchsorted(ordered, edges[hit], side="right")
+    return NumericSketch(edges, below, at_or_below, len(ordered), missing)
 
 
 def sketch_categorical(values: pd.Series) -> CategoricalSketch:
