@@ -126,3 +126,26 @@ def test_segments_reach_the_store_on_age_without_traffic_and_a_failed_upload_is_
     assert len(keys) == 2
     assert [r["request_id"] for r in read_store_segments(store, keys)] == ["r1", "r2"]
     writer.close()
+
+
+def test_the_segment_cursor_stays_small_and_knows_late_uploads() -> None:
+    from loopml.predlog import SegmentCursor
+
+    def key(day: str, writer: str, part: int) -> str:
+        return f"predictions/churn/{day}/10/{writer}-{part:04d}.jsonl"
+
+    cursor = SegmentCursor()
+    for part in (0, 1, 2, 4, 5):  # part 3's upload failed and comes later
+        cursor.add(key("2026-11-28", "host-1-77", part))
+    assert key("2026-11-28", "host-1-77", 2) in cursor and key("2026-11-28", "host-1-77", 3) not in cursor
+    assert cursor.to_value()["writers"]["predictions/churn/host-1-77"] == {"upto": 2, "above": [4, 5],
+                                                                            "day": "2026-11-28"}
+    cursor.add(key("2026-11-29", "host-1-77", 3))  # the retried upload, an hour later
+    assert cursor.to_value()["writers"]["predictions/churn/host-1-77"]["upto"] == 5
+    cursor.add("predictions/churn/odd-name.jsonl")  # another shape: kept as it is
+    back = SegmentCursor.from_value(json.loads(json.dumps(cursor.to_value())))
+    assert "predictions/churn/odd-name.jsonl" in back and key("2026-11-28", "host-1-77", 5) in back
+    assert key("2026-11-28", "host-2-88", 0) not in back  # another writer
+    back.add(key("2026-11-20", "old-1-1", 0))
+    back.forget_before("2026-11-22")
+    assert set(back.to_value()["writers"]) == {"predictions/churn/host-1-77"}

@@ -125,6 +125,11 @@ class CanonicalWriter:
         self._writer = pq.ParquetWriter(path, schema, compression="zstd", write_statistics=True,
                                         store_schema=False)
 
+    @property
+    def accepted(self) -> int:
+        """Rows handed to :meth:`write` so far (written or waiting for their row group)."""
+        return self.rows + self._pending_rows
+
     def write(self, batch: pa.RecordBatch) -> None:
         while batch.num_rows:
             take = min(batch.num_rows, ROW_GROUP - self._pending_rows)
@@ -159,10 +164,10 @@ def write_canonical(sources: Iterable[Callable[[], Iterator[pa.RecordBatch]]], p
     counts = []
     try:
         for source in sources:
-            before = writer.rows + writer._pending_rows
+            before = writer.accepted
             for batch in source():
                 writer.write(batch)
-            counts.append(writer.rows + writer._pending_rows - before)
+            counts.append(writer.accepted - before)
     except BaseException:
         writer.abort()
         raise

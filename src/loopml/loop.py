@@ -538,7 +538,7 @@ def _records_from_store(ws: Workspace, model_name: str, since: float | None) -> 
     never read the same segment twice and neither misses one."""
     from datetime import timedelta
 
-    from loopml.predlog import read_store_segments, segment_day, store_segments
+    from loopml.predlog import SegmentCursor, read_store_segments, segment_day, store_segments
     from loopml.shared_state import SharedState, StateConflictError
 
     if since is not None:
@@ -547,12 +547,15 @@ def _records_from_store(ws: Workspace, model_name: str, since: float | None) -> 
     state = SharedState(ws.store, f"monitoring/{model_name}/log-cursor")
     for _ in range(20):
         current = state.read()
-        read = {k for k in current.value.get("segments", []) if segment_day(k) >= horizon}
-        new = [k for k in store_segments(ws.store, model_name) if k not in read and segment_day(k) >= horizon]
+        cursor = SegmentCursor.from_value(current.value)
+        cursor.forget_before(horizon)
+        new = [k for k in store_segments(ws.store, model_name) if k not in cursor and segment_day(k) >= horizon]
         if not new:
             return []
+        for key in new:
+            cursor.add(key)
         try:
-            state.write(current.version, {"segments": sorted(read | set(new))})
+            state.write(current.version, cursor.to_value())
         except StateConflictError:  # another monitor claimed segments first: look again
             continue
         return read_store_segments(ws.store, new)
