@@ -43,11 +43,4 @@ def batch_score(dataset: str, model: str | None = None, as_of: str | None = None
     return result
 
 
-def _on_dask():  # the dask extra is optional: without it this entry point is simply absent
-    try:
-        return batch_score.with_options(name="loopml-batch-score-dask", task_runner=compute.dask_task_runner())
-    except ImportError:
-        return None
-
-
-batch_score_on_dask = _on_dask()
+batch_score_on_dask = compute.on_dask(batch_score, "loopml-batch-score-dask")  # None without the dask extra

@@ -43,12 +43,4 @@ def dataset_drift_check(dataset: str, model: str | None = None, as_of: str | Non
     return report
 
 
-def _on_dask():  # the dask extra is optional: without it this entry point is simply absent
-    try:
-        return dataset_drift_check.with_options(name="loopml-dataset-drift-dask",
-                                                task_runner=compute.dask_task_runner())
-    except ImportError:
-        return None
-
-
-dataset_drift_on_dask = _on_dask()
+dataset_drift_on_dask = compute.on_dask(dataset_drift_check, "loopml-dataset-drift-dask")  # None without dask

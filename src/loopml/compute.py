@@ -37,3 +37,12 @@ def dask_task_runner(workers: int | None = None) -> Any:
             return super().__enter__()
 
     return LoopmlDaskTaskRunner()
+
+
+def on_dask(flow: Any, name: str) -> Any:
+    """``flow`` as flow ``name`` on :func:`dask_task_runner`, or None without the dask extra (a flow
+    module exposes it as ``<flow>_on_dask`` for deployments)."""
+    try:
+        return flow.with_options(name=name, task_runner=dask_task_runner())
+    except ImportError:
+        return None

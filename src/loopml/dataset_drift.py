@@ -36,9 +36,8 @@ def plan(ws: Workspace, model: ModelVersion) -> DriftPlan:
     from loopml import loop
 
     view = loop.view_of(ws)
-    reference = loop.drift_reference(ws, model)
     numeric, categorical = tuple(view.numeric), tuple(view.categorical)
-    sketch = loop.reference_sketch(ws, reference, numeric, categorical)
+    sketch = loop.reference_sketch(ws, numeric, categorical, key=loop.reference_key(model))  # rows read once
     return DriftPlan(model, numeric, categorical, sketch.edges, sketch)
 
 

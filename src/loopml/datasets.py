@@ -305,29 +305,6 @@ def canonical_parquet(frame: pd.DataFrame, rules: tuple[ColumnRule, ...]) -> byt
     return buf.getvalue()
 
 
-def profile_frame(frame: pd.DataFrame, rules: tuple[ColumnRule, ...]) -> dict[str, dict[str, Any]]:
-    """Per-column summary stored in the manifest (and shown by ``loopml data show``)."""
-    profile: dict[str, dict[str, Any]] = {}
-    for r in rules:
-        col = frame[r.name]
-        entry: dict[str, Any] = {"type": r.type, "nulls": int(col.isna().sum())}
-        data = col.dropna()
-        if r.type in ("int", "float") and len(data):
-            values = data.astype("float64")
-            entry.update(min=float(values.min()), max=float(values.max()), mean=float(values.mean()),
-                         std=float(values.std(ddof=0)), p50=float(values.median()))
-        elif r.type == "timestamp" and len(data):
-            entry.update(min=data.min().isoformat(), max=data.max().isoformat())
-        elif r.type == "bool" and len(data):
-            entry.update(true_fraction=float(data.astype(bool).mean()))
-        elif len(data):
-            counts = data.value_counts()
-            entry.update(distinct=int(counts.size),
-                         top={str(k): int(v) for k, v in counts.head(10).items()})
-        profile[r.name] = entry
-    return profile
-
-
 def _write_streamed(files: list[Path], rules: tuple[ColumnRule, ...], out: Path) -> tuple[list[int], str]:
     """Every file into one canonical Parquet at ``out``: CSVs streamed when Arrow can take them as
     they stand, any other file (and any CSV the fast path gives up on) through the reference path.
@@ -363,7 +340,8 @@ def _release_arrow_memory() -> None:
 
 
 def profile_parquet(path: Path, rules: tuple[ColumnRule, ...]) -> dict[str, dict[str, Any]]:
-    """The manifest's per-column summary (as ``profile_frame``) of a written version, read one row
+    """The manifest's per-column summary (nulls; min, max, mean, std, median; distinct and top 10
+    values; true fraction) of a written version, read one row
     group of one column at a time and computed in Arrow and NumPy: a numeric column costs one
     float64 array (for the exact median), a text column its distinct values, never a Python object
     per value."""

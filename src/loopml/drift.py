@@ -326,7 +326,7 @@ def _sketch_densities(reference: NumericSketch, current: NumericSketch) -> tuple
 
 
 def _top_categories_of_counts(reference: Mapping[str, int], current: Mapping[str, int]) -> tuple[pd.Series, pd.Series]:
-    """``_top_categories`` from category counts (sketches)."""
+    """``_top_categories`` from each window's category counts (as sketches hold them)."""
     import pandas as pd
 
     ref = pd.Series(dict(reference), dtype=float)
@@ -362,13 +362,5 @@ def _top_categories(reference: np.ndarray, current: np.ndarray) -> tuple[pd.Seri
     one "(other: N)" bar: a feature with 100k distinct values still draws in a blink."""
     import pandas as pd
 
-    ref = pd.Series(reference).value_counts(normalize=True)
-    cur = pd.Series(current).value_counts(normalize=True)
-    total = ref.add(cur, fill_value=0).sort_values(ascending=False, kind="stable")
-    top = list(total.index[:PLOT_CATEGORIES])
-    ref, cur = ref.reindex(top, fill_value=0.0), cur.reindex(top, fill_value=0.0)
-    rest = len(total) - len(top)
-    if rest:
-        label = f"(other: {rest})"
-        ref[label], cur[label] = 1 - ref.sum(), 1 - cur.sum()
-    return ref, cur
+    return _top_categories_of_counts(pd.Series(reference).value_counts().to_dict(),
+                                     pd.Series(current).value_counts().to_dict())

@@ -244,27 +244,39 @@ def drift_reference(ws: Workspace, model: ModelVersion) -> pd.DataFrame:
 
     import pandas as pd
 
-    key = model.artifact_key.rsplit("/", 1)[0] + "/reference.parquet"
+    key = reference_key(model)
     frame = pd.read_parquet(io.BytesIO(ws.store.get(key)))
     frame.attrs["loopml_key"] = key
     return frame
 
 
-def reference_sketch(ws: Workspace, reference: pd.DataFrame, numeric: Sequence[str],
-                     categorical: Sequence[str]) -> Any:
-    """The reference's drift sketch: built once per model version and feature set, and kept in the
-    store beside the reference (``reference-sketch-<features>.npz``), so checks of large windows
-    on any machine reuse it."""
+def reference_key(model: ModelVersion) -> str:
+    """Where ``model``'s training inputs are stored (beside its artifact)."""
+    return model.artifact_key.rsplit("/", 1)[0] + "/reference.parquet"
+
+
+def reference_sketch(ws: Workspace, numeric: Sequence[str], categorical: Sequence[str], *,
+                     key: str | None, frame: pd.DataFrame | None = None) -> Any:
+    """The drift sketch of the reference stored at ``key``: built once per model version and feature
+    set and kept beside it (``reference-sketch-<features>.npz``), so checks on any machine reuse it.
+    The reference rows are read only when the sketch is not cached yet (from ``frame`` when the
+    caller holds them already); without a ``key``, ``frame`` is sketched and nothing is kept."""
+    import io
+
+    import pandas as pd
+
     from loopml import sketches
 
-    key = reference.attrs.get("loopml_key")
     if not key:
-        return sketches.sketch_frame(reference, numeric=numeric, categorical=categorical)
+        assert frame is not None, "reference_sketch needs a key or a frame"
+        return sketches.sketch_frame(frame, numeric=numeric, categorical=categorical)
     features = hashlib.sha256(json.dumps([list(numeric), list(categorical)]).encode()).hexdigest()[:12]
     cache = f"{key.rsplit('/', 1)[0]}/reference-sketch-{features}.npz"
     with contextlib.suppress(ObjectNotFoundError):
         return sketches.WindowSketch.from_bytes(ws.store.get(cache))
-    built = sketches.sketch_frame(reference, numeric=numeric, categorical=categorical)
+    if frame is None:
+        frame = pd.read_parquet(io.BytesIO(ws.store.get(key)))
+    built = sketches.sketch_frame(frame, numeric=numeric, categorical=categorical)
     with contextlib.suppress(ObjectExistsError):  # another monitor cached it first: same counts
         ws.store.put(cache, built.to_bytes(), metadata={"content-type": "application/octet-stream"})
     return built
@@ -616,7 +628,8 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
     if len(reference) + len(current) > drift.EXACT_UP_TO and len(current):  # large: on sketches
         from loopml import sketches
 
-        ref_sketch = reference_sketch(ws, reference, numeric, categorical)
+        ref_sketch = reference_sketch(ws, numeric, categorical, key=reference.attrs.get("loopml_key"),
+                                      frame=reference)
         cur_sketch = sketches.sketch_frame(current, numeric=numeric, categorical=categorical, edges=ref_sketch.edges)
         report = drift.drift_from_sketches(ref_sketch, cur_sketch, alpha=cfg.drift.alpha,
                                            min_samples=cfg.drift.min_samples, model=cfg.model_name,

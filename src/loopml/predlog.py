@@ -226,19 +226,24 @@ def read_since(root: Path, model: str, cursor: LogCursor | None = None,
         end = data.rfind(b"\n") + 1
         if end <= 0:
             continue
-        for line in data[:end].splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                log.warning("skipping a corrupt line in prediction log %s", rel)
-                continue
-            if isinstance(record, dict) and record.get("ts", 0) >= since:
-                out.append(record)
+        out.extend(_records(data[:end], rel, since))
         cursor.offsets[rel] = start + end
     out.sort(key=lambda r: r.get("ts", 0))
     return out, cursor
+
+
+def _records(data: bytes, where: str, since: float) -> Iterator[dict[str, Any]]:
+    """The records (``ts >= since``) in complete JSON lines; a corrupt line is skipped with a warning."""
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.warning("skipping a corrupt line in prediction log %s", where)
+            continue
+        if isinstance(record, dict) and record.get("ts", 0) >= since:
+            yield record
 
 
 # ---------------------------------------------------------------------------- reading from the store
@@ -252,16 +257,7 @@ def read_store_segments(store: Any, keys: list[str], since: float = 0.0) -> list
     """The records (``ts >= since``) of uploaded segments, by time; corrupt lines skipped with a warning."""
     out: list[dict[str, Any]] = []
     for key in keys:
-        for line in store.get(key).splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                log.warning("skipping a corrupt line in prediction log %s", key)
-                continue
-            if isinstance(record, dict) and record.get("ts", 0) >= since:
-                out.append(record)
+        out.extend(_records(store.get(key), key, since))
     out.sort(key=lambda r: r.get("ts", 0))
     return out
 

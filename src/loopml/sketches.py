@@ -159,20 +159,16 @@ def sketch_numeric(values: np.ndarray, edges: np.ndarray | None = None) -> Numer
 
 
 def sketch_categorical(values: pd.Series) -> CategoricalSketch:
+    import pandas as pd
+
     from loopml.drift import MISSING
 
     counts = values.astype("object").value_counts(dropna=False)
     result: dict[str, int] = {}
     for label, n in zip(counts.index, counts.to_numpy(), strict=True):
-        key = MISSING if _is_missing(label) else str(label)
+        key = MISSING if label is None or bool(pd.isna(label)) else str(label)
         result[key] = result.get(key, 0) + int(n)
     return CategoricalSketch(result)
-
-
-def _is_missing(label: object) -> bool:
-    import pandas as pd
-
-    return label is None or bool(pd.isna(label))
 
 
 def sketch_frame(frame: pd.DataFrame, *, numeric: Sequence[str], categorical: Sequence[str],
