@@ -25,22 +25,36 @@ install: $(BIN)/loopml
 demo: install
 	$(BIN)/loopml demo
 
-## Servers the integration tests start themselves (Debian packages; Java comes with the machine).
-## Installing Debian's prometheus package may start a system service; the tests run their own.
+## Servers and binaries the integration tests start themselves: Debian packages, PostgreSQL 15 and
+## Java (for TorchServe) as this machine has them. Fails, naming what is missing, rather than letting
+## the tests that need them skip. Installing Debian's prometheus package may start a system service;
+## the tests run their own.
+SERVICE_BINARIES = redis-server prometheus promtool prometheus-alertmanager prometheus-pushgateway
+PG_BIN ?= /usr/lib/postgresql/15/bin
 services:
-	@{ command -v redis-server >/dev/null && command -v prometheus >/dev/null && \
-	    command -v prometheus-alertmanager >/dev/null && command -v prometheus-pushgateway >/dev/null; } || \
-	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus prometheus-alertmanager prometheus-pushgateway >/dev/null; } || \
-	  echo "redis-server or prometheus is missing and could not be installed: run 'apt-get install redis-server prometheus prometheus-alertmanager prometheus-pushgateway'"
+	@missing=""; for b in $(SERVICE_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "services: installing$$missing (apt-get)"; \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      redis-server prometheus prometheus-alertmanager prometheus-pushgateway >/dev/null; } || \
+	  { echo "services: could not install$$missing: run 'apt-get install redis-server prometheus prometheus-alertmanager prometheus-pushgateway' as root" >&2; exit 1; }; \
+	fi; \
+	missing=""; for b in $(SERVICE_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	[ -x "$(PG_BIN)/pg_ctl" ] || missing="$$missing $(PG_BIN)/pg_ctl"; \
+	command -v java >/dev/null || missing="$$missing java"; \
+	if [ -n "$$missing" ]; then echo "services: still missing:$$missing" >&2; exit 1; fi; \
+	echo "services: all present (redis, prometheus + promtool, alertmanager, pushgateway, PostgreSQL 15, java)"
 
-## Every test, slow integration tests included (what CI runs).
+## Every test, every tier (what CI runs, with LOOPML_REQUIRE_SERVICES=1 so that no test skips for a
+## missing service). The slowest tests are listed at the end.
 test: install services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
-## Unit tests only.
+## The tier to run between edits: tests that start nothing (no server, process, Prefect, training or
+## external binary; tests/conftest.py fails a test that starts one unmarked).
+FAST = not (slow or server or subprocess or prefect or training or external)
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "$(FAST)"
 
 lint: install
 	$(BIN)/ruff check src plugins flows tests examples benchmarks

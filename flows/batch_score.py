@@ -9,8 +9,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from flows.common import TASK_DEFAULTS, label_run, on_failure, workspace
-from loopml import batch, compute, loop
+from loopml import batch, compute
 from loopml.records import DatasetVersion
+from loopml.stages.deploy import artifact_file
+from loopml.stages.project import pipeline_config
 
 
 @task(**TASK_DEFAULTS)
@@ -29,11 +31,11 @@ def batch_score(dataset: str, model: str | None = None, as_of: str | None = None
     time. Writes the dataset ``<model>-scores``; the result is the same for any ``partitions``."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    name = loop.pipeline_config(ws).model_name
+    name = pipeline_config(ws).model_name
     version = batch.resolve_model(ws, name, model)
     label_run(ws, f"batch-score-{name}-v{version.version}", model=name, version=f"v{version.version}")
     rows = batch.scoring_rows(ws, ws.datasets.get(dataset), as_of)
-    artifact = loop.artifact_file(ws, version).read_bytes()
+    artifact = artifact_file(ws, version).read_bytes()
     parts = batch.partitions_of(rows, partitions)
     futures = [score_part.submit(artifact, part, i) for i, part in enumerate(parts)]
     predictions = [p for future in futures for p in future.result()]

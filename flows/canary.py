@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
-from loopml import canary, loop
+from loopml import canary
+from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-canary", on_failure=on_failure("canary"))
@@ -18,7 +19,7 @@ def judge_canary(config: str | None = None, profile: str | None = None,
     the aliases. Returns None when no canary is active."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    name = loop.pipeline_config(ws).model_name
+    name = pipeline_config(ws).model_name
     active = canary.active(ws, name)
     label_run(ws, f"canary-{name}" + (f"-v{active.candidate}" if active is not None else ""), model=name)
     if active is None:

@@ -41,7 +41,7 @@ def transient_io_error(task: object, task_run: object, state: State) -> bool:
     return isinstance(error, OSError | TimeoutError)
 
 
-# loopml caches by content hash itself (see loopml.loop.train), so Prefect's input hashing of
+# loopml caches by content hash itself (see loopml.stages.training.train), so Prefect's input hashing of
 # workspace objects is switched off; retries are only for transient I/O errors.
 TASK_DEFAULTS = {"cache_policy": NO_CACHE}
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": transient_io_error}

@@ -6,8 +6,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from flows.common import TASK_DEFAULTS, label_run, on_failure, publish_markdown, workspace
-from loopml import batch, compute, dataset_drift, loop
+from loopml import batch, compute, dataset_drift
 from loopml.records import DriftReport
+from loopml.stages.project import pipeline_config
 
 
 @task(**TASK_DEFAULTS)
@@ -24,7 +25,7 @@ def dataset_drift_check(dataset: str, model: str | None = None, as_of: str | Non
     same for any ``partitions``."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    name = loop.pipeline_config(ws).model_name
+    name = pipeline_config(ws).model_name
     version = batch.resolve_model(ws, name, model)
     label_run(ws, f"dataset-drift-{name}-v{version.version}", model=name, version=f"v{version.version}")
     rows = batch.scoring_rows(ws, ws.datasets.get(dataset), as_of)

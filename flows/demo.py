@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger
 from flows.common import workspace
 from flows.monitor import monitor
 from flows.pipeline import pipeline
-from loopml import loop
 from loopml.examples import churn
+from loopml.stages.project import pipeline_config, production_model, view_of
 from loopml.traffic import TrafficGenerator
 
 DEMO_MARKER = ".loopml-demo-project"
@@ -50,7 +50,7 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     config = str(project / "loopml.toml")
     summary = DemoSummary(project)
     ws = workspace(config, profile)
-    features = loop.view_of(ws).features
+    features = view_of(ws).features
 
     first = pipeline(config=config, profile=profile, await_canary=True)
     summary.add("train + validate + register", f"{first.model} {first.status}"
@@ -87,7 +87,7 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
                     + (f" after a canary ({second.canary})" if second.canary else ""))
         verdict_reports = sorted((project / ".loopml" / "reports").glob("v[0-9]*.html"))
         if second.canary:
-            last = loop.production_model(ws, loop.pipeline_config(ws).model_name)
+            last = production_model(ws, pipeline_config(ws).model_name)
             history = [e for e in ws.registry.history(last.name) if e.actor == "loopml-canary"]
             if history:
                 summary.add("canary verdict", history[-1].reason[:300])
@@ -97,12 +97,12 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
         summary.add("requests during the swap", f"{during.sent} sent, {during.failed} failed, "
                     f"by version {dict(sorted(during.versions.items()))}"
                     + (f"; first error: {during.errors[0][:120]}" if during.errors else ""))
-    prod = loop.production_model(ws, loop.pipeline_config(ws).model_name)
+    prod = production_model(ws, pipeline_config(ws).model_name)
     summary.add("production now", prod.ref if prod else "none")
     if prod is not None:
-        entity = loop.pipeline_config(ws).entity
+        entity = pipeline_config(ws).entity
         candidates = [int(i) for i in fresh.labels[entity].head(200)]
-        online = ws.feature_store.online_features(loop.view_of(ws).name, candidates)
+        online = ws.feature_store.online_features(view_of(ws).name, candidates)
         # a customer still active (churners left; their features expired with the view's ttl)
         some_id = next((i for i, ok in zip(candidates, online[features[0]].notna(), strict=True) if ok),
                        candidates[0])

@@ -6,7 +6,9 @@ from prefect import flow, get_run_logger
 
 from flows.canary import judge_canary
 from flows.common import label_run, on_failure, workspace
-from loopml import canary, loop
+from loopml import canary
+from loopml.stages.deploy import sync_serving
+from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-deploy", on_failure=on_failure("deploy"))
@@ -19,9 +21,9 @@ def deploy(config: str | None = None, profile: str | None = None,
     dropped at any step."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    name = loop.pipeline_config(ws).model_name
+    name = pipeline_config(ws).model_name
     label_run(ws, f"deploy-{name}", model=name)
-    url = loop.sync_serving(ws, name)
+    url = sync_serving(ws, name)
     if url is None:
         logger.warning("no production model yet: nothing to deploy")
         return None, None
@@ -34,6 +36,6 @@ def deploy(config: str | None = None, profile: str | None = None,
     if canary.active(ws, name) is not None:
         verdict = judge_canary(config=config, profile=profile, poll_seconds=0.5)
         decision = verdict.decision if verdict else None
-        url = loop.sync_serving(ws, name)
+        url = sync_serving(ws, name)
         logger.info("after the canary, %s serves %s", name, ws.serving.status().get("traffic"))
     return url, decision

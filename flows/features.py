@@ -5,14 +5,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import on_failure, workspace
-from loopml import loop
 from loopml.records import DatasetVersion
+from loopml.stages.data import apply_features
 
 
 @flow(name="loopml-features", on_failure=on_failure("features"))
 def features(features_version: DatasetVersion, config: str | None = None,
              profile: str | None = None) -> int:
     """Register the feature view with the given rows; fill the online store."""
-    rows = loop.apply_features(workspace(config, profile), features_version)
+    rows = apply_features(workspace(config, profile), features_version)
     get_run_logger().info("feature view applied from %s; %d entities online", features_version.ref, rows)
     return rows

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from flows.common import IO_RETRIES, TASK_DEFAULTS, label_run, on_failure, workspace
-from loopml import loop
 from loopml.records import DatasetVersion
+from loopml.stages.data import ingest as ingest_stage
 
 
 @task(**TASK_DEFAULTS, **IO_RETRIES)
 def ingest_dataset(config: str | None, profile: str | None, name: str) -> DatasetVersion:
-    version, created = loop.ingest(workspace(config, profile), name)
+    version, created = ingest_stage(workspace(config, profile), name)
     get_run_logger().info("%s %s (%d rows)", "stored new version" if created else "unchanged:",
                           version.ref, version.row_count)
     return version

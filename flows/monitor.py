@@ -5,9 +5,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
-from loopml import loop
 from loopml.drift import window_text as drift_window_text
 from loopml.records import DriftReport
+from loopml.stages.drift_check import check_drift, drift_reference
+from loopml.stages.monitoring import observe, prediction_window
+from loopml.stages.project import pipeline_config, production_model
 
 
 @flow(name="loopml-monitor", on_failure=on_failure("monitor"))
@@ -17,16 +19,16 @@ def monitor(since: float | None = None, config: str | None = None,
     the previous monitor run. Returns (report, local HTML path)."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    cfg = loop.pipeline_config(ws)
+    cfg = pipeline_config(ws)
     label_run(ws, f"monitor-{cfg.model_name}", model=cfg.model_name)
-    model = loop.production_model(ws, cfg.model_name)
+    model = production_model(ws, cfg.model_name)
     if model is None:
         raise RuntimeError("no production model to monitor yet; run the pipeline first")
-    reference = loop.drift_reference(ws, model)
-    window = loop.prediction_window(ws, cfg.model_name, since)
-    loop.observe(ws, cfg.model_name, window)
+    reference = drift_reference(ws, model)
+    window = prediction_window(ws, cfg.model_name, since)
+    observe(ws, cfg.model_name, window)
     current = window.inputs
-    report, key, alert = loop.check_drift(ws, reference, current, f"training inputs of {model.ref}",
+    report, key, alert = check_drift(ws, reference, current, f"training inputs of {model.ref}",
                                           production_version=model.version, outputs=window.outputs,
                                           window=window.span)
     path = save_report(ws, key, ws.store.get(key).decode())
@@ -49,6 +51,6 @@ def monitor(since: float | None = None, config: str | None = None,
         if worst is not None and worst.online_vs_offline > 0:
             logger.warning("online features differ from point-in-time values for %s on %.1f%% of served entities",
                            worst.feature, 100 * worst.online_vs_offline)
-    if alert:  # loop.check_drift announced it: hooks, monitors and the Prefect event loopml.drift.detected
+    if alert:  # check_drift announced it: hooks, monitors and the Prefect event loopml.drift.detected
         logger.warning("drift alert raised for %s: %s", model.ref, report.reason)
     return report, str(path)

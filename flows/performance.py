@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import on_failure, publish_markdown, report_link, save_report, workspace
-from loopml import loop, performance
+from loopml import performance
+from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-performance", on_failure=on_failure("performance"))
@@ -15,7 +16,7 @@ def live_performance(config: str | None = None, profile: str | None = None,
     the latest version of ``[pipeline.monitoring] labels_dataset``)."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    cfg = loop.pipeline_config(ws)
+    cfg = pipeline_config(ws)
     frame = ws.datasets.load(ws.datasets.get(labels)) if labels else None
     result, key = performance.live_performance(ws, frame)
     path = save_report(ws, key, ws.store.get(key).decode())

@@ -14,12 +14,15 @@ from flows.ingest import ingest
 from flows.register import register
 from flows.train import train
 from flows.validate import validate
-from loopml import canary, loop
+from loopml import canary
+from loopml.records import PipelineResult
+from loopml.stages.project import pipeline_config, production_model
+from loopml.stages.release import registered_version_of
 
 
 @flow(name="loopml-pipeline", log_prints=True)
 def pipeline(config: str | None = None, profile: str | None = None,
-             deploy_model: bool = True, trainer: Any = None, await_canary: bool = False) -> loop.PipelineResult:
+             deploy_model: bool = True, trainer: Any = None, await_canary: bool = False) -> PipelineResult:
     """Version the data, train, validate against production, register, then roll out.
 
     When a production model exists, an approved candidate becomes a canary first
@@ -33,7 +36,7 @@ def pipeline(config: str | None = None, profile: str | None = None,
     ``build(signature) -> nn.Module``."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    cfg = loop.pipeline_config(ws)
+    cfg = pipeline_config(ws)
     label_run(ws, f"pipeline-{cfg.model_name}", model=cfg.model_name)
     versions = ingest(config=config, profile=profile)
     labels, feature_rows = versions[cfg.labels_dataset], versions[cfg.features.dataset]
@@ -42,16 +45,16 @@ def pipeline(config: str | None = None, profile: str | None = None,
     candidate = train(labels, feature_rows, config=config, profile=profile, trainer=trainer)
     logger.info("candidate %s %s: %s", candidate.fingerprint[:8], "reused (inputs unchanged)" if candidate.skipped
                 else "trained", ", ".join(f"{k}={v:.4f}" for k, v in sorted(candidate.metrics.items())))
-    existing = loop.registered_version_of(ws, candidate) if candidate.skipped else None
+    existing = registered_version_of(ws, candidate) if candidate.skipped else None
     if existing is not None:
         logger.info("%s already holds this model (%s); nothing to validate or register",
                     existing.ref, existing.status)
         url, decision = deploy(config=config, profile=profile, judge=await_canary) if deploy_model else (None, None)
-        production = loop.production_model(ws, cfg.model_name)
-        return loop.PipelineResult(existing.ref, existing.status,
-                                   production is not None and production.version == existing.version,
-                                   True, existing.lineage.get("validation_report"), (), url, decision)
-    baseline = loop.production_model(ws, cfg.model_name)
+        production = production_model(ws, cfg.model_name)
+        return PipelineResult(existing.ref, existing.status,
+                              production is not None and production.version == existing.version,
+                              True, existing.lineage.get("validation_report"), (), url, decision)
+    baseline = production_model(ws, cfg.model_name)
     report, key, path = validate(candidate, labels, config=config, profile=profile)
     logger.info("validation %s against %s: %s", "passed" if report.passed else "FAILED",
                 f"production v{baseline.version}" if baseline else "no production model",
@@ -70,10 +73,10 @@ def pipeline(config: str | None = None, profile: str | None = None,
             decision = "running"
             logger.info("%s is the canary; run the loopml-canary flow while it is served", model.ref)
     model = ws.registry.get(model.name, model.version)
-    production = loop.production_model(ws, cfg.model_name)
+    production = production_model(ws, cfg.model_name)
     promoted = production is not None and production.version == model.version
-    return loop.PipelineResult(model.ref, model.status, promoted, candidate.skipped, path,
-                               tuple(c.name for c in report.failed_checks), url, decision)
+    return PipelineResult(model.ref, model.status, promoted, candidate.skipped, path,
+                          tuple(c.name for c in report.failed_checks), url, decision)
 
 
 if __name__ == "__main__":

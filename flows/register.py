@@ -5,22 +5,24 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, workspace
-from loopml import loop
 from loopml.records import GateReport, ModelVersion, PromotionEvent
+from loopml.stages.project import production_model
+from loopml.stages.release import register_and_promote
+from loopml.stages.training import Candidate
 
 
 @flow(name="loopml-register", on_failure=on_failure("register"))
-def register(candidate: loop.Candidate, report: GateReport, report_key: str,
+def register(candidate: Candidate, report: GateReport, report_key: str,
              baseline_version: int | None, config: str | None = None,
              profile: str | None = None) -> tuple[ModelVersion, PromotionEvent | None]:
     logger = get_run_logger()
-    model, event = loop.register_and_promote(workspace(config, profile), candidate, report,
+    model, event = register_and_promote(workspace(config, profile), candidate, report,
                                              report_key, baseline_version)
     label_run(workspace(config, profile), f"register-{model.name}-v{model.version}", model=model.name,
               version=f"v{model.version}")
     if event and event.alias == "canary":
         logger.info("%s approved: canary next to production v%s before production moves", model.ref,
-                    loop.production_model(workspace(config, profile), model.name).version)
+                    production_model(workspace(config, profile), model.name).version)
     elif event:
         logger.info("%s is now production (was v%s)", model.ref, event.from_version or "-")
     else:

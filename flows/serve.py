@@ -10,7 +10,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import on_failure, workspace
-from loopml import loop, service
+from loopml import service
+from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-serve", on_failure=on_failure("serve"))
@@ -18,6 +19,6 @@ def serve(target: str | None = None, config: str | None = None, profile: str | N
           host: str | None = None, port: int | None = None) -> None:
     """Serve ``target`` (NAME@ALIAS; default: the project's model @production) until cancelled."""
     ws = workspace(config, profile)
-    target = target or f"{loop.pipeline_config(ws).model_name}@production"
+    target = target or f"{pipeline_config(ws).model_name}@production"
     get_run_logger().info("serving %s; promotions and rollbacks are followed from the registry", target)
     service.serve(ws, target, host=host, port=port)

@@ -8,22 +8,25 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.common import label_run, on_failure, workspace
-from loopml import loop
 from loopml.keys import prefect_artifact_key
 from loopml.records import DatasetVersion
+from loopml.stages.data import frames
+from loopml.stages.project import pipeline_config
+from loopml.stages.training import Candidate
+from loopml.stages.training import train as train_stage
 
 
 @flow(name="loopml-train", on_failure=on_failure("train"))
 def train(labels: DatasetVersion, features_version: DatasetVersion, config: str | None = None,
-          profile: str | None = None, trainer: Any = None) -> loop.Candidate:
+          profile: str | None = None, trainer: Any = None) -> Candidate:
     """Train a candidate with the configured trainer, or ``trainer`` given from Python (an object
     with ``fit``/``fingerprint`` or a factory ``build(signature) -> nn.Module``); skipped when the
     same inputs were trained before."""
     logger = get_run_logger()
     ws = workspace(config, profile)
-    model_name = loop.pipeline_config(ws).model_name
+    model_name = pipeline_config(ws).model_name
     label_run(ws, f"train-{model_name}", model=model_name)
-    train_rows, holdout = loop.frames(ws, labels)
+    train_rows, holdout = frames(ws, labels)
     logger.info("training on %d rows (%d held out)", len(train_rows), len(holdout))
     progress = create_progress_artifact(0.0, key=prefect_artifact_key(f"{model_name}-training"),
                                         description=f"training {model_name}: share of epochs done")
@@ -32,7 +35,7 @@ def train(labels: DatasetVersion, features_version: DatasetVersion, config: str 
         logger.info("epoch %d/%d: %s", epoch, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         update_progress_artifact(progress, 100.0 * epoch / max(total, 1))
 
-    candidate = loop.train(ws, labels, features_version, train_rows, trainer=trainer, on_epoch=on_epoch)
+    candidate = train_stage(ws, labels, features_version, train_rows, trainer=trainer, on_epoch=on_epoch)
     update_progress_artifact(progress, 100.0)
     label_run(ws, f"train-{model_name}-{candidate.fingerprint[:8]}", model=model_name,
               fingerprint=candidate.fingerprint[:8])

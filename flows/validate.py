@@ -14,19 +14,20 @@ from flows.common import (
     tracker_links,
     workspace,
 )
-from loopml import loop
 from loopml.records import DatasetVersion, GateReport
+from loopml.stages.training import Candidate
+from loopml.stages.validation import validate as validate_stage
 
 
 @flow(name="loopml-validate", on_failure=on_failure("validate"))
-def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | None = None,
+def validate(candidate: Candidate, labels: DatasetVersion, config: str | None = None,
              profile: str | None = None) -> tuple[GateReport, str, str]:
     """Returns (report, report key in the store, local HTML path)."""
     logger = get_run_logger()
     ws = workspace(config, profile)
     label_run(ws, f"validate-{candidate.model_name}-{candidate.fingerprint[:8]}", model=candidate.model_name,
               fingerprint=candidate.fingerprint[:8])
-    evaluation, key, html = loop.validate(ws, candidate, labels)
+    evaluation, key, html = validate_stage(ws, candidate, labels)
     report = evaluation.report
     path = save_report(ws, key, html)
     for check in report.checks:
@@ -35,5 +36,4 @@ def validate(candidate: loop.Candidate, labels: DatasetVersion, config: str | No
     publish_markdown(f"{report.model_name}-validation",
                      gate_markdown(report, link, tracker_links(ws, candidate.run_id)),
                      f"gates for {report.candidate}")
-    ws.notify("loopml_after_validation", report=report)
     return report, key, str(path)

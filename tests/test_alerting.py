@@ -24,6 +24,7 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="ap
 
 
 @needs_promtool
+@pytest.mark.external
 def test_shipped_rules_and_configs_pass_promtool() -> None:
     for args in (["check", "rules", "loopml-alerts.yml"], ["test", "rules", "loopml-alerts.test.yml"],
                  ["check", "config", "prometheus.yml"]):

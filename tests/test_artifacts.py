@@ -29,6 +29,7 @@ def _train(frame, **kw):
     return train_model(frame, "churned", VIEW.numeric, VIEW.categorical, **kw)
 
 
+@pytest.mark.training
 def test_same_seed_same_model(frame) -> None:
     a, b, c = _train(frame, epochs=3, seed=5), _train(frame, epochs=3, seed=5), _train(frame, epochs=3, seed=6)
     assert a.history == b.history
@@ -37,6 +38,7 @@ def test_same_seed_same_model(frame) -> None:
     assert not np.array_equal(pa, pc)
 
 
+@pytest.mark.training
 def test_preprocessing_lives_in_the_artifact(frame) -> None:
     predictor = Predictor.from_bytes(_train(frame, epochs=2, seed=1).artifact)
     raw = frame[list(VIEW.features)].head(20)
@@ -49,6 +51,7 @@ def test_preprocessing_lives_in_the_artifact(frame) -> None:
     assert np.isfinite(predictor.predict_frame(unseen)).all()
 
 
+@pytest.mark.training
 def test_artifact_is_an_export_program_with_raw_tensors_only(frame) -> None:
     model = _train(frame, epochs=1, seed=1)
     with zipfile.ZipFile(io.BytesIO(model.artifact)) as archive:
@@ -61,6 +64,7 @@ def test_artifact_is_an_export_program_with_raw_tensors_only(frame) -> None:
     assert not any(n.endswith(".py") for n in names)  # no Python source travels with it
 
 
+@pytest.mark.training
 def test_a_pickled_weight_is_refused_before_torch_sees_it(frame) -> None:
     model = _train(frame, epochs=1, seed=1)
     src = zipfile.ZipFile(io.BytesIO(model.artifact))

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from loop_steps import train_and_validate
 
-from loopml import batch, loop
+from loopml import batch
 from loopml.artifacts import Predictor
 from loopml.context import Workspace
 from loopml.errors import DataValidationError
 from loopml.examples import churn
+from loopml.stages.release import register_and_promote
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def scored_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
     config = folder / "loopml.toml"
     ws = Workspace.open(config, profile="ci")
     candidate, evaluation, key, baseline = train_and_validate(ws)
-    loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    register_and_promote(ws, candidate, evaluation.report, key, baseline)
     labels = pd.read_csv(folder / "data" / "labels.csv")
     to_score = labels[["customer_id"]].head(250).assign(as_of=labels["label_timestamp"].head(250))
     to_score.to_csv(folder / "to_score.csv", index=False)

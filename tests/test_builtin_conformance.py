@@ -50,6 +50,7 @@ class TestLocalFeatureStore(FeatureStoreSuite):
         return LocalFeatureStore(tmp_path / "features")
 
 
+@pytest.mark.server
 class TestBuiltinServing(ServingBackendSuite):
     @pytest.fixture
     def serving(self, tmp_path: Path):

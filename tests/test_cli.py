@@ -24,6 +24,7 @@ def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.subprocess
 def test_help_lists_every_command_group() -> None:
     result = subprocess.run([sys.executable, "-m", "loopml.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
@@ -31,6 +32,7 @@ def test_help_lists_every_command_group() -> None:
         assert group in result.stdout
 
 
+@pytest.mark.subprocess
 def test_shell_completion_completes_commands_through_the_installed_entry_point(tmp_path: Path) -> None:
     loopml = Path(sys.executable).with_name("loopml")
     script = subprocess.run([str(loopml), "--show-completion", "bash"], capture_output=True, text=True, cwd=tmp_path)

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.subprocess
 def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
     manifest = ROOT / "deployments" / "kubernetes" / "loopml-serve.yaml"
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", str(manifest)],

@@ -8,6 +8,8 @@ import pytest
 from scipy import stats
 
 from loopml.drift import chi_square_counts, detect_drift, holm, ks_two_sample
+from loopml.stages.drift_check import check_drift
+from loopml.stages.project import view_of
 
 NUMERIC = ("a", "b", "c")
 CATEGORICAL = ("k",)
@@ -137,7 +139,6 @@ def test_a_feature_with_100k_categories_is_tested_and_drawn_as_top_20_plus_other
 
 
 def test_confirmed_drift_alerts_once_per_cooldown_and_again_after_a_new_promotion(tmp_path) -> None:
-    from loopml import loop
     from loopml.context import Workspace
     from loopml.examples import churn
     from loopml.testing import HookRecorder
@@ -146,12 +147,12 @@ def test_confirmed_drift_alerts_once_per_cooldown_and_again_after_a_new_promotio
     ws = Workspace.open(tmp_path / "loopml.toml")
     recorder = HookRecorder()
     ws.manager.register(recorder, "recorder")
-    reference = pd.DataFrame(churn.request_rows(churn.generate(1500, seed=1), loop.view_of(ws).features))
-    shifted = pd.DataFrame(churn.request_rows(churn.generate(1500, seed=2, drift=1.0), loop.view_of(ws).features))
+    reference = pd.DataFrame(churn.request_rows(churn.generate(1500, seed=1), view_of(ws).features))
+    shifted = pd.DataFrame(churn.request_rows(churn.generate(1500, seed=2, drift=1.0), view_of(ws).features))
     t0 = 1_000_000.0
     alerts = []
     for version, now in [(1, t0), (1, t0 + 60), (2, t0 + 120), (2, t0 + 120 + 3601)]:
-        report, key, alert = loop.check_drift(ws, reference, shifted, "ref", production_version=version, now=now)
+        report, key, alert = check_drift(ws, reference, shifted, "ref", production_version=version, now=now)
         assert report.drift_detected and ws.store.exists(key)
         alerts.append(alert)
         if not alert:

@@ -26,6 +26,8 @@ session.end()
 print(ws.trackers[1].get_run("run-1").params["lr"])
 """
 
+pytestmark = pytest.mark.subprocess  # the module's fixture pip-installs the template plugin
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from loop_steps import train_and_validate
 
-from loopml import loop
 from loopml.context import Workspace
 from loopml.examples import churn
+from loopml.stages.data import frames, ingest
+from loopml.stages.release import register_and_promote
+from loopml.stages.training import train
 from loopml.testing import HookRecorder
 
 
@@ -24,6 +26,7 @@ def open_ws(config: Path, **pipeline: dict) -> Workspace:
     return Workspace.open(config, profile="ci", overrides={"pipeline": pipeline} if pipeline else None)
 
 
+@pytest.mark.training
 def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(project: Path) -> None:
     recorder = HookRecorder()
     good_ws = open_ws(project)
@@ -33,7 +36,7 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
         assert baseline is None and evaluation.report.passed, evaluation.report.failed_checks
         regression = next(c for c in evaluation.report.checks if c.name == "regression")
         assert "no production model yet" in regression.reason
-        v1, event = loop.register_and_promote(good_ws, candidate, evaluation.report, key, baseline)
+        v1, event = register_and_promote(good_ws, candidate, evaluation.report, key, baseline)
         assert event is not None and (event.from_version, event.to_version) == (None, 1)
         assert v1.lineage["datasets"]["labels"].startswith("labels@") and v1.git_commit
         assert v1.lineage["validation_report"] == key and good_ws.store.exists(key)
@@ -49,7 +52,7 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
         assert [c.name for c in evaluation.report.failed_checks] == ["regression"]
         reason = evaluation.report.failed_checks[0].reason
         assert "vs production" in reason and "worse beyond the noise margin" in reason
-        v2, event = loop.register_and_promote(weak_ws, weak, evaluation.report, key, baseline)
+        v2, event = register_and_promote(weak_ws, weak, evaluation.report, key, baseline)
         assert event is None and v2.status == "rejected"
         assert not (good_ws.store.root / "exports" / "models" / "churn" / "2").exists()  # rejected: no export
         assert good_ws.registry.get("churn", alias="production").version == 1
@@ -61,6 +64,7 @@ def test_first_model_is_promoted_then_a_worse_one_is_rejected_for_regression(pro
     assert recorder.named("loopml_after_model_trained")
 
 
+@pytest.mark.training
 def test_fairness_gate_names_the_slices(project: Path) -> None:
     ws = open_ws(project, gates={"max_fairness_gap": 0.0, "min_slice_rows": 10})
     _, evaluation, _, _ = train_and_validate(ws)
@@ -68,16 +72,18 @@ def test_fairness_gate_names_the_slices(project: Path) -> None:
     assert not fairness.passed and "senior" in fairness.reason and "senior=yes:" in fairness.reason
 
 
+@pytest.mark.training
 def test_unchanged_inputs_skip_training(project: Path) -> None:
     ws = open_ws(project)
     train_and_validate(ws)  # ingests and trains, unless an earlier test already did: either way
-    activity, created_a = loop.ingest(ws, "activity")
-    labels, created_l = loop.ingest(ws, "labels")
+    activity, created_a = ingest(ws, "activity")
+    labels, created_l = ingest(ws, "labels")
     assert not created_a and not created_l
-    train_rows, _ = loop.frames(ws, labels)
-    assert loop.train(ws, labels, activity, train_rows).skipped
+    train_rows, _ = frames(ws, labels)
+    assert train(ws, labels, activity, train_rows).skipped
 
 
+@pytest.mark.training
 def test_gate_report_html_has_plots_and_every_check(project: Path) -> None:
     ws = open_ws(project)
     _, evaluation, key, _ = train_and_validate(ws)

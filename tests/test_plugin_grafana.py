@@ -98,6 +98,7 @@ def event(kind: str, version: int, reason: str) -> LoopEvent:
     return LoopEvent(kind, "shop", "churn", version, reason, "ci", {"alias": "production"}, time.time())
 
 
+@pytest.mark.server
 def test_promotions_provision_the_dashboard_once_and_become_annotations(grafana: str,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAFANA_TOKEN", "glsa_secret")
@@ -118,6 +119,7 @@ def test_promotions_provision_the_dashboard_once_and_become_annotations(grafana:
     assert FakeGrafana.dashboards[uid]["version"] == 2
 
 
+@pytest.mark.server
 def test_the_dashboard_fits_grafanas_schema_and_covers_the_overview(grafana: str) -> None:
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models.dashboard import Dashboard
@@ -141,6 +143,7 @@ def test_the_shipped_example_dashboard_is_what_the_plugin_generates() -> None:
     assert shipped == dashboard("demo", "churn"), "regenerate: python -m loopml_grafana demo churn > …"
 
 
+@pytest.mark.server
 class TestGrafanaMonitorConformance(MonitorSuite):
     """The shared monitor contract, read back through the (local) Grafana API."""
 

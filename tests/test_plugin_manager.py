@@ -194,6 +194,7 @@ def test_pytest_fixtures_for_plugin_authors(loopml_plugins, loopml_hook_recorder
     assert loopml_hook_recorder.named("loopml_on_error")[0]["stage"] == "train"
 
 
+@pytest.mark.subprocess
 def test_listing_plugins_imports_no_vendor_sdk() -> None:
     import subprocess
 

@@ -11,6 +11,8 @@ from servers import mlflow_server
 
 from loopml.context import BackendContext
 from loopml.records import RunInfo
+from loopml.stages.drift_check import drift_reference
+from loopml.stages.release import register_and_promote
 from loopml.testing import TrackerSuite
 
 pytestmark = pytest.mark.slow
@@ -82,7 +84,6 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     import pandas as pd
     from mlflow import MlflowClient
 
-    from loopml import loop
     from loopml.artifacts import Predictor
     from loopml.context import Workspace
     from loopml.examples import churn
@@ -93,7 +94,7 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     ws = Workspace.open(config, profile="ci")
     candidate, evaluation, key, baseline = train_and_validate(ws)
-    v1, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    v1, _ = register_and_promote(ws, candidate, evaluation.report, key, baseline)
     client = MlflowClient(server)
 
     # The run: inputs, standard tags, per-epoch curves, and the gate numbers as metrics.
@@ -109,7 +110,7 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
         run.info.run_id)}
 
     # The model: an MLflow model with a pyfunc flavour, loaded by MLflow, answering like loopml.
-    rows = pd.DataFrame(loop.drift_reference(ws, v1)).drop(columns=["model_output"], errors="ignore").head(20)
+    rows = pd.DataFrame(drift_reference(ws, v1)).drop(columns=["model_output"], errors="ignore").head(20)
     expected = Predictor.from_bytes(ws.store.get(v1.artifact_key)).predict_frame(rows).reshape(-1)
     for uri in (f"runs:/{run.info.run_id}/model", "models:/churn@production", "models:/churn/1"):
         got = mlflow.pyfunc.load_model(uri).predict(rows)
@@ -125,10 +126,10 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     from loopml import events
 
     moved = ws.registry.set_alias("churn", "production", 2, expected=1, actor="t", reason="promote")
-    events.announce(ws, events.promotion_event(ws, moved), promotion=moved)
+    events.announce(ws, events.promotion_event(ws, moved), subject=moved)
     assert client.get_registered_model("churn").aliases == {"production": "2"}
     back = ws.registry.rollback("churn", "production", expected=2, actor="oncall", reason="latency")
-    events.announce(ws, events.promotion_event(ws, back), promotion=back)
+    events.announce(ws, events.promotion_event(ws, back), subject=back)
     assert client.get_registered_model("churn").aliases == {"production": "1"}
     versions = {mv.version: mv.tags for mv in client.search_model_versions("name = 'churn'")}
     assert {v: t["loopml.version"] for v, t in versions.items()} == {"1": "1", "2": "2"}

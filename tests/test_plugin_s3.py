@@ -12,6 +12,8 @@ import boto3
 import pytest
 from servers import moto_server
 
+from loopml.stages.drift_check import drift_reference
+from loopml.stages.release import register_and_promote
 from loopml.testing import ArtifactStoreSuite
 
 pytestmark = pytest.mark.slow
@@ -117,7 +119,6 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
     import mlflow
     import pandas as pd
 
-    from loopml import loop
     from loopml.artifacts import Predictor
     from loopml.context import Workspace
     from loopml.examples import churn
@@ -132,7 +133,7 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
 
     ws = Workspace.open(config, profile="ci")
     candidate, evaluation, key, baseline = train_and_validate(ws)
-    model, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    model, _ = register_and_promote(ws, candidate, evaluation.report, key, baseline)
     s3 = client(endpoint)
     listed = s3.list_objects_v2(Bucket="exports", Prefix="loopml/exports/models/churn/1/")["Contents"]
     names = {o["Key"].rsplit("/", 1)[1] for o in listed}
@@ -144,7 +145,7 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
     folder.mkdir()
     for name in names:
         s3.download_file("exports", f"loopml/exports/models/churn/1/{name}", str(folder / name))
-    rows = loop.drift_reference(ws, model).drop(columns=["model_output"], errors="ignore").head(20)
+    rows = drift_reference(ws, model).drop(columns=["model_output"], errors="ignore").head(20)
     expected = Predictor.from_bytes(ws.store.get(model.artifact_key)).predict_frame(pd.DataFrame(rows)).reshape(-1)
     got = mlflow.pyfunc.load_model(str(folder)).predict(rows)
     assert list(got) == pytest.approx(list(expected), abs=1e-6)

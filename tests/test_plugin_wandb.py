@@ -8,6 +8,7 @@ import pytest
 
 from loopml.context import BackendContext
 from loopml.records import RunInfo
+from loopml.stages.release import register_and_promote
 from loopml.testing import TrackerSuite
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
 
     from loop_steps import train_and_validate
 
-    from loopml import events, loop
+    from loopml import events
     from loopml.context import Workspace
     from loopml.examples import churn
     from loopml_wandb import read_run_file
@@ -66,7 +67,7 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
     ws = Workspace.open(config, profile="ci")
     caplog.set_level(logging.WARNING)
     candidate, evaluation, key, baseline = train_and_validate(ws)
-    _v1, _ = loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    _v1, _ = register_and_promote(ws, candidate, evaluation.report, key, baseline)
     tracker = next(t for t in ws.trackers if t.name == "wandb")
 
     content = read_run_file(tracker.run_file(candidate.run_id))
@@ -89,5 +90,5 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
     assert {"production", "loopml-v1"} <= set(record["aliases"])
     assert record["digest"] == kinds["model"]["digest"]  # the same artifact version as training's
     moved = ws.registry.set_alias("churn", "canary", 1, expected=None, actor="t", reason="try")
-    events.announce(ws, events.promotion_event(ws, moved), promotion=moved)
+    events.announce(ws, events.promotion_event(ws, moved), subject=moved)
     assert list((tmp_path / ".loopml" / "wandb").glob("offline-run-*-promote-churn-v1-canary-*"))

@@ -41,6 +41,7 @@ sys.exit(main(args))
 """
 
 
+@pytest.mark.subprocess
 def test_parallel_promoters_keep_one_production_version_and_a_consistent_history(tmp_path: Path) -> None:
     db, stop = tmp_path / "registry.db", tmp_path / "stop"
     SqliteRegistry(db)  # create schema first

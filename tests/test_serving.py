@@ -14,6 +14,7 @@ from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
 from loopml.predlog import read_since
 from loopml.serving import ModelServer, post_json
+from loopml.stages.monitoring import prediction_window
 from loopml.traffic import TrafficGenerator
 
 VIEW = FeatureView("activity", "customer_id", "event_timestamp",
@@ -52,10 +53,12 @@ def raw(server: ModelServer, body: bytes, content_type: str = "application/json"
     return resp.status, data
 
 
+@pytest.mark.server
 def test_binds_loopback_by_default(server: ModelServer) -> None:
     assert server.url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.server
 def test_a_good_request_is_answered_with_the_model_version_and_logged(server, tmp_path) -> None:
     status, body = post_json(server.url + "/predict", {"rows": [GOOD, {**GOOD, "customer_id": 7}]})
     assert status == 200 and body["version"] == 1 and body["model"] == "churn"
@@ -82,6 +85,7 @@ def test_a_good_request_is_answered_with_the_model_version_and_logged(server, tm
     (json.dumps({"rows": [GOOD] * 1001}).encode(), 422, "at most 1000"),
     (b"x" * (2 << 20), 413, "limit"),
 ])
+@pytest.mark.server
 def test_bad_requests_get_4xx_naming_the_problem_and_the_server_keeps_serving(server, body, status, message) -> None:
     got, answer = raw(server, body)
     assert got == status
@@ -89,11 +93,13 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_server_keeps_serving(se
     assert post_json(server.url + "/predict", {"rows": [GOOD]})[0] == 200
 
 
+@pytest.mark.server
 def test_wrong_content_type_and_route(server) -> None:
     assert raw(server, b"{}", content_type="text/plain")[0] == 415
     assert raw(server, b"{}", path="/nope")[0] == 404
 
 
+@pytest.mark.server
 def test_canary_split_follows_the_weights(server, predictors) -> None:
     server.add_version(2, predictors[1])
     server.set_traffic({1: 0.8, 2: 0.2})
@@ -104,6 +110,7 @@ def test_canary_split_follows_the_weights(server, predictors) -> None:
     assert 0.14 < share < 0.26
 
 
+@pytest.mark.server
 def test_hot_swap_under_concurrent_load_drops_no_request(server, predictors) -> None:
     clients = [TrafficGenerator(server.url + "/predict", [GOOD]).start() for _ in range(8)]
     try:
@@ -127,6 +134,7 @@ def test_hot_swap_under_concurrent_load_drops_no_request(server, predictors) -> 
     assert all(set(c.versions) == {1, 2} for c in clients)
 
 
+@pytest.mark.server
 def test_health_and_metadata(server) -> None:
     host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -138,6 +146,7 @@ def test_health_and_metadata(server) -> None:
     assert meta["versions"]["1"]["categorical"] == ["contract", "region"]
 
 
+@pytest.mark.server
 def test_rows_with_only_the_entity_id_use_online_features(server) -> None:
     import pandas as pd
 
@@ -154,7 +163,6 @@ def test_rows_with_only_the_entity_id_use_online_features(server) -> None:
 
 
 def test_the_monitor_reads_the_log_where_the_configured_backend_writes_it(project) -> None:
-    from loopml import loop
     from loopml.context import Workspace
     from loopml.examples import churn
 
@@ -166,14 +174,13 @@ def test_the_monitor_reads_the_log_where_the_configured_backend_writes_it(projec
     ws.serving.prediction_log_dir.mkdir(parents=True)
     line = {"ts": 10.0, "version": 3, "inputs": GOOD, "output": 0.25, "latency_ms": 1.5}
     (ws.serving.prediction_log_dir / "churn.jsonl").write_text(json.dumps(line) + "\n")
-    window = loop.prediction_window(ws, "churn", since=5.0)
+    window = prediction_window(ws, "churn", since=5.0)
     assert window.inputs.to_dict("records") == [GOOD]
     assert (window.outputs, window.latency_ms, window.versions) == ((0.25,), (1.5,), (3,))
-    assert loop.prediction_window(ws, "churn", since=11.0).inputs.empty
+    assert prediction_window(ws, "churn", since=11.0).inputs.empty
 
 
 def test_a_monitor_run_survives_a_torn_last_line_a_corrupt_line_and_a_foreign_record(project) -> None:
-    from loopml import loop
     from loopml.context import Workspace
     from loopml.examples import churn
 
@@ -186,8 +193,8 @@ def test_a_monitor_run_survives_a_torn_last_line_a_corrupt_line_and_a_foreign_re
         + "{not json\n"                                                  # a corrupt line
         + json.dumps({"ts": 11.0, "version": "v?", "output": 1}) + "\n"  # JSON, but not a prediction
         + json.dumps(good)[:25])                                         # a writer died mid-line
-    assert loop.prediction_window(ws, "churn").versions == (3,)  # a scheduled run, by cursor
-    assert loop.prediction_window(ws, "churn").versions == ()    # and the next one
-    first = loop.prediction_window(ws, "churn", since=0.0)
+    assert prediction_window(ws, "churn").versions == (3,)  # a scheduled run, by cursor
+    assert prediction_window(ws, "churn").versions == ()    # and the next one
+    first = prediction_window(ws, "churn", since=0.0)
     assert first.versions == (3,) and first.inputs.to_dict("records") == [GOOD]
     assert [t.timestamp() for t in first.span] == [10.0, 10.0]

@@ -42,13 +42,15 @@ GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contr
 BUCKET = "shared"
 MONITOR = """
 import json, sys
-from loopml import loop
 from loopml.context import Workspace
+from loopml.stages.drift_check import check_drift, drift_reference
+from loopml.stages.monitoring import prediction_window
+from loopml.stages.project import production_model
 ws = Workspace.open(sys.argv[1])
 since = None if sys.argv[2] == "cursor" else float(sys.argv[2])
-window = loop.prediction_window(ws, "churn", since)
-model = loop.production_model(ws, "churn")
-report, key, alert = loop.check_drift(ws, loop.drift_reference(ws, model), window.inputs, "training inputs",
+window = prediction_window(ws, "churn", since)
+model = production_model(ws, "churn")
+report, key, alert = check_drift(ws, drift_reference(ws, model), window.inputs, "training inputs",
                                       production_version=model.version, outputs=window.outputs, window=window.span)
 print(json.dumps({"ids": [r["request_id"] for r in window.records], "alert": alert, "reason": report.reason,
                   "report": key}))

@@ -12,6 +12,8 @@ import pytest
 from loopml import sketches
 from loopml.drift import detect_drift, drift_from_sketches, ks_two_sample
 from loopml.sketches import SketchMismatchError, WindowSketch
+from loopml.stages.drift_check import check_drift
+from loopml.stages.project import view_of
 
 
 def columns(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.ndarray]:
@@ -103,22 +105,22 @@ def test_a_large_window_is_checked_on_sketches_and_the_reference_sketch_is_store
     import io
     import re
 
-    from loopml import drift, loop
+    from loopml import drift
     from loopml.context import Workspace
     from loopml.examples import churn
 
     churn.init_project(tmp_path, n_customers=300)
     ws = Workspace.open(tmp_path / "loopml.toml")
-    features = loop.view_of(ws).features
+    features = view_of(ws).features
     reference = pd.DataFrame(churn.request_rows(churn.generate(3000, seed=1), features))
     ws.store.put("models/churn/x/reference.parquet", reference.to_parquet())
     shifted = pd.DataFrame(churn.request_rows(churn.generate(3000, seed=2, drift=1.0), features))
-    exact, _, _ = loop.check_drift(ws, reference, shifted, "ref", production_version=1)
+    exact, _, _ = check_drift(ws, reference, shifted, "ref", production_version=1)
 
     monkeypatch.setattr(drift, "EXACT_UP_TO", 1000)  # 6,000 rows now count as a large window
     stored = pd.read_parquet(io.BytesIO(ws.store.get("models/churn/x/reference.parquet")))
-    stored.attrs["loopml_key"] = "models/churn/x/reference.parquet"  # as loop.drift_reference marks it
-    report, key, _ = loop.check_drift(ws, stored, shifted, "ref", production_version=2)
+    stored.attrs["loopml_key"] = "models/churn/x/reference.parquet"  # as drift_reference marks it
+    report, key, _ = check_drift(ws, stored, shifted, "ref", production_version=2)
     assert report.drifted_features == exact.drifted_features and report.drifted_features
     # 3,000 reference rows: fewer than 4,096 edges, so every value is an edge and the sketch is exact
     assert [f.statistic for f in report.features] == pytest.approx([f.statistic for f in exact.features])
@@ -128,5 +130,5 @@ def test_a_large_window_is_checked_on_sketches_and_the_reference_sketch_is_store
     html = ws.store.get(key).decode()
     pngs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
     assert len(pngs) == len(report.features) and base64.b64decode(pngs[0]).startswith(b"\x89PNG")
-    again, _, _ = loop.check_drift(ws, stored, shifted, "ref", production_version=3)  # the cached sketch
+    again, _, _ = check_drift(ws, stored, shifted, "ref", production_version=3)  # the cached sketch
     assert [f.p_value for f in again.features] == [f.p_value for f in report.features]

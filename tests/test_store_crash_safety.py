@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from loopml.backends.local_store import LocalArtifactStore
 
 WRITER = r"""
@@ -39,6 +41,7 @@ def _expected() -> bytes:
     return b"".join(bytes([i % 251]) * (1 << 20) for i in range(63, -1, -1))
 
 
+@pytest.mark.subprocess
 def test_sigkill_during_put_leaves_nothing_or_the_whole_object(tmp_path: Path) -> None:
     root = tmp_path / "store"
     expected_sha = hashlib.sha256(_expected()).hexdigest()
@@ -87,6 +90,7 @@ LocalArtifactStore(sys.argv[1]).put(sys.argv[2], sys.argv[3].encode())
 """
 
 
+@pytest.mark.subprocess
 def test_a_kill_between_blob_rename_and_ref_link_leaves_no_key_and_gc_or_a_re_put_cleans_up(
         tmp_path: Path) -> None:
     root = tmp_path / "store"
@@ -108,42 +112,65 @@ WRITER_LOOP = r"""
 import json, sys
 from loopml.backends.local_store import LocalArtifactStore
 store = LocalArtifactStore(sys.argv[1])
-me, n = sys.argv[2], int(sys.argv[3])
-failures = []
-for i in range(n):
-    data = f"shared content {i % 7}".encode() if i % 2 else f"{me} own {i}".encode() * 2000
+me, n, gc_state = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def state():
     try:
-        store.put(f"race/{me}/{i}", data)
+        return open(gc_state).read()
+    except OSError:
+        return ""
+failures, overlapped = [], 0
+def put(key, data):
+    global overlapped
+    before = state()
+    try:
+        store.put(key, data)
     except Exception as exc:
         failures.append(f"{type(exc).__name__}: {exc}")
-print(json.dumps(failures))
+    # gc said "pass k running" before and after this put: the put ran inside that pass.
+    overlapped += before.endswith(" running") and state() == before
+for i in range(n):
+    put(f"race/{me}/{i}", f"shared content {i % 7}".encode() if i % 2 else f"{me} own {i}".encode() * 2000)
+extra = 0
+while not overlapped and extra < 20000:  # keep writing (elsewhere) until a put provably overlapped gc
+    put(f"race-extra/{me}/{extra}", f"{me} extra {extra}".encode() * 100)
+    extra += 1
+print(json.dumps({"failures": failures, "puts_inside_a_gc_pass": overlapped}))
 """
 
 GC_LOOP = r"""
-import json, os, sys
+import os, sys
 from loopml.backends.local_store import LocalArtifactStore
 store = LocalArtifactStore(sys.argv[1])
+def say(text):
+    with open(sys.argv[3] + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(sys.argv[3] + ".tmp", sys.argv[3])
 runs = 0
 while not os.path.exists(sys.argv[2]) or runs == 0:
+    say(f"{runs + 1} running")
     store.gc()
     runs += 1
+    say(f"{runs} done")
 print(runs)
 """
 
 
+@pytest.mark.subprocess
 def test_gc_running_beside_writers_loses_no_put_and_no_blob(tmp_path: Path) -> None:
-    root, stop = tmp_path / "store", tmp_path / "writers-done"
+    root, stop, counter = tmp_path / "store", tmp_path / "writers-done", tmp_path / "gc-state"
     store = LocalArtifactStore(root)
     store.put("race/old", b"garbage soon")
     store.delete("race/old")  # an unreferenced blob for gc to find
-    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(root), str(stop)], stdout=subprocess.PIPE, text=True)
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER_LOOP, str(root), f"w{i}", "75"],
+    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(root), str(stop), str(counter)],
+                          stdout=subprocess.PIPE, text=True)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER_LOOP, str(root), f"w{i}", "75", str(counter)],
                                 stdout=subprocess.PIPE, text=True) for i in range(4)]
-    failures = [json.loads(w.communicate(timeout=300)[0]) for w in writers]
+    results = [json.loads(w.communicate(timeout=300)[0]) for w in writers]
     stop.touch()
     gc_runs = int(gc.communicate(timeout=120)[0])
-    assert failures == [[], [], [], []]
-    assert gc_runs >= 1
+    assert [r["failures"] for r in results] == [[], [], [], []]
+    # Each writer made at least one put that began and ended inside one gc pass: they did overlap.
+    assert all(r["puts_inside_a_gc_pass"] >= 1 for r in results) and gc_runs >= 1
     keys = [o.key for o in store.list("race/")]
     assert len(keys) == 300
     for key in keys:  # every listed key is readable: gc never took a blob a key needs

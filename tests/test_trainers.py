@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopml import loop
 from loopml.context import Workspace
 from loopml.errors import ConfigError, DataValidationError, UnknownBackendError
 from loopml.examples import churn
 from loopml.plugins import hookimpl
+from loopml.stages.data import apply_features, frames, ingest
+from loopml.stages.release import register_and_promote
+from loopml.stages.training import train
+from loopml.stages.validation import validate
 from loopml.testing import TrainerSuite
 from loopml.trainers import MlpOptions, TorchModuleOptions, mlp_trainer, torch_module_trainer
 
@@ -52,12 +55,14 @@ def user_package(tmp_path_factory: pytest.TempPathFactory) -> str:
     sys.modules.pop("team_models", None)
 
 
+@pytest.mark.training
 class TestMlpTrainer(TrainerSuite):
     @pytest.fixture
     def trainer(self):
         return mlp_trainer(MlpOptions(epochs=3))
 
 
+@pytest.mark.training
 class TestTorchModuleTrainer(TrainerSuite):
     @pytest.fixture
     def trainer(self, user_package):
@@ -88,9 +93,9 @@ def open_ws(config: Path, **pipeline) -> Workspace:
 
 
 def prepared(ws: Workspace):
-    activity, _ = loop.ingest(ws, "activity")
-    labels, _ = loop.ingest(ws, "labels")
-    loop.apply_features(ws, activity)
+    activity, _ = ingest(ws, "activity")
+    labels, _ = ingest(ws, "labels")
+    apply_features(ws, activity)
     return activity, labels
 
 
@@ -108,51 +113,54 @@ def test_a_factory_that_cannot_be_imported_is_named_before_training(project: Pat
         ws.trainer  # noqa: B018
 
 
+@pytest.mark.training
 def test_a_module_whose_output_does_not_fit_the_task_fails_before_the_first_epoch(project: Path,
                                                                                    user_package: str) -> None:
     ws = Workspace.open(project, overrides={"pipeline": {"model": {
         "trainer": "torch-module", "options": {"module": f"{user_package}:wrong_shape"}}}})
     activity, labels = prepared(ws)
-    train_rows, _ = loop.frames(ws, labels)
+    train_rows, _ = frames(ws, labels)
     epochs: list[int] = []
     with pytest.raises(ConfigError, match=r"module 'team_models:wrong_shape'.*fails on a batch of 2 rows"):
-        loop.train(ws, labels, activity, train_rows, on_epoch=lambda e, t, m: epochs.append(e))
+        train(ws, labels, activity, train_rows, on_epoch=lambda e, t, m: epochs.append(e))
     assert epochs == []
 
 
 def test_a_count_label_for_a_binary_task_is_refused_naming_the_column(project: Path) -> None:
     ws = open_ws(project, label="spend_next")  # a continuous amount, declared binary
     activity, labels = prepared(ws)
-    train_rows, _ = loop.frames(ws, labels)
+    train_rows, _ = frames(ws, labels)
     with pytest.raises(DataValidationError, match=r"label column 'spend_next' does not fit task \"binary\".*"
                                                   r"use task = \"regression\""):
-        loop.train(ws, labels, activity, train_rows)
+        train(ws, labels, activity, train_rows)
 
 
+@pytest.mark.training
 def test_a_custom_module_trains_through_the_loop_and_its_fingerprint_caches(project: Path,
                                                                            user_package: str) -> None:
     over = {"trainer": "torch-module", "options": {"module": f"{user_package}:build", "epochs": 2}}
     ws = Workspace.open(project, overrides={"pipeline": {"model": over}})
     activity, labels = prepared(ws)
-    train_rows, _ = loop.frames(ws, labels)
+    train_rows, _ = frames(ws, labels)
     seen: list[tuple[int, int]] = []
-    first = loop.train(ws, labels, activity, train_rows, on_epoch=lambda e, t, m: seen.append((e, t)))
+    first = train(ws, labels, activity, train_rows, on_epoch=lambda e, t, m: seen.append((e, t)))
     assert seen == [(1, 2), (2, 2)] and not first.skipped and first.params["trainer"] == "torch-module"
-    again = loop.train(ws, labels, activity, train_rows)
+    again = train(ws, labels, activity, train_rows)
     assert again.skipped and again.artifact_key == first.artifact_key
     other = Workspace.open(project, overrides={"pipeline": {"model": {**over, "options": {
         **over["options"], "kwargs": {"width": 8}}}}})
-    assert not loop.train(other, labels, activity, train_rows).skipped  # other options: another model
+    assert not train(other, labels, activity, train_rows).skipped  # other options: another model
 
 
+@pytest.mark.training
 def test_an_ad_hoc_factory_from_python_replaces_the_configured_trainer(project: Path, user_package: str) -> None:
     import importlib
 
     build = importlib.import_module(user_package).build
     ws = open_ws(project)
     activity, labels = prepared(ws)
-    train_rows, _ = loop.frames(ws, labels)
-    candidate = loop.train(ws, labels, activity, train_rows, trainer=lambda sig: build(sig, width=4))
+    train_rows, _ = frames(ws, labels)
+    candidate = train(ws, labels, activity, train_rows, trainer=lambda sig: build(sig, width=4))
     assert candidate.params["trainer"] == "ad-hoc"
     assert ws.store.exists(candidate.artifact_key)
 
@@ -160,7 +168,7 @@ def test_an_ad_hoc_factory_from_python_replaces_the_configured_trainer(project: 
 def test_time_holdout_validates_on_the_latest_period(project: Path) -> None:
     ws = open_ws(project, training={"holdout": {"after": "2025-02-20T00:00:00Z"}})
     _, labels = prepared(ws)
-    train_rows, holdout = loop.frames(ws, labels)
+    train_rows, holdout = frames(ws, labels)
     import pandas as pd
 
     cutoff = pd.Timestamp("2025-02-20", tz="UTC")
@@ -169,13 +177,14 @@ def test_time_holdout_validates_on_the_latest_period(project: Path) -> None:
     assert (pd.to_datetime(train_rows["label_timestamp"], utc=True) < cutoff).all()
 
 
+@pytest.mark.training
 def test_the_sensitive_attribute_may_also_be_a_feature(project: Path) -> None:
     ws = open_ws(project, sensitive_attribute="contract", gates={"min_slice_rows": 10})
     activity, labels = prepared(ws)
-    train_rows, _ = loop.frames(ws, labels)
+    train_rows, _ = frames(ws, labels)
     assert "contract" in train_rows.columns and "contract_x" not in train_rows.columns
-    candidate = loop.train(ws, labels, activity, train_rows)
-    evaluation, _, _ = loop.validate(ws, candidate, labels)
+    candidate = train(ws, labels, activity, train_rows)
+    evaluation, _, _ = validate(ws, candidate, labels)
     fairness = next(c for c in evaluation.report.checks if c.name == "fairness")
     assert "contract=month" in fairness.reason and "contract=two_year" in fairness.reason
 
@@ -186,23 +195,25 @@ class Freeze:
         return f"change freeze: {model_name} stays as it is"
 
 
+@pytest.mark.training
 def test_a_promotion_veto_lands_in_the_report_and_the_history(project: Path, tmp_path: Path) -> None:
     ws = open_ws(_plain_project(tmp_path / "veto"))
     ws.manager.register(Freeze(), "freeze")
     try:
         activity, labels = prepared(ws)
-        train_rows, _ = loop.frames(ws, labels)
-        candidate = loop.train(ws, labels, activity, train_rows)
-        evaluation, key, html = loop.validate(ws, candidate, labels)
+        train_rows, _ = frames(ws, labels)
+        candidate = train(ws, labels, activity, train_rows)
+        evaluation, key, html = validate(ws, candidate, labels)
     finally:
         ws.manager.unregister("freeze")
     assert [c.name for c in evaluation.report.failed_checks] == ["promotion-veto"]
     assert "freeze: change freeze: churn stays as it is" in html
-    model, event = loop.register_and_promote(ws, candidate, evaluation.report, key, None)
+    model, event = register_and_promote(ws, candidate, evaluation.report, key, None)
     assert event is None and model.status == "rejected"
     assert "change freeze" in ws.registry.history("churn")[-1].reason
 
 
+@pytest.mark.training
 def test_a_single_class_holdout_is_a_failed_gate_with_a_reason() -> None:
     from loopml.artifacts import Predictor
     from loopml.config import GatesConfig
@@ -237,9 +248,9 @@ def test_gates_and_report_follow_the_task(project: Path, task: str, label: str, 
                  gates={"thresholds": thresholds, "max_fairness_gap": 100.0, "latency_p99_ms": 1000.0,
                         "max_latency_ratio": 100.0})
     activity, labels = prepared(ws)
-    train_rows, _ = loop.frames(ws, labels)
-    candidate = loop.train(ws, labels, activity, train_rows)
-    evaluation, _, html = loop.validate(ws, candidate, labels)
+    train_rows, _ = frames(ws, labels)
+    candidate = train(ws, labels, activity, train_rows)
+    evaluation, _, html = validate(ws, candidate, labels)
     assert set(evaluation.metrics) == expect
     assert evaluation.report.passed, evaluation.report.failed_checks
     assert {"regression": "alt='predicted vs actual'", "multiclass": "alt='confusion matrix'"}[task] in html

@@ -10,9 +10,14 @@ import pandas as pd
 import pytest
 from loop_steps import train_and_validate
 
-from loopml import canary, events, loop, performance
+from loopml import canary, events, performance
 from loopml.context import Workspace
 from loopml.examples import churn
+from loopml.stages.deploy import sync_serving
+from loopml.stages.drift_check import check_drift, drift_reference
+from loopml.stages.monitoring import prediction_window
+from loopml.stages.project import production_model, view_of
+from loopml.stages.release import register_and_promote
 from loopml.testing import HookRecorder
 from loopml.traffic import TrafficGenerator
 
@@ -36,7 +41,7 @@ def open_ws(config: Path, serving_of: Workspace | None = None, **pipeline: dict)
 
 def train_and_register(ws: Workspace) -> tuple:
     candidate, evaluation, key, baseline = train_and_validate(ws)
-    return loop.register_and_promote(ws, candidate, evaluation.report, key, baseline)
+    return register_and_promote(ws, candidate, evaluation.report, key, baseline)
 
 
 def judged(ws: Workspace, traffic: TrafficGenerator, timeout: float = 300) -> canary.CanaryVerdict:
@@ -57,8 +62,8 @@ def served(config: Path):
     ws = open_ws(config)
     v1, event = train_and_register(ws)
     assert event is not None and event.alias == "production" and v1.version == 1  # first model: no canary
-    url = loop.sync_serving(ws, "churn")
-    rows = churn.request_rows(churn.generate(600, seed=11), loop.view_of(ws).features)
+    url = sync_serving(ws, "churn")
+    rows = churn.request_rows(churn.generate(600, seed=11), view_of(ws).features)
     yield ws, url + "/predict", rows
     ws.serving.undeploy()
 
@@ -72,7 +77,7 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
     v2, event = train_and_register(ws2)
     assert event is not None and event.alias == "canary" and v2.status == "approved"
     assert ws.registry.aliases("churn") == {"production": before, "canary": v2.version}  # production has not moved
-    loop.sync_serving(ws, "churn")
+    sync_serving(ws, "churn")
     assert ws.serving.status()["traffic"] == {str(before): 0.9, str(v2.version): 0.1}
     traffic = TrafficGenerator(url, rows)
     verdict = judged(ws, traffic)
@@ -81,13 +86,13 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
                                                 "canary-output-shift"]
     move, report = canary.finish(ws2, verdict)
     assert (move.alias, move.from_version, move.to_version) == ("production", before, v2.version)
-    loop.sync_serving(ws, "churn")
+    sync_serving(ws, "churn")
     assert ws.serving.status()["traffic"] == {str(v2.version): 1.0} and traffic.failed == 0
     last = ws.registry.history("churn")[-1]
     assert last.actor == "loopml-canary" and "canary passed" in last.reason and report in last.reason
     assert "PROMOTE" in ws.store.get(report).decode()
     kinds = [c[1]["event"].kind for c in recorder.calls if c[0] == "loopml_on_event"]
-    assert kinds == [events.VALIDATED, events.CANARY_STARTED, events.PROMOTED]
+    assert kinds == [events.TRAINED, events.VALIDATED, events.REGISTERED, events.CANARY_STARTED, events.PROMOTED]
     assert all(c[1]["event"].project == ws.config.project for c in recorder.calls if c[0] == "loopml_on_event")
 
 
@@ -96,14 +101,14 @@ def test_a_canary_that_fails_its_slo_is_rolled_back_and_rejected(config: Path, s
     strict = open_ws(config, ws, training={"seed": 8}, rollout={"max_output_shift": 0.0})  # any change fails
     v3, event = train_and_register(strict)
     assert event is not None and event.alias == "canary"
-    loop.sync_serving(strict, "churn")
+    sync_serving(strict, "churn")
     verdict = judged(strict, TrafficGenerator(url, rows))
     assert verdict.decision == "rollback" and "canary-output-shift" in verdict.reason
     move, _ = canary.finish(strict, verdict)
     production = strict.registry.aliases("churn")["production"]
     assert (move.alias, move.action, move.to_version) == ("canary", "rollback", production)
     assert strict.registry.get("churn", v3.version).status == "rejected"
-    loop.sync_serving(strict, "churn")
+    sync_serving(strict, "churn")
     assert strict.serving.status()["traffic"] == {str(production): 1.0}
     assert canary.active(strict, "churn") is None
     monitor_log = (config.parent / ".loopml" / "monitoring" / "events.jsonl").read_text()
@@ -115,7 +120,7 @@ def test_shadow_mode_mirrors_requests_without_changing_answers(config: Path, ser
     shadow = open_ws(config, ws, training={"seed": 9}, rollout={"mode": "shadow", "min_requests": 150})
     v4, event = train_and_register(shadow)
     assert event is not None and event.alias == "canary"
-    loop.sync_serving(shadow, "churn")
+    sync_serving(shadow, "churn")
     status = shadow.serving.status()
     production = shadow.registry.aliases("churn")["production"]
     assert status["traffic"] == {str(production): 1.0} and status["shadow"] == v4.version
@@ -124,10 +129,10 @@ def test_shadow_mode_mirrors_requests_without_changing_answers(config: Path, ser
     assert set(traffic.versions) == {production}  # every answer came from production
     assert verdict.arms[1].rows >= 150 and verdict.disagreement is not None
     assert any(c.name == "shadow-disagreement" for c in verdict.checks)
-    window = loop.prediction_window(shadow, "churn", since=verdict.started_at)
+    window = prediction_window(shadow, "churn", since=verdict.started_at)
     assert set(window.versions) == {production}  # drift and monitors never see the mirrored copies
     canary.finish(shadow, verdict)
-    loop.sync_serving(shadow, "churn")
+    sync_serving(shadow, "churn")
     assert shadow.serving.status()["shadow"] is None
 
 
@@ -135,7 +140,7 @@ def test_delayed_labels_give_live_performance_and_a_degraded_verdict(config: Pat
     ws, url, _ = served
     data = churn.generate(2000, seed=0)
     # Clients send each customer's features with its id (churners have no fresh online features).
-    rows = churn.request_rows(data, ("customer_id", *loop.view_of(ws).features))[:400]
+    rows = churn.request_rows(data, ("customer_id", *view_of(ws).features))[:400]
     since = time.time()
     traffic = TrafficGenerator(url, rows)
     traffic.send(len(rows))
@@ -165,22 +170,22 @@ def _events(config: Path) -> list[dict]:
 def test_serving_by_entity_id_shows_no_skew_and_no_drift_alarm_on_the_example(config: Path, served) -> None:
     ws, url, _ = served
     ids = churn.generate(2000, seed=0).labels["customer_id"].sample(800, random_state=1).tolist()
-    online = ws.feature_store.online_features(loop.view_of(ws).name, ids)
+    online = ws.feature_store.online_features(view_of(ws).name, ids)
     ids = [i for i, ok in zip(ids, online["tenure_months"].notna(), strict=True) if ok][:400]
     assert len(ids) == 400  # customers still active (churners' features expired with the view's ttl)
     since = time.time()
     TrafficGenerator(url, [{"customer_id": int(i)} for i in ids]).send(len(ids))
-    window = loop.prediction_window(ws, "churn", since=since)
+    window = prediction_window(ws, "churn", since=since)
     rows = performance.skew(ws, window.records)
-    assert {s.feature for s in rows} == set(loop.view_of(ws).features)
+    assert {s.feature for s in rows} == set(view_of(ws).features)
     # The example's data ends in 2025: at request time (now) every served value is older than the
     # view's 45-day ttl. That is reported (stale), and no fresh value was served differently.
     assert all(s.stale == 1.0 and s.online_vs_offline == 0.0 for s in rows), rows
     assert all(s.training_rows > 300 for s in rows)
     calls = next(s for s in rows if s.feature == "support_calls")
     assert abs(calls.serving_vs_training) < 0.2, calls  # no post-churn artefact in the latest snapshot
-    model = loop.production_model(ws, "churn")
-    report, _, alert = loop.check_drift(ws, loop.drift_reference(ws, model), window.inputs, "training",
+    model = production_model(ws, "churn")
+    report, _, alert = check_drift(ws, drift_reference(ws, model), window.inputs, "training",
                                         production_version=model.version, outputs=window.outputs)
     assert not report.drift_detected and not alert, report.reason
 

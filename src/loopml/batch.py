@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopml.errors import DataValidationError, ModelNotFoundError
+from loopml.stages.deploy import artifact_file
+from loopml.stages.project import pipeline_config, view_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,10 +42,9 @@ def resolve_model(ws: Workspace, name: str, ref: str | None) -> ModelVersion:
 
 def scoring_rows(ws: Workspace, dataset: DatasetVersion, as_of: str | None = None) -> pd.DataFrame:
     """The rows to score, with the model's features: as stored, or joined point in time."""
-    from loopml import loop
 
     frame = ws.datasets.load(dataset)
-    view = loop.view_of(ws)
+    view = view_of(ws)
     if all(f in frame.columns for f in view.features):
         return frame
     if as_of is None or as_of not in frame.columns or view.entity not in frame.columns:
@@ -118,13 +119,12 @@ def write_scores(ws: Workspace, model: ModelVersion, rows: pd.DataFrame,
 def score_dataset(ws: Workspace, dataset_ref: str, *, model_ref: str | None = None, as_of: str | None = None,
                   partitions: int = 1) -> tuple[DatasetVersion, ModelVersion, bool]:
     """Score a dataset version in ``partitions`` slices, in this process (the flow runs them as tasks)."""
-    from loopml import loop
     from loopml.artifacts import Predictor
 
-    name = loop.pipeline_config(ws).model_name
+    name = pipeline_config(ws).model_name
     model = resolve_model(ws, name, model_ref)
     rows = scoring_rows(ws, ws.datasets.get(dataset_ref), as_of)
-    predictor = Predictor.from_bytes(loop.artifact_file(ws, model).read_bytes())
+    predictor = Predictor.from_bytes(artifact_file(ws, model).read_bytes())
     predictions = [p for part in partitions_of(rows, partitions) for p in score_partition(predictor, part)]
     version, created = write_scores(ws, model, rows, predictions)
     return version, model, created

@@ -208,7 +208,7 @@ def start(ws: Workspace, model: ModelVersion, *, reason: str = "") -> PromotionE
         ws, events.CANARY_STARTED, model.name, model.version,
         f"{model.ref} gets {share} next to v{production}",
         {"mode": policy.mode, "canary_weight": policy.canary_weight, "production": production}, ACTOR),
-        promotion=event)  # an alias moved: loopml_after_promotion and on_promotion see it too
+        subject=event)  # an alias moved: loopml_after_promotion and on_promotion see it too
     return event
 
 
@@ -300,13 +300,13 @@ def finish(ws: Workspace, verdict: CanaryVerdict) -> tuple[PromotionEvent, str]:
         event = ws.registry.set_alias(verdict.model, PRODUCTION, verdict.candidate, expected=verdict.production,
                                       actor=ACTOR, reason=reason)
         kind_payload = {**verdict.payload(), "report": report_key}
-        events.announce(ws, events.promotion_event(ws, event, kind_payload), promotion=event)
+        events.announce(ws, events.promotion_event(ws, event, kind_payload), subject=event)
         return event, report_key
     event = ws.registry.set_alias(verdict.model, CANARY, verdict.production, expected=verdict.candidate,
                                   actor=ACTOR, reason=reason, action="rollback")
     ws.registry.set_status(verdict.model, verdict.candidate, "rejected", actor=ACTOR, reason=reason)
     events.announce(ws, events.promotion_event(ws, event, {**verdict.payload(), "report": report_key}),
-                    promotion=event)
+                    subject=event)
     return event, report_key
 
 

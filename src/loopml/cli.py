@@ -181,9 +181,11 @@ def data_ingest(
 ) -> None:
     """Validate SOURCE against the dataset's schema and store it as a content-addressed version."""
     ws = _workspace(config, profile)
+    from loopml.stages.data import ingest
+
+    where = source if "://" in source else str(Path(source).absolute())  # relative to where the user is
     with out.status(f"ingesting {source} …"):
-        version, created = ws.datasets.ingest(name, source, columns=ws.dataset_rules(name))
-    ws.notify("loopml_after_dataset_versioned", dataset=version, created=created)
+        version, created = ingest(ws, name, where)
     if as_json:
         _print_json({"version": version, "created": created})
         return
@@ -331,7 +333,7 @@ def models_promote(
             expected = _confirmed_expected(name, alias, current, f"move it to v{version}")
     event = ws.registry.set_alias(name, alias, version, expected=expected, actor=current_actor(),
                                   reason=reason)
-    events.announce(ws, events.promotion_event(ws, event), promotion=event)
+    events.announce(ws, events.promotion_event(ws, event), subject=event)
     out.print(f"{name}@{alias}: v{event.from_version or '-'} -> v{event.to_version}")
 
 
@@ -355,7 +357,7 @@ def models_rollback(
         if current is not None:  # else the registry says there is nothing to roll back
             expected = _confirmed_expected(name, alias, current, "roll it back")
     event = ws.registry.rollback(name, alias, expected=expected, actor=current_actor(), reason=reason)
-    events.announce(ws, events.promotion_event(ws, event), promotion=event)
+    events.announce(ws, events.promotion_event(ws, event), subject=event)
     out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback)")
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from loopml.stages.drift_check import reference_key, reference_sketch
+from loopml.stages.project import pipeline_config, view_of
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -33,11 +36,10 @@ class DriftPlan:
 
 def plan(ws: Workspace, model: ModelVersion) -> DriftPlan:
     """The model's features and its reference sketch (kept in the store beside the reference)."""
-    from loopml import loop
 
-    view = loop.view_of(ws)
+    view = view_of(ws)
     numeric, categorical = tuple(view.numeric), tuple(view.categorical)
-    sketch = loop.reference_sketch(ws, numeric, categorical, key=loop.reference_key(model))  # rows read once
+    sketch = reference_sketch(ws, numeric, categorical, key=reference_key(model))  # rows read once
     return DriftPlan(model, numeric, categorical, sketch.edges, sketch)
 
 
@@ -51,9 +53,9 @@ def sketch_partition(rows: pd.DataFrame, numeric: tuple[str, ...], categorical: 
 
 def report(ws: Workspace, drift_plan: DriftPlan, partitions: list[bytes], dataset_ref: str) -> tuple[DriftReport, str]:
     """Merge the partitions' sketches, test, and store the HTML report. Returns (report, report key)."""
-    from loopml import drift, loop, sketches
+    from loopml import drift, sketches
 
-    cfg = loop.pipeline_config(ws)
+    cfg = pipeline_config(ws)
     merged = sketches.merge_all(sketches.WindowSketch.from_bytes(p) for p in partitions)
     result = drift.drift_from_sketches(drift_plan.reference, merged, alpha=cfg.drift.alpha,
                                        min_samples=cfg.drift.min_samples, model=drift_plan.model.ref,

@@ -1,14 +1,18 @@
-"""One path for everything that happens to a model: hooks, monitors and a Prefect event.
+"""The event spine: every lifecycle fact of the loop is one :class:`LoopEvent` through :func:`announce`.
 
-Flows and the CLI alike call :func:`announce`. It
+Stages, flows, the CLI and ``loopml serve`` alike call :func:`announce`. For each event it
 
-1. calls the matching lifecycle hook (``loopml_after_promotion``, ``loopml_on_drift``) and the
-   general ``loopml_on_event`` in every plugin (a raise is recorded, never propagated);
-2. hands the event to every monitor: ``on_promotion`` / ``on_drift`` for those two kinds, and
-   ``on_event`` for every kind where the monitor has one;
-3. emits a Prefect event whose resource is ``loopml.model.<project>.<model>`` and carries
-   ``loopml.project`` and ``loopml.model`` labels, so a trigger in ``deployments/prefect.yaml``
-   retrains the right project even when many share one work pool.
+1. calls the specific lifecycle hook derived from the event's kind (the table :data:`DERIVED_HOOKS`,
+   the only place where kinds meet hooks: ``loopml.model.validated`` becomes
+   ``loopml_after_validation``, a promotion ``loopml_after_promotion``, …), then the general
+   ``loopml_on_event``, in every plugin (a raise is recorded, never propagated). A plugin that
+   implements both a specific hook and ``loopml_on_event`` hears the fact through each: pick one;
+2. hands the event to every monitor: ``on_promotion`` / ``on_drift`` for those facts, and
+   ``on_event`` for every kind where the monitor has one (:class:`loopml.protocols.EventMonitor`);
+3. emits a Prefect event whose resource is ``loopml.model.<project>.<model>`` (for a dataset,
+   ``loopml.dataset.<project>.<dataset>``) and carries ``loopml.project`` and ``loopml.model``
+   labels, so a trigger in ``deployments/prefect.yaml`` retrains the right project even when many
+   share one work pool.
 
 The Prefect event is sent when a Prefect API is configured (``PREFECT_API_URL``) or inside a flow
 run; a CLI call with neither does not start a temporary Prefect server just to say it.
@@ -19,19 +23,27 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from loopml.records import LoopEvent
+from loopml.protocols import EventMonitor
+from loopml.records import LoopEvent, TrainedRun
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
-    from loopml.records import DriftReport, PromotionEvent
+    from loopml.records import DatasetVersion, GateReport, PromotionEvent
 
 log = logging.getLogger(__name__)
 
+DATASET_VERSIONED = "loopml.dataset.versioned"
+"""A dataset was validated and versioned (payload: dataset, id, rows, whether the version is new)."""
+TRAINED = "loopml.model.trained"
+"""A candidate was trained and tracked (payload: run id, artifact key, last epoch's metrics)."""
 VALIDATED = "loopml.model.validated"
-"""Gates ran on a candidate (payload: every check's value, threshold and verdict)."""
+"""Gates ran on a candidate, before it is registered (payload: every check's value, threshold and
+verdict; ``version`` is None: the candidate has no registry version yet)."""
+REGISTERED = "loopml.model.registered"
+"""A judged candidate became a registry version, approved or rejected (payload: status, gates, export)."""
 REJECTED = "loopml.model.rejected"
 """A candidate failed a gate, or its canary was rolled back; production did not move to it."""
 PROMOTED = "loopml.model.promoted"
@@ -49,9 +61,22 @@ PERFORMANCE = "loopml.performance.measured"
 DEGRADED = "loopml.performance.degraded"
 """Live performance fell below the bound (``[pipeline.monitoring]``); triggers retraining."""
 
-KINDS: tuple[str, ...] = (VALIDATED, REJECTED, PROMOTED, ROLLED_BACK, CANARY_STARTED, DRIFT_CHECKED, DRIFT,
-                          PERFORMANCE,
-                          DEGRADED)
+KINDS: tuple[str, ...] = (DATASET_VERSIONED, TRAINED, VALIDATED, REGISTERED, REJECTED, PROMOTED, ROLLED_BACK,
+                          CANARY_STARTED, DRIFT_CHECKED, DRIFT, PERFORMANCE, DEGRADED)
+
+_ALIAS_MOVES = (PROMOTED, ROLLED_BACK, CANARY_STARTED)
+
+DERIVED_HOOKS: dict[str, tuple[str, Callable[[LoopEvent, Any], dict[str, Any]]]] = {
+    DATASET_VERSIONED: ("loopml_after_dataset_versioned",
+                        lambda e, dataset: {"dataset": dataset, "created": bool(e.payload.get("created"))}),
+    TRAINED: ("loopml_after_model_trained",
+              lambda e, t: {"run": t.run, "artifact_key": t.artifact_key, "metrics": dict(t.metrics)}),
+    VALIDATED: ("loopml_after_validation", lambda e, report: {"report": report}),
+    REGISTERED: ("loopml_after_model_registered", lambda e, model: {"model": model}),
+    **{kind: ("loopml_after_promotion", lambda e, move: {"event": move}) for kind in _ALIAS_MOVES},
+    DRIFT: ("loopml_on_drift", lambda e, report: {"report": report}),
+}
+"""Event kind -> (the specific lifecycle hook it fires, its arguments from the event and its subject)."""
 
 
 def make_event(ws: Workspace, kind: str, model: str, version: int | None, reason: str,
@@ -64,6 +89,30 @@ def make_event(ws: Workspace, kind: str, model: str, version: int | None, reason
                      dict(payload or {}), time.time())
 
 
+def dataset_versioned_event(ws: Workspace, version: DatasetVersion, created: bool) -> LoopEvent:
+    model = ws.config.pipeline.model_name if ws.config.pipeline is not None else ""
+    return make_event(ws, DATASET_VERSIONED, model, None,
+                      f"{version.ref}: {version.row_count} rows{'' if created else ' (unchanged)'}",
+                      {"dataset": version.name, "id": version.id, "ref": version.ref, "rows": version.row_count,
+                       "created": created})
+
+
+def trained_event(ws: Workspace, model: str, trained: TrainedRun) -> LoopEvent:
+    return make_event(ws, TRAINED, model, None, f"trained in run {trained.run.run_id}",
+                      {"run_id": trained.run.run_id, "artifact_key": trained.artifact_key,
+                       "metrics": dict(trained.metrics)})
+
+
+def validated_event(ws: Workspace, report: GateReport, report_key: str, fingerprint: str) -> LoopEvent:
+    checks = {c.name: {"passed": c.passed, "value": c.value, "threshold": c.threshold} for c in report.checks}
+    reason = ("all gates passed" if report.passed else
+              "rejected: " + "; ".join(f"{c.name}: {c.reason}" for c in report.failed_checks))
+    return make_event(ws, VALIDATED, report.model_name, None, reason,
+                      {"candidate": report.candidate, "fingerprint": fingerprint, "passed": report.passed,
+                       "checks": checks, "metrics": dict(report.metrics), "baseline": report.baseline,
+                       "report": report_key})
+
+
 def promotion_event(ws: Workspace, promotion: PromotionEvent, payload: Mapping[str, Any] | None = None) -> LoopEvent:
     kind = ROLLED_BACK if promotion.action == "rollback" else PROMOTED
     body = {"alias": promotion.alias, "from_version": promotion.from_version, "to_version": promotion.to_version,
@@ -71,23 +120,23 @@ def promotion_event(ws: Workspace, promotion: PromotionEvent, payload: Mapping[s
     return make_event(ws, kind, promotion.name, promotion.to_version, promotion.reason, body, promotion.actor)
 
 
-def announce(ws: Workspace, event: LoopEvent, *, promotion: PromotionEvent | None = None,
-             drift: DriftReport | None = None) -> None:
-    """Tell hooks, monitors and Prefect. Never raises for a failing listener (it is logged)."""
-    if promotion is not None:
-        ws.notify("loopml_after_promotion", event=promotion)
-    if drift is not None:
-        ws.notify("loopml_on_drift", report=drift)
+def announce(ws: Workspace, event: LoopEvent, *, subject: Any = None) -> None:
+    """Tell hooks, monitors and Prefect about ``event``. ``subject`` is the typed record the fact is
+    about (a DatasetVersion, GateReport, ModelVersion, PromotionEvent, DriftReport…), which the
+    specific hook and monitor verbs receive. Never raises for a failing listener (it is logged)."""
+    derived = DERIVED_HOOKS.get(event.kind)
+    if derived is not None and subject is not None:
+        hook, arguments = derived
+        ws.notify(hook, **arguments(event, subject))
     ws.notify("loopml_on_event", event=event)
     for monitor in ws.monitors:
-        calls = []
-        if promotion is not None:
-            calls.append((monitor.on_promotion, promotion))
-        if drift is not None:
-            calls.append((monitor.on_drift, drift))
-        on_event = getattr(monitor, "on_event", None)
-        if callable(on_event):
-            calls.append((on_event, event))
+        calls: list[tuple[Callable[[Any], None], Any]] = []
+        if subject is not None and event.kind in _ALIAS_MOVES:
+            calls.append((monitor.on_promotion, subject))
+        if subject is not None and event.kind == DRIFT:
+            calls.append((monitor.on_drift, subject))
+        if isinstance(monitor, EventMonitor):
+            calls.append((monitor.on_event, event))
         for fn, arg in calls:
             try:
                 fn(arg)
@@ -116,7 +165,9 @@ def emit_prefect_event(event: LoopEvent) -> bool:
         from prefect.events import emit_event
     except ImportError:
         return False
-    resource = {"prefect.resource.id": event.resource_id, "prefect.resource.name": event.model,
+    resource = {"prefect.resource.id": event.resource_id,
+                "prefect.resource.name": event.payload.get("dataset", event.model) if event.kind == DATASET_VERSIONED
+                else event.model,
                 "loopml.project": event.project, "loopml.model": event.model}
     if event.version is not None:
         resource["loopml.version"] = str(event.version)

@@ -22,6 +22,9 @@ import platform
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from loopml import __version__
+from loopml.artifacts import Predictor
+
 if TYPE_CHECKING:
     from loopml.context import Workspace
     from loopml.records import GateReport, ModelVersion
@@ -36,8 +39,6 @@ def export_path(model: ModelVersion) -> str:
 def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
     """An MLflow ``MLmodel`` file, written without importing MLflow."""
     import yaml
-
-    from loopml import __version__
 
     inputs = [{"type": "any", "name": name, "required": True}
               for name in (*signature.numeric, *signature.categorical)]
@@ -63,9 +64,6 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
 def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None = None) -> str | None:
     """Write the readable export of ``model``; returns its folder's URI (None: the store has no
     ``export`` verb). Idempotent: the same version always exports the same files."""
-    from loopml import __version__
-    from loopml.artifacts import Predictor
-
     export = getattr(ws.store, "export", None)
     if not callable(export):
         return None
@@ -82,8 +80,6 @@ def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None =
                                   indent=2, sort_keys=True, default=str).encode(),
     }
     if report is not None:
-        from loopml.loop import model_card
-
         files["model_card.md"] = model_card(model, report).encode()
         key = model.lineage.get("validation_report")
         if key and ws.store.exists(key):
@@ -92,3 +88,19 @@ def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None =
     for name, data in files.items():
         uri = export(f"{folder}/{name}", data)
     return uri.rsplit("/", 1)[0]
+
+
+def model_card(model: ModelVersion, report: GateReport) -> str:
+    """A short Markdown card: what the model is, what it was trained on, how it was judged."""
+    lines = [f"# {model.ref} ({model.status})", "",
+             f"- registered {model.created_at:%Y-%m-%d %H:%M UTC} by {model.created_by}",
+             f"- datasets: {', '.join(f'{k} {v}' for k, v in model.lineage.get('datasets', {}).items())}",
+             f"- features ({model.lineage.get('feature_view')}): {', '.join(model.lineage.get('features', []))}",
+             f"- git commit {model.git_commit}; training run {model.run_id}",
+             f"- environment: {', '.join(f'{k} {v}' for k, v in model.environment.items())}", "",
+             f"- task: {model.params.get('task', 'binary')}; trainer: {model.params.get('trainer', 'mlp')}", "",
+             "## Metrics", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
+             f"## Validation against {report.baseline or 'no production model'}", "",
+             "| check | verdict | reason |", "|---|---|---|",
+             *(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.reason} |" for c in report.checks)]
+    return "\n".join(lines) + "\n"

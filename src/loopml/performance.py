@@ -26,6 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loopml import events, tasks
+from loopml.stages.deploy import artifact_file
+from loopml.stages.project import pipeline_config, production_model, view_of
+from loopml.stages.project import stamp as stage_stamp
+from loopml.training import training_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,12 +153,11 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
 
     ``labels`` defaults to the latest version of ``[pipeline.monitoring] labels_dataset`` (else the
     pipeline's labels dataset). Returns (result, report key)."""
-    from loopml import loop
     from loopml.artifacts import Predictor
     from loopml.context import shares_state
     from loopml.predlog import read_since, read_store_segments, store_segments
 
-    cfg = loop.pipeline_config(ws)
+    cfg = pipeline_config(ws)
     mon = cfg.monitoring
     if labels is None:
         name = mon.labels_dataset or cfg.labels_dataset
@@ -174,12 +177,12 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
         mv = ws.registry.get(cfg.model_name, int(version))
         holdout[int(version)] = mv.metrics.get(f"holdout_{primary}")
         if cfg.task == "multiclass":
-            classes[int(version)] = Predictor.from_bytes(loop.artifact_file(ws, mv).read_bytes()).signature.classes
-    production = loop.production_model(ws, cfg.model_name)
+            classes[int(version)] = Predictor.from_bytes(artifact_file(ws, mv).read_bytes()).signature.classes
+    production = production_model(ws, cfg.model_name)
     result = measure(joined, task=cfg.task, classes=classes, holdout=holdout,
                      production_version=production.version if production else None, max_drop=mon.max_drop,
                      min_labels=mon.min_labels, model=cfg.model_name)
-    key = f"reports/{cfg.model_name}/performance/performance-{loop._stamp()}.html"
+    key = f"reports/{cfg.model_name}/performance/performance-{stage_stamp()}.html"
     ws.store.put(key, render_html(result).encode(), metadata={"content-type": "text/html"})
     payload = {**result.payload(), "report": key}
     version = production.version if production else None
@@ -242,10 +245,9 @@ def skew(ws: Workspace, records: Sequence[Mapping[str, Any]], training: pd.DataF
     the same entities (``training``: the labels' point-in-time rows; default: built from the labels)."""
     import pandas as pd
 
-    from loopml import loop
 
-    cfg = loop.pipeline_config(ws)
-    view = loop.view_of(ws)
+    cfg = pipeline_config(ws)
+    view = view_of(ws)
     served = [r for r in served_records(records) if r.get("entity") is not None]
     if not served:
         return ()
@@ -262,7 +264,7 @@ def skew(ws: Workspace, records: Sequence[Mapping[str, Any]], training: pd.DataF
                .set_index("entity_key").reindex(frame["entity_key"]).reset_index(drop=True))  # same row order
     if training is None:
         labels = ws.datasets.load(ws.datasets.get(cfg.labels_dataset))
-        training = loop.training_frame(labels, ws.feature_store, view, cfg, list(view.features))
+        training = training_frame(labels, ws.feature_store, view, cfg, list(view.features))
     train_by_id = training.assign(entity_key=training[cfg.entity].astype(str)).drop_duplicates(
         "entity_key", keep="last").set_index("entity_key")
     in_training = frame["entity_key"].isin(train_by_id.index).to_numpy()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from loopml.records import (
         DriftReport,
         HistoryEntry,
+        LoopEvent,
         ModelStatus,
         ModelVersion,
         ObjectInfo,
@@ -156,6 +157,13 @@ class Monitor(Protocol):
     ) -> None: ...
     def on_drift(self, report: DriftReport) -> None: ...
     def on_promotion(self, event: PromotionEvent) -> None: ...
+
+
+@runtime_checkable
+class EventMonitor(Monitor, Protocol):
+    """A monitor that also hears every lifecycle event (optional verb ``on_event``)."""
+
+    def on_event(self, event: LoopEvent) -> None: ...
 
 
 @runtime_checkable

@@ -266,5 +266,31 @@ class LoopEvent:
 
     @property
     def resource_id(self) -> str:
-        """The Prefect resource: ``loopml.model.<project>.<model>``; triggers match on it."""
+        """The Prefect resource: ``loopml.model.<project>.<model>`` (a dataset's facts:
+        ``loopml.dataset.<project>.<dataset>``); triggers match on it."""
+        if self.kind.startswith("loopml.dataset.") and self.payload.get("dataset"):
+            return f"loopml.dataset.{self.project}.{self.payload['dataset']}"
         return f"loopml.model.{self.project}.{self.model}"
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What one pass of the pipeline did."""
+
+    model: str  # e.g. churn:v2
+    status: str  # approved | rejected | candidate
+    promoted: bool
+    skipped_training: bool
+    report_path: str | None
+    failed_checks: tuple[str, ...]
+    serving_url: str | None
+    canary: str | None = None  # what the canary decided: "promote", "rollback", or "running"
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What training produced: the tracked run, the stored artifact and the last epoch's metrics."""
+
+    run: RunInfo
+    artifact_key: str
+    metrics: Mapping[str, float]

@@ -14,10 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from loopml.artifacts import Predictor
+from loopml.canary import routing_for
 from loopml.errors import ConfigError, ModelNotFoundError
+from loopml.reconcile import reconcile
+from loopml.stages.deploy import artifact_file
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -41,30 +46,15 @@ class RegistryFollower:
 
     def desired(self) -> tuple[dict[int, float], int | None]:
         """(traffic weights, shadow version) that the aliases call for (:func:`loopml.canary.routing_for`)."""
-        from loopml.canary import routing_for
-
         return routing_for(self.ws.registry.aliases(self.model), main_alias=self.alias, mode=self.mode,
                            canary_weight=self.canary_weight)
 
     def sync(self) -> bool:
-        """One pass: load what the aliases name, route to it, drop the rest. True if anything moved."""
-        from loopml import loop
-        from loopml.artifacts import Predictor
-
+        """One pass of :func:`loopml.reconcile.reconcile`: load what the aliases name, route to it,
+        drop the rest. True if anything moved."""
         wanted, shadow = self.desired()
-        routing = self.core.routing
-        if not wanted or (dict(routing.weights) == wanted and routing.shadow == shadow):
+        if not reconcile(_CoreTarget(self), wanted, shadow):
             return False
-        for version in [*wanted, *([shadow] if shadow is not None else [])]:
-            if version not in routing.predictors:
-                model = self.ws.registry.get(self.model, version)
-                predictor = Predictor.from_bytes(loop.artifact_file(self.ws, model).read_bytes())
-                self.core.add_version(version, predictor)
-        self.core.set_traffic(wanted)
-        self.core.set_shadow(shadow)
-        for version in list(self.core.routing.predictors):
-            if version not in wanted and version != shadow:
-                self.core.remove_version(version)
         self.swaps.append((time.time(), wanted))
         log.warning("serving %s: %s%s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()),
                     f"; shadow v{shadow}" if shadow is not None else "")
@@ -78,6 +68,29 @@ class RegistryFollower:
                 log.warning("could not follow the registry for %s (still serving %s): %s", self.model,
                             sorted(self.core.routing.predictors), exc)
             await asyncio.sleep(self.poll_seconds)
+
+
+class _CoreTarget:
+    """An in-process :class:`~loopml.server.ServingCore` seen by :func:`loopml.reconcile.reconcile`."""
+
+    def __init__(self, follower: RegistryFollower) -> None:
+        self.follower = follower
+        self.core = follower.core
+
+    def served(self) -> tuple[dict[int, float], int | None, set[int]]:
+        routing = self.core.routing
+        return dict(routing.weights), routing.shadow, set(routing.predictors)
+
+    def load(self, version: int) -> None:
+        model = self.follower.ws.registry.get(self.follower.model, version)
+        self.core.add_version(version, Predictor.from_bytes(artifact_file(self.follower.ws, model).read_bytes()))
+
+    def route(self, weights: Mapping[int, float], shadow: int | None) -> None:
+        self.core.set_traffic(weights)
+        self.core.set_shadow(shadow)
+
+    def drop(self, version: int) -> None:
+        self.core.remove_version(version)
 
 
 def parse_target(target: str) -> tuple[str, str]:

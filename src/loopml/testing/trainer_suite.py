@@ -65,7 +65,7 @@ class TrainerSuite:
         from loopml.serving import output_problem
 
         if task not in self.supported_tasks:
-            pytest.skip(f"{task} is not supported by this trainer")
+            pytest.skip(f"not applicable: {task} is not supported by this trainer")
         trained = trainer.fit(self.request(frame, task))
         predictor = Predictor.from_bytes(trained.artifact)
         assert predictor.signature.task == task and not predictor.legacy

@@ -1,0 +1,71 @@
+"""Serve what the aliases say: the one reconcile algorithm.
+
+Both ways of serving use it: the loop's serving backend (:func:`loopml.stages.deploy.sync_serving`,
+any :class:`~loopml.protocols.ServingBackend`) and ``loopml serve``'s registry follower (an
+in-process :class:`~loopml.server.ServingCore`). Each gives an adapter with four verbs; the
+algorithm orders them so that no request is dropped: new versions load before traffic moves, and
+old ones leave only after it moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from loopml.canary import CANARY, PRODUCTION, routing_for
+
+if TYPE_CHECKING:
+    from loopml.context import Workspace
+
+
+class Routable(Protocol):
+    """What a server must offer to be reconciled with the registry."""
+
+    def served(self) -> tuple[dict[int, float], int | None, set[int]]:
+        """(current weights, current shadow version, every loaded version)."""
+
+    def load(self, version: int) -> None:
+        """Load ``version`` next to the others, taking no traffic yet."""
+
+    def route(self, weights: Mapping[int, float], shadow: int | None) -> None:
+        """Move traffic (and the shadow copy) in one step."""
+
+    def drop(self, version: int) -> None:
+        """Unload ``version``; it takes no traffic any more."""
+
+
+def desired_routing(ws: Workspace, name: str, *, main_alias: str = PRODUCTION,
+                    canary_weight: float | None = None) -> tuple[dict[int, float], int | None]:
+    """(traffic weights, shadow version) the registry's aliases call for, with the project's
+    rollout policy (``canary_weight`` overrides its share)."""
+    from loopml.canary import policy_of
+
+    policy = policy_of(ws)
+    weight = policy.canary_weight if canary_weight is None else canary_weight
+    return routing_for(ws.registry.aliases(name), main_alias=main_alias, mode=policy.mode, canary_weight=weight)
+
+
+def reconcile(target: Routable, weights: Mapping[int, float], shadow: int | None) -> bool:
+    """Make ``target`` serve ``weights`` (and mirror to ``shadow``). True if anything moved.
+
+    Nothing happens when no version is wanted (no production model yet: keep what is served)."""
+    if not weights:
+        return False
+    current, current_shadow, loaded = target.served()
+    wanted = dict(weights)
+    if current == wanted and current_shadow == shadow and loaded <= {*wanted, *_opt(shadow)}:
+        return False
+    for version in [*wanted, *_opt(shadow)]:
+        if version not in loaded:
+            target.load(version)
+    target.route(wanted, shadow)
+    for version in sorted(loaded - set(wanted) - set(_opt(shadow))):
+        target.drop(version)
+    return True
+
+
+def _opt(version: int | None) -> tuple[int, ...]:
+    return () if version is None else (version,)
+
+
+__all__ = ["CANARY", "PRODUCTION", "Routable", "desired_routing", "reconcile"]

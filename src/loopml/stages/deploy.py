@@ -1,0 +1,76 @@
+"""Stage 7: the configured serving backend serves what the registry's aliases say."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loopml.errors import ConfigError
+from loopml.reconcile import desired_routing, reconcile
+from loopml.stages.project import view_of
+
+if TYPE_CHECKING:
+    from loopml.context import Workspace
+    from loopml.protocols import ServingBackend
+    from loopml.records import ModelVersion
+
+
+def artifact_file(ws: Workspace, model: ModelVersion) -> Path:
+    """The model artifact on local disk (downloaded once, verified by sha256)."""
+    path = ws.context.home / "cache" / "models" / model.name / f"v{model.version}-{model.artifact_sha256[:12]}.pt"
+    if not path.is_file():
+        ws.store.download(model.artifact_key, path)
+    return path
+
+
+def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | None]:
+    """(traffic weights, shadow version) the registry's aliases call for (see :func:`canary.routing_for`)."""
+    return desired_routing(ws, name)
+
+
+class _BackendTarget:
+    """A :class:`~loopml.protocols.ServingBackend` seen by :func:`loopml.reconcile.reconcile`."""
+
+    def __init__(self, ws: Workspace, name: str, serving: ServingBackend) -> None:
+        self.ws, self.name, self.serving = ws, name, serving
+        self.url: str | None = None
+
+    def served(self) -> tuple[dict[int, float], int | None, set[int]]:
+        status = self.serving.status()
+        self.url = status.get("url")
+        weights = {int(v): float(w) for v, w in status.get("traffic", {}).items()}
+        loaded = set(weights) | {int(v) for v in status.get("versions", [])}
+        return weights, status.get("shadow"), loaded
+
+    def load(self, version: int) -> None:
+        model = self.ws.registry.get(self.name, version)
+        self.url = self.serving.deploy(model, artifact_file(self.ws, model))
+
+    def route(self, weights: Mapping[int, float], shadow: int | None) -> None:
+        self.serving.set_traffic(weights)
+        set_shadow: Any = getattr(self.serving, "set_shadow", None)
+        if callable(set_shadow):
+            set_shadow(shadow)
+        elif shadow is not None:
+            raise ConfigError(f"serving backend {self.serving.name!r} cannot mirror requests; "
+                              "use rollout mode 'canary'")
+
+    def drop(self, version: int) -> None:
+        self.serving.undeploy(version)
+
+
+def sync_serving(ws: Workspace, name: str) -> str | None:
+    """Make the configured serving backend serve what the aliases say: production, plus the canary
+    (a traffic share, or a shadow copy of requests), through the one reconcile algorithm, so no
+    request is dropped. Returns the serving URL (None: nothing to serve)."""
+    serving = ws.serving
+    if hasattr(serving, "use_online_features"):  # requests may name just the entity
+        view = view_of(ws)
+        serving.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
+    weights, shadow = wanted_serving(ws, name)
+    if not weights:
+        return None
+    target = _BackendTarget(ws, name, serving)
+    reconcile(target, weights, shadow)
+    return target.url or serving.status().get("url")
