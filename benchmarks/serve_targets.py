@@ -25,7 +25,8 @@ def main() -> None:
     import uvicorn
 
     from loopml.artifacts import Predictor
-    from loopml.server import ModelServer, bind
+    from loopml.serving.runtime import ModelServer
+    from loopml.serving.transport import bind
 
     ready_imports = time.perf_counter() - t_imports
     t0 = time.perf_counter()

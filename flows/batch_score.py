@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from flows.common import TASK_DEFAULTS, label_run, on_failure, workspace
 from loopml import batch, compute
 from loopml.records import DatasetVersion
-from loopml.stages.deploy import artifact_file
+from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config
 
 

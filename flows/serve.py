@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import on_failure, workspace
-from loopml import service
+from loopml.serving import follower
 from loopml.stages.project import pipeline_config
 
 
@@ -21,4 +21,4 @@ def serve(target: str | None = None, config: str | None = None, profile: str | N
     ws = workspace(config, profile)
     target = target or f"{pipeline_config(ws).model_name}@production"
     get_run_logger().info("serving %s; promotions and rollbacks are followed from the registry", target)
-    service.serve(ws, target, host=host, port=port)
+    follower.serve(ws, target, host=host, port=port)

@@ -11,7 +11,7 @@ from loopml.backends.local_store import LocalArtifactStore
 from loopml.backends.local_tracker import LocalTracker
 from loopml.backends.log_monitor import LogMonitor
 from loopml.backends.sqlite_registry import SqliteRegistry
-from loopml.serving import BuiltinServing, BuiltinServingOptions
+from loopml.serving.builtin import BuiltinServing, BuiltinServingOptions
 from loopml.testing import (
     ArtifactStoreSuite,
     FeatureStoreSuite,

@@ -58,7 +58,8 @@ def test_dockerfile_entrypoint_is_loopml_serve_as_a_non_root_user() -> None:
     assert any('"torch==2.13.0"' in line for line in lines)
     assert any(line.startswith("EXPOSE 8080") for line in lines)
     # the HEALTHCHECK hits the same route the server answers
-    from loopml.server import ServingCore, build_app
+    from loopml.serving.app import build_app
+    from loopml.serving.core import ServingCore
 
     paths = {route.path for route in build_app(ServingCore("m")).routes}
     assert "/v2/health/live" in paths and "/v2/health/ready" in paths

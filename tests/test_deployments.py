@@ -211,7 +211,7 @@ def wait_for_runs(env: dict[str, str], deployment: str, n: int, timeout: float =
 def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_traffic(prefect_stack, served,
                                                                                      prometheus) -> None:
     from loopml.examples import churn
-    from loopml.serving import post_json
+    from loopml.serving.builtin import post_json
     from loopml.traffic import TrafficGenerator
 
     env, project = prefect_stack
@@ -260,7 +260,7 @@ def test_a_failing_canary_is_rolled_back_and_the_automation_calls_the_webhook(pr
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from loopml.examples import churn
-    from loopml.serving import post_json
+    from loopml.serving.builtin import post_json
     from loopml.traffic import TrafficGenerator
 
     env, project = prefect_stack

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loopml.context import BackendContext
-from loopml.serving import post_json
+from loopml.serving.builtin import post_json
 from loopml.testing import ServingBackendSuite
 
 pytestmark = pytest.mark.slow

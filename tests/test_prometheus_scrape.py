@@ -15,8 +15,8 @@ from servers import free_port, start, stop, wait_http
 from loopml.artifacts import Predictor
 from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
-from loopml.server import ModelServer
-from loopml.serving import post_json
+from loopml.serving.builtin import post_json
+from loopml.serving.runtime import ModelServer
 from loopml.trainers import train_model
 
 pytestmark = [pytest.mark.slow,

@@ -143,7 +143,7 @@ def test_open_inference_protocol_with_tritons_http_client(served) -> None:
 def test_metrics_count_requests_errors_and_predictions(served) -> None:
     import urllib.request
 
-    from loopml.serving import post_json
+    from loopml.serving.builtin import post_json
 
     url, _, _ = served
     assert post_json(url + "/predict", {"rows": [GOOD, GOOD]})[0] == 200
@@ -155,8 +155,8 @@ def test_metrics_count_requests_errors_and_predictions(served) -> None:
 
 
 def test_a_canary_alias_gets_its_weight_and_leaves_when_the_alias_goes(project: Path) -> None:
-    from loopml.server import ServingCore
-    from loopml.service import RegistryFollower
+    from loopml.serving.core import ServingCore
+    from loopml.serving.follower import RegistryFollower
 
     ws = Workspace.open(project)
     core = ServingCore("churn")

@@ -15,8 +15,9 @@ import pytest
 from loopml.artifacts import Predictor
 from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
-from loopml.server import ModelServer, ServerLimits, json_depth
-from loopml.serving import post_json
+from loopml.serving.builtin import post_json
+from loopml.serving.requests import ServerLimits, json_depth
+from loopml.serving.runtime import ModelServer
 from loopml.trainers import train_model
 
 VIEW = FeatureView("activity", "customer_id", "event_timestamp",
@@ -241,7 +242,7 @@ def test_bearer_token_is_required_and_never_echoed(predictor, caplog, capfd) -> 
 
 @pytest.mark.server
 def test_binding_beyond_loopback_warns(predictor, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="loopml.server"):
+    with caplog.at_level(logging.WARNING, logger="loopml.serving"):
         srv = ModelServer("churn", host="0.0.0.0").start()
         srv.stop()
     assert "reachable from other machines" in caplog.text

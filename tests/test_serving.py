@@ -13,7 +13,8 @@ from loopml.artifacts import Predictor
 from loopml.examples import churn
 from loopml.features import FeatureView, point_in_time_join
 from loopml.predlog import read_since
-from loopml.serving import ModelServer, post_json
+from loopml.serving.builtin import post_json
+from loopml.serving.runtime import ModelServer
 from loopml.stages.monitoring import prediction_window
 from loopml.traffic import TrafficGenerator
 

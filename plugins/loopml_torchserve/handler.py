@@ -40,7 +40,8 @@ class LoopmlHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         from ts.utils.util import PredictionException
 
-        from loopml.serving import MAX_ROWS, RequestError, validate_rows
+        from loopml.serving.builtin import MAX_ROWS
+        from loopml.serving.requests import RequestError, validate_rows
 
         batch: list[list[dict[str, Any]]] = []
         shadows: list[dict[str, Any] | None] = []
@@ -75,7 +76,7 @@ class LoopmlHandler:
     def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float,
              shadow: dict[str, Any] | None = None, request_id: str | None = None) -> None:
         """Append to the prediction log the monitor reads (same format as the built-in server)."""
-        from loopml.serving import log_outputs
+        from loopml.serving.requests import log_outputs
 
         folder = os.environ.get("LOOPML_PREDICTION_LOG_DIR")
         if not folder:
@@ -118,7 +119,7 @@ def _request_id(context: Any, idx: int) -> str | None:
 
 
 def _reject_constant(name: str) -> float:
-    from loopml.serving import RequestError
+    from loopml.serving.requests import RequestError
 
     raise RequestError(400, f"JSON literal {name} is not allowed; send finite numbers only")
 

@@ -152,7 +152,7 @@ class Router:
         import httpx
         import uvicorn
 
-        from loopml.server import bind
+        from loopml.serving.transport import bind
 
         self._socket = bind("127.0.0.1", 0)
         self._client = httpx.AsyncClient(timeout=self.backend.options.response_timeout + 5)

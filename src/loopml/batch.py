@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopml.errors import DataValidationError, ModelNotFoundError
-from loopml.stages.deploy import artifact_file
+from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config, view_of
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from loopml.backends.local_tracker import LocalTrackerOptions
 from loopml.backends.log_monitor import LogMonitorOptions
 from loopml.backends.sqlite_registry import SqliteRegistryOptions
 from loopml.plugins import hookimpl
-from loopml.serving import BuiltinServingOptions  # numpy and stdlib only; torch loads on first deploy
+from loopml.serving.builtin import BuiltinServingOptions  # numpy and stdlib only; torch loads on first deploy
 from loopml.specs import BackendSpec
 from loopml.trainers import MlpOptions, TorchModuleOptions  # pydantic only; torch loads when training
 
@@ -46,7 +46,7 @@ def _local_features(options: Any, ctx: Any) -> Any:
 
 
 def _builtin_serving(options: Any, ctx: Any) -> Any:
-    from loopml.serving import BuiltinServing
+    from loopml.serving.builtin import BuiltinServing
 
     return BuiltinServing(options, ctx.resolve(options.log_dir, "predictions"))
 

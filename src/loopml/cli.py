@@ -568,10 +568,10 @@ def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. 
     The token clients must send comes from [serving.options] token or $LOOPML_SERVE_TOKEN."""
     import logging
 
-    from loopml import service
+    from loopml.serving import follower
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service.serve(_workspace(config, profile), target, host=host, port=port, canary_weight=canary_weight,
+    follower.serve(_workspace(config, profile), target, host=host, port=port, canary_weight=canary_weight,
                   poll_seconds=poll_seconds)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loopml import events, tasks
-from loopml.stages.deploy import artifact_file
+from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config, production_model, view_of
 from loopml.stages.project import stamp as stage_stamp
 from loopml.training import training_frame

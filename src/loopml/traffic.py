@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from loopml.serving import post_json
+from loopml.serving.builtin import post_json
 
 
 class TrafficGenerator:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopml.errors import ConfigError
-from loopml.reconcile import desired_routing, reconcile
+from loopml.serving.artifact_cache import artifact_file
+from loopml.serving.reconcile import desired_routing, reconcile
 from loopml.stages.project import view_of
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
     from loopml.protocols import ServingBackend
-    from loopml.records import ModelVersion
-
-
-def artifact_file(ws: Workspace, model: ModelVersion) -> Path:
-    """The model artifact on local disk (downloaded once, verified by sha256)."""
-    path = ws.context.home / "cache" / "models" / model.name / f"v{model.version}-{model.artifact_sha256[:12]}.pt"
-    if not path.is_file():
-        ws.store.download(model.artifact_key, path)
-    return path
 
 
 def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | None]:
@@ -30,7 +21,7 @@ def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | No
 
 
 class _BackendTarget:
-    """A :class:`~loopml.protocols.ServingBackend` seen by :func:`loopml.reconcile.reconcile`."""
+    """A :class:`~loopml.protocols.ServingBackend` seen by :func:`loopml.serving.reconcile.reconcile`."""
 
     def __init__(self, ws: Workspace, name: str, serving: ServingBackend) -> None:
         self.ws, self.name, self.serving = ws, name, serving

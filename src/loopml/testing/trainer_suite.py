@@ -62,7 +62,7 @@ class TrainerSuite:
     @pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
     def test_artifact_loads_and_answers_in_the_shape_of_the_task(self, trainer: Any, frame: Any, task: str) -> None:
         from loopml.artifacts import Predictor
-        from loopml.serving import output_problem
+        from loopml.serving.builtin import output_problem
 
         if task not in self.supported_tasks:
             pytest.skip(f"not applicable: {task} is not supported by this trainer")

@@ -2,7 +2,7 @@
 
 Both ways of serving use it: the loop's serving backend (:func:`loopml.stages.deploy.sync_serving`,
 any :class:`~loopml.protocols.ServingBackend`) and ``loopml serve``'s registry follower (an
-in-process :class:`~loopml.server.ServingCore`). Each gives an adapter with four verbs; the
+in-process :class:`~loopml.serving.core.ServingCore`). Each gives an adapter with four verbs; the
 algorithm orders them so that no request is dropped: new versions load before traffic moves, and
 old ones leave only after it moved.
 """

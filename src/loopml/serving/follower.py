@@ -1,6 +1,6 @@
 """``loopml serve NAME@ALIAS``: a long-running model server that follows the registry.
 
-The server (:mod:`loopml.server`) answers from an immutable routing table. A follower reads the
+The server (:mod:`loopml.serving.app`) answers from an immutable routing table. A follower reads the
 registry every ``poll_seconds``: when the alias (``production``) moves, by promotion or rollback,
 it downloads and verifies the new version's artifact, loads it next to the old one, moves all
 traffic to it in one assignment, then drops the old one. Requests in flight finish on the version
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from loopml.artifacts import Predictor
 from loopml.canary import routing_for
 from loopml.errors import ConfigError, ModelNotFoundError
-from loopml.reconcile import reconcile
-from loopml.stages.deploy import artifact_file
+from loopml.serving.artifact_cache import artifact_file
+from loopml.serving.reconcile import reconcile
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
-    from loopml.server import ServingCore
+    from loopml.serving.core import ServingCore
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RegistryFollower:
                            canary_weight=self.canary_weight)
 
     def sync(self) -> bool:
-        """One pass of :func:`loopml.reconcile.reconcile`: load what the aliases name, route to it,
+        """One pass of :func:`loopml.serving.reconcile.reconcile`: load what the aliases name, route to it,
         drop the rest. True if anything moved."""
         wanted, shadow = self.desired()
         if not reconcile(_CoreTarget(self), wanted, shadow):
@@ -71,7 +71,7 @@ class RegistryFollower:
 
 
 class _CoreTarget:
-    """An in-process :class:`~loopml.server.ServingCore` seen by :func:`loopml.reconcile.reconcile`."""
+    """An in-process :class:`~loopml.serving.core.ServingCore` seen by :func:`loopml.serving.reconcile.reconcile`."""
 
     def __init__(self, follower: RegistryFollower) -> None:
         self.follower = follower
@@ -110,8 +110,10 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     import uvicorn
 
     from loopml.predlog import PredictionLogWriter
-    from loopml.server import ServingCore, bind, build_app, uvicorn_config, warn_if_exposed
-    from loopml.serving import BuiltinServingOptions
+    from loopml.serving.app import build_app
+    from loopml.serving.builtin import BuiltinServingOptions
+    from loopml.serving.core import ServingCore
+    from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
 
     name, alias = parse_target(target)
     options = ws.selected["serving"].options  # type: ignore[union-attr]

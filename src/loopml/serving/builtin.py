@@ -1,4 +1,4 @@
-"""The ``builtin`` serving backend: loopml's ASGI model server (:mod:`loopml.server`) for a flow.
+"""The ``builtin`` serving backend: loopml's ASGI model server (:mod:`loopml.serving.app`) for a flow.
 
 The backend runs the server in a thread of the process that deploys (``loopml demo``, ad hoc
 pipelines). For a server that outlives a command and follows the registry, run ``loopml serve``
@@ -19,10 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
 from loopml.records import ModelVersion
-from loopml.server import ModelServer, RequestError, ServerLimits, log_outputs, validate_rows
-
-__all__ = ["MAX_BODY_BYTES", "MAX_ROWS", "BuiltinServing", "BuiltinServingOptions", "ModelServer", "RequestError",
-           "log_outputs", "output_problem", "post_json", "validate_rows"]
+from loopml.serving.requests import ServerLimits, validate_rows
+from loopml.serving.runtime import ModelServer
 
 MAX_BODY_BYTES = 1 << 20
 MAX_ROWS = 1000

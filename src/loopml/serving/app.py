@@ -1,0 +1,270 @@
+"""loopml's model server: an ASGI app (Starlette on uvicorn) with micro-batching and hard limits.
+
+Routes (JSON everywhere, errors included):
+
+* ``POST /predict`` ``{"rows": [{feature: value}, …]}`` -> ``{"model", "version", "predictions"}``
+  (multiclass adds ``probabilities`` and ``classes``); rows holding only the entity id get their
+  features from the online store.
+* Open Inference Protocol v2 (KServe, Triton clients): ``GET /v2``, ``/v2/health/live``,
+  ``/v2/health/ready``, ``/v2/models/{m}[/versions/{v}]`` (metadata), ``…/ready`` and
+  ``POST …/infer`` with one input tensor per feature (FP32/INT64 for numbers, BYTES for categories).
+* ``GET /metrics``: Prometheus text format (requests and errors by status, latency histogram,
+  rows and prediction distribution per model version, unknown categories, batch sizes).
+* ``GET /health`` and ``GET /metadata``: loopml's own status and signatures.
+
+Every bad request is a 4xx that names the problem: 400 malformed JSON, NaN/Infinity, too deep;
+401 missing token; 404 unknown route/model/version/entity; 405 wrong method; 408 body too slow;
+411/413 length missing or too large (checked before reading); 415 not JSON; 422 fields that do
+not fit the signature (missing, unknown, wrong type, out of float32 range, strings over the cap).
+Headers must arrive within ``header_timeout`` and bodies within ``body_timeout``; connections are
+capped (``max_connections``, 503 past it). Concurrent requests are scored together (dynamic
+micro-batching: whatever is queued while a batch computes forms the next batch, no added wait).
+Answers are logged off the request path (:mod:`loopml.predlog`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from loopml.serving.core import ServingCore
+from loopml.serving.oip import oip_model_metadata, oip_outputs, oip_rows
+from loopml.serving.requests import DRAIN_LIMIT, REQUEST_ID_PATTERN, RequestError, ServerLimits, parse_json
+
+log = logging.getLogger(__name__)
+
+
+async def read_body(request: Any, limits: ServerLimits) -> bytes:
+    """The body, with the size limit enforced before reading and a deadline on slow senders."""
+    raw_length = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if raw_length is None and not chunked:
+        raise RequestError(411, "Content-Length header is required")
+    if raw_length is not None:
+        if not raw_length.isdigit():
+            raise RequestError(400, f"Content-Length {raw_length[:20]!r} is not a non-negative integer")
+        if int(raw_length) > limits.max_body_bytes:
+            # Decided from the header, before reading. What the client is already sending is
+            # discarded (up to DRAIN_LIMIT, within the body timeout) so it can read the 413 rather
+            # than fail on a reset connection; the connection is then closed.
+            await _discard(request, min(int(raw_length), DRAIN_LIMIT), limits.body_timeout)
+            raise RequestError(413, f"body is {raw_length} bytes; the limit is {limits.max_body_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    receive = request.receive
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestError(400, "the client went away before sending the body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise RequestError(413, f"body exceeds the limit of {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {limits.body_timeout:g} s") from None
+    body = b"".join(chunks)
+    if raw_length is not None and len(body) != int(raw_length):
+        raise RequestError(400, f"body has {len(body)} bytes but Content-Length says {raw_length}")
+    return body
+
+
+async def _discard(request: Any, limit: int, timeout: float) -> None:
+    seen = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen >= limit:
+                    break
+
+
+def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = (),
+              on_shutdown: Sequence[Callable[[], Any]] = ()) -> Any:
+    """The Starlette app for ``core``."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from loopml import __version__
+
+    limits = core.limits
+    name = core.model_name
+
+    def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+    def authorized(request: Request) -> bool:
+        if not limits.token:
+            return True
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), limits.token.encode())
+
+    def guarded(route: str, handler: Callable[[Request], Any], *, public: bool = False) -> Callable[[Request], Any]:
+        scoring = route in ("/predict", "/v2/models/infer")
+
+        async def endpoint(request: Request) -> Response:
+            if scoring:
+                core.active += 1
+            try:
+                if not public and not authorized(request):
+                    raise RequestError(401, "a valid bearer token is required (Authorization: Bearer <token>)")
+                response = await handler(request)
+            except RequestError as exc:
+                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+                if exc.status in (408, 413):
+                    headers["Connection"] = "close"
+                response = error(exc.status, str(exc), headers)
+            except Exception as exc:  # a bug, not the client's fault: say so, keep serving
+                log.exception("internal error on %s", route)
+                response = error(500, f"internal error: {type(exc).__name__}")
+            finally:
+                if scoring:
+                    core.active -= 1
+            core.count_request(route, response.status_code)
+            return response
+
+        return endpoint
+
+    prefix = uuid.uuid4().hex[:12]
+    counter = itertools.count(1)
+
+    def request_id(request: Request) -> str:
+        given = request.headers.get("x-request-id")
+        return given if given and REQUEST_ID_PATTERN.match(given) else f"{prefix}-{next(counter)}"
+
+    async def json_body(request: Request, *, oip: bool = False) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if oip and "inference-header-content-length" in request.headers:
+            raise RequestError(415, "binary tensor data is not supported; send JSON tensors (binary_data=False)")
+        if "json" not in ctype and not (oip and not ctype):  # OIP clients (tritonclient) may omit it
+            raise RequestError(415, "Content-Type must be application/json")
+        return parse_json(await read_body(request, limits), limits.max_json_depth)
+
+    async def predict(request: Request) -> Response:
+        rid = request_id(request)
+        payload = await json_body(request)
+        body = await core.predict(payload, request_id=rid)
+        return JSONResponse(body, headers={"X-Model-Version": str(body["version"]), "X-Request-ID": rid})
+
+    def model_version(request: Request) -> int | None:
+        if request.path_params["model"] != name:
+            raise RequestError(404, f"no model {request.path_params['model']!r}; this server serves {name!r}")
+        raw = request.path_params.get("version")
+        if raw is None:
+            return None
+        if not raw.isdigit() or int(raw) not in core.routing.predictors:
+            raise RequestError(404, f"version {raw[:20]!r} of {name!r} is not served; "
+                                    f"served: {sorted(core.routing.predictors)}")
+        return int(raw)
+
+    async def infer(request: Request) -> Response:
+        version = model_version(request)
+        body = await json_body(request, oip=True)
+        routing = core.routing
+        if not routing.predictors:
+            raise RequestError(503, "no model version is deployed yet")
+        sig = routing.predictors[version if version is not None else max(routing.predictors)].signature
+        payload, given_id = oip_rows(body, sig, limits.max_rows)
+        rid = given_id if given_id and REQUEST_ID_PATTERN.match(given_id) else request_id(request)
+        answer = await core.predict(payload, version=version, request_id=rid)
+        n = len(payload["rows"])
+        out = {"model_name": name, "model_version": str(answer["version"]), "id": rid,
+               "outputs": oip_outputs(answer, n)}
+        return JSONResponse(out, headers={"X-Model-Version": str(answer["version"])})
+
+    async def model_metadata(request: Request) -> Response:
+        version = model_version(request)
+        routing = core.routing
+        if not routing.predictors:
+            raise RequestError(404, f"no version of {name!r} is deployed yet")
+        sig = routing.predictors[version if version is not None else max(routing.predictors)].signature
+        return JSONResponse(oip_model_metadata(name, sorted(routing.predictors) if version is None else [version],
+                                               sig))
+
+    async def model_ready(request: Request) -> Response:
+        model_version(request)
+        ready = bool(core.routing.predictors)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        ok = bool(core.routing.predictors)
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "loopml", "version": __version__, "extensions": []})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(core.health())
+
+    async def metadata(request: Request) -> Response:
+        routing = core.routing
+        return JSONResponse({"model": name, "versions": {str(v): json.loads(p.signature.to_json())
+                                                         for v, p in routing.predictors.items()}})
+
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(core.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/predict", guarded("/predict", predict), methods=["POST"]),
+        Route("/health", guarded("/health", health, public=True), methods=["GET"]),
+        Route("/metadata", guarded("/metadata", metadata), methods=["GET"]),
+        Route("/metrics", guarded("/metrics", metrics), methods=["GET"]),
+        Route("/v2", guarded("/v2", server_metadata), methods=["GET"]),
+        Route("/v2/health/live", guarded("/v2/health/live", live, public=True), methods=["GET"]),
+        Route("/v2/health/ready", guarded("/v2/health/ready", ready, public=True), methods=["GET"]),
+        Route("/v2/models/{model}", guarded("/v2/models", model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/ready", guarded("/v2/models/ready", model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/infer", guarded("/v2/models/infer", infer), methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}", guarded("/v2/models", model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", guarded("/v2/models/ready", model_ready),
+              methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/infer", guarded("/v2/models/infer", infer), methods=["POST"]),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        status = exc.status_code
+        if status == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        elif status == 404:
+            message = f"no route {request.url.path[:100]}; use POST /predict or the /v2 Open Inference Protocol"
+        else:
+            message = str(exc.detail)
+        core.count_request("unrouted", status)
+        return error(status, message, getattr(exc, "headers", None))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        for fn in on_startup:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                await result
+        try:
+            yield
+        finally:
+            for fn in on_shutdown:
+                result = fn()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
