@@ -1,0 +1,43 @@
+"""The ``loopml`` command line. Every error prints one clear message and exits non-zero.
+
+One module per command group (``*_cmd``); :mod:`loopml.cli.common` holds what they share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.text import Text
+
+from loopml.cli import data_cmd, models_cmd, plugins_cmd, project_cmd, runs_cmd, serve_cmd  # noqa: F401 - registers commands
+from loopml.cli.common import app, err
+from loopml.errors import LoopmlError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning loopml errors into one red line and exit code 2."""
+    # Ad hoc flow runs start a temporary Prefect server; its 20 s default start-up budget is too
+    # tight for a fresh database on a busy small machine. An explicit setting still wins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    try:
+        app(args=argv, standalone_mode=False, prog_name="loopml")
+    except LoopmlError as exc:
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except typer.Exit as exc:  # --version, --help
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.TyperException as exc:  # usage errors: typer bundles its own click, so not click's classes
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show(file=sys.stderr)
+        else:
+            err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        return int(getattr(exc, "exit_code", 2) or 2)
+    return 0
+
+

@@ -1,0 +1,91 @@
+"""`loopml init|run|demo|config`: a project, its pipeline and its resolved configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from loopml.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    ProfileOpt,
+    app,
+    flows_importable,
+    out,
+    print_json,
+    progress_bar,
+    project_file,
+    workspace,
+)
+from loopml.errors import LoopmlError
+
+
+@app.command("init")
+def init(folder: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+         example: Annotated[str, typer.Option(
+             help="Example to create: churn (binary), regression, multiclass, or custom-model "
+                  "(your own nn.Module and gate).")] = "churn",
+         customers: Annotated[int, typer.Option(help="How many customers to generate.")] = 4000) -> None:
+    """Create an example project: loopml.toml plus generated data."""
+    from loopml.examples import churn
+
+    if example not in churn.EXAMPLES:
+        raise LoopmlError(f"unknown example {example!r}; choose one of: {', '.join(churn.EXAMPLES)}")
+    if (folder / "loopml.toml").exists():
+        raise LoopmlError(f"{folder / 'loopml.toml'} exists already; choose an empty folder")
+    path = churn.init_project(folder, n_customers=customers, example=example)
+    out.print(f"created {path}; next: cd {folder} && loopml run")
+
+
+@app.command("run")
+def run(config: ConfigOpt = None, profile: ProfileOpt = None,
+        no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Stop after registering.")] = False) -> None:
+    """Run the pipeline flow once: ingest, features, train, validate, register, deploy."""
+    config = project_file(config)  # before a flow (and a temporary Prefect server) starts
+    flows_importable()
+    from flows.pipeline import pipeline
+
+    with progress_bar():
+        result = pipeline(config=str(config) if config else None, profile=profile,
+                          deploy_model=not no_deploy)
+    out.print(result)
+
+
+@app.command("demo")
+def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if missing).")] = Path("loopml-demo"),
+         customers: Annotated[int, typer.Option(help="Customers in the example data.")] = 4000,
+         requests: Annotated[int, typer.Option(help="Requests per traffic phase.")] = 400,
+         example: Annotated[str, typer.Option(help="churn, regression, multiclass or custom-model.")] = "churn",
+         profile: ProfileOpt = None) -> None:
+    """The whole loop on embedded defaults: train, serve, drift, retrain, promote. No servers to set up."""
+    flows_importable()
+    from flows.demo import demo as demo_flow
+    from loopml.examples import churn
+
+    if example not in churn.EXAMPLES:
+        raise LoopmlError(f"unknown example {example!r}; choose one of: {', '.join(churn.EXAMPLES)}")
+    with progress_bar():
+        summary = demo_flow(folder=str(folder), n_customers=customers, requests=requests, profile=profile,
+                            example=example)
+    table = Table(title=f"loopml demo in {summary.project}")
+    table.add_column("step")
+    table.add_column("outcome")
+    for step, outcome in summary.steps:
+        table.add_row(step, outcome)
+    out.print(table)
+    for path in summary.reports:
+        out.print(f"report: {path}", soft_wrap=True)
+
+
+@app.command("config")
+def config_show(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the resolved configuration (backends and validated options, secrets masked)."""
+    described = workspace(config, profile).describe()
+    if as_json or not out.is_terminal:  # plain JSON for pipes: rich would wrap long strings
+        print_json(described)
+        return
+    out.print_json(json.dumps(described, default=str))

@@ -1,0 +1,77 @@
+"""`loopml runs list|show` and `loopml store gc`: tracked runs and store maintenance."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from loopml.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    ProfileOpt,
+    out,
+    print_json,
+    runs_app,
+    store_app,
+    workspace,
+)
+from loopml.errors import LoopmlError
+
+
+def _queryable_tracker(ws):
+    for tracker in ws.trackers:
+        if hasattr(tracker, "get_run") and hasattr(tracker, "list_runs"):
+            return tracker
+    raise LoopmlError("no configured tracker can be queried; enable the local tracker: "
+                      "[trackers.local] in loopml.toml")
+
+
+@runs_app.command("list")
+def runs_list(experiment: Annotated[str | None, typer.Option("--experiment", "-e")] = None,
+              config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """List tracked runs, newest first."""
+    runs = _queryable_tracker(workspace(config, profile)).list_runs(experiment)
+    if as_json:
+        print_json(runs)
+        return
+    table = Table()
+    for col in ("run", "experiment", "name", "status", "started", "metrics"):
+        table.add_column(col)
+    for r in runs:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.latest_metrics().items())[:4])
+        table.add_row(r.run_id, r.experiment, r.name, r.status,
+                      r.started_at.strftime("%Y-%m-%d %H:%M:%S"), metrics)
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None,
+              profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a run's params, metric series, tags and artifacts."""
+    run = _queryable_tracker(workspace(config, profile)).get_run(run_id)
+    if as_json:
+        print_json(run)
+        return
+    out.print(f"[bold]{run.run_id}[/] {run.experiment}/{run.name} {run.status}")
+    out.print_json(json.dumps({"params": run.params, "tags": run.tags,
+                               "latest_metrics": run.latest_metrics(),
+                               "artifacts": run.artifacts}))
+
+
+@store_app.command("gc")
+def store_gc(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove blobs no key refers to and temp files of killed writers (safe while writers run)."""
+    ws = workspace(config, profile)
+    gc = getattr(ws.store, "gc", None)
+    if not callable(gc):
+        raise LoopmlError(f"the artifact store {ws.store.uri} has no gc; expire its unreferenced "
+                          "objects with the service's own lifecycle rules")
+    result = gc()
+    if as_json:
+        print_json(result)
+        return
+    out.print(f"{ws.store.uri}: removed {result.blobs} unreferenced blobs and {result.temp_files} "
+              f"temp files, {result.bytes_freed / 1e6:.1f} MB freed", soft_wrap=True)

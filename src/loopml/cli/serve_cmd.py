@@ -1,0 +1,35 @@
+"""`loopml serve NAME@ALIAS`: serve a model alias until stopped, following the registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from loopml.cli.common import (
+    ConfigOpt,
+    ProfileOpt,
+    app,
+    workspace,
+)
+
+
+@app.command("serve")
+def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. churn@production.")],
+          host: Annotated[str | None, typer.Option(help="Bind address (default [serving.options] host, "
+                                                        "127.0.0.1).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (default [serving.options] port; 0: free).")] = None,
+          canary_weight: Annotated[float | None, typer.Option(help="Share for the version under alias "
+                                                                   "'canary'.")] = None,
+          poll_seconds: Annotated[float | None, typer.Option(help="How often to read the registry.")] = None,
+          config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
+    """Serve a model alias until stopped, following promotions and rollbacks (POST /predict, OIP v2, /metrics).
+
+    The token clients must send comes from [serving.options] token or $LOOPML_SERVE_TOKEN."""
+    import logging
+
+    from loopml.serving import follower
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    follower.serve(workspace(config, profile), target, host=host, port=port, canary_weight=canary_weight,
+                  poll_seconds=poll_seconds)
