@@ -54,7 +54,7 @@ def memory_mib(field: str) -> float:
 
 
 def rules():
-    from loopml.datasets import ColumnRule
+    from loopml.dataset_rules import ColumnRule
 
     return (ColumnRule("id", "int", nullable=False), ColumnRule("ts", "timestamp", nullable=False),
             ColumnRule("amount", "float", min=0), ColumnRule("count", "int"), ColumnRule("score", "float"),

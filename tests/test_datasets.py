@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from loopml import canonical, dataset_checks
 from loopml.backends.local_store import LocalArtifactStore
-from loopml.datasets import ColumnRule, DatasetCatalog
+from loopml.dataset_rules import ColumnRule
+from loopml.datasets import DatasetCatalog
 from loopml.errors import DatasetNotFoundError, DataValidationError
 
 RULES = (ColumnRule("id", "int", nullable=False), ColumnRule("ts", "timestamp", nullable=False),
@@ -128,7 +130,6 @@ def test_unknown_dataset_reference_lists_known_ones(catalog, tmp_path) -> None:
 
 
 def test_re_ingesting_unchanged_files_is_one_hash_pass_and_writes_nothing(catalog, tmp_path, monkeypatch) -> None:
-    import loopml.datasets as datasets
 
     path = _write(tmp_path, "orders.csv", CSV)
     first, created = catalog.ingest("orders", path, columns=RULES)
@@ -138,7 +139,8 @@ def test_re_ingesting_unchanged_files_is_one_hash_pass_and_writes_nothing(catalo
     def no_parsing(*args, **kwargs):
         raise AssertionError("an unchanged source was parsed again")
 
-    monkeypatch.setattr(datasets, "_read_file", no_parsing)
+    monkeypatch.setattr(dataset_checks, "read_file", no_parsing)  # neither path may parse it
+    monkeypatch.setattr(canonical, "csv_batches", no_parsing)
     moved = _write(tmp_path / "elsewhere", "copy.csv", CSV)  # the same bytes at another path match too
     for source in (path, moved):
         again, created = catalog.ingest("orders", source, columns=RULES)

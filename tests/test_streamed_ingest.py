@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import loopml.datasets as datasets
-from loopml import canonical
+from loopml import canonical, dataset_checks
 from loopml.backends.local_store import LocalArtifactStore
-from loopml.datasets import ColumnRule, DatasetCatalog
+from loopml.dataset_rules import ColumnRule
+from loopml.datasets import DatasetCatalog
 from loopml.errors import DataValidationError
 
 RULES = (ColumnRule("id", "int", nullable=False), ColumnRule("ts", "timestamp", nullable=False),
@@ -53,8 +53,8 @@ def test_the_fast_path_streams_a_clean_csv_and_matches_the_reference_path(tmp_pa
     source = tmp_path / "orders.csv"
     frame().to_csv(source, index=False)
     calls = []
-    real = datasets._read_file
-    monkeypatch.setattr(datasets, "_read_file", lambda path: calls.append(path) or real(path))
+    real = dataset_checks.read_file
+    monkeypatch.setattr(dataset_checks, "read_file", lambda path: calls.append(path) or real(path))
     fast, _ = DatasetCatalog(LocalArtifactStore(tmp_path / "a")).ingest("orders", source, columns=RULES)
     assert calls == []  # never read whole by pandas
     reference_only(monkeypatch)
@@ -151,5 +151,5 @@ def test_the_bytes_equal_one_write_of_the_whole_table_when_dictionaries_overflow
     source = tmp_path / "wide.csv"
     pd.DataFrame({"id": np.arange(rows), "score": rng.random(rows)}).to_csv(source, index=False)
     version, _ = DatasetCatalog(LocalArtifactStore(tmp_path / "store")).ingest("wide", source, columns=rules)
-    frame = datasets._validate_file(datasets._read_file(source), rules, source)
-    assert version.id == hashlib.sha256(datasets.canonical_parquet(frame, rules)).hexdigest()
+    frame = dataset_checks.validate_file(dataset_checks.read_file(source), rules, source)
+    assert version.id == hashlib.sha256(canonical.canonical_parquet(frame, rules)).hexdigest()

@@ -13,7 +13,7 @@ from loopml.backends.local_store import LocalStoreOptions
 from loopml.backends.local_tracker import LocalTrackerOptions
 from loopml.backends.log_monitor import LogMonitorOptions
 from loopml.backends.sqlite_registry import SqliteRegistryOptions
-from loopml.plugins import hookimpl
+from loopml.hookspecs import hookimpl
 from loopml.serving.builtin import BuiltinServingOptions  # numpy and stdlib only; torch loads on first deploy
 from loopml.specs import BackendSpec
 from loopml.trainers import MlpOptions, TorchModuleOptions  # pydantic only; torch loads when training

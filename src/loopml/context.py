@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from loopml.config import LoopmlConfig, load_config, validate_options
-from loopml.datasets import ColumnRule, DatasetCatalog, rules_from_config
+from loopml.dataset_rules import ColumnRule, rules_from_config
+from loopml.datasets import DatasetCatalog
 from loopml.errors import ConfigError, PluginError
 from loopml.plugins import LoopmlPluginManager, get_plugin_manager
 from loopml.records import HookContext, HookFailure

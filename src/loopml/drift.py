@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loopml import sketches
 from loopml.errors import DataValidationError
 from loopml.records import DriftReport, FeatureDrift
 from loopml.reports import figure_png, img, page, table
+from loopml.sketches import MISSING, NumericSketch, WindowSketch
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from loopml.sketches import NumericSketch, WindowSketch
 
 
 def ks_two_sample(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -83,7 +83,6 @@ def chi_square_table(reference_counts: np.ndarray, current_counts: np.ndarray) -
     return stat, float(chi2.sf(stat, dof))
 
 
-MISSING = "(missing)"
 PLOT_CATEGORIES = 20  # the report's bar charts show this many categories, the rest as one bar
 
 
@@ -141,8 +140,6 @@ def detect_drift(
     an empty ``reference`` frame and a stored ``reference_sketch``) both windows are sketched
     (:mod:`loopml.sketches`) and the same tests run on the sketches: categorical and missing-value
     tests are identical, and each KS statistic comes with its ``statistic_error`` bound (about 1/4,096 at most)."""
-    from loopml import sketches
-
     n_cur, n_ref = len(current), len(reference)
     missing = [c for c in (*numeric, *categorical) if c not in current.columns]
     if missing and n_cur:
@@ -179,8 +176,6 @@ def drift_from_sketches(reference: WindowSketch, current: WindowSketch, *, alpha
                         window: tuple[datetime | None, datetime | None] = (None, None)) -> DriftReport:
     """The drift verdict from two sketches (the current one built with the reference's edges, and
     possibly merged from many partitions)."""
-    from loopml import sketches
-
     n_ref, n_cur = reference.rows, current.rows
     verdict = _no_verdict(n_ref, n_cur, min_samples, model, reference_ref, window)
     if verdict is not None:
@@ -255,8 +250,6 @@ def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
                 current: pd.DataFrame | WindowSketch) -> str:
     """The drift report page, from the two windows' rows or from their sketches (large windows:
     numeric features are then drawn as densities over the reference's quantile bins)."""
-    from loopml.sketches import WindowSketch
-
     sketched = isinstance(reference, WindowSketch) and isinstance(current, WindowSketch)
     rows_current = current.rows if isinstance(current, WindowSketch) else len(current)
     verdict = (f"<p class='verdict fail'>DRIFT: {report.reason}</p>" if report.drift_detected

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 PROJECT = "loopml"
 hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Mark a plugin's implementation of a ``loopml_`` hook (also importable from :mod:`loopml.plugins`)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 
 import pluggy
 
-from loopml import hookspecs
+from loopml import builtin_plugin, hookspecs
 from loopml.errors import PluginError, UnknownBackendError
 from loopml.records import HookFailure
 from loopml.specs import KINDS, BackendKind, BackendSpec
@@ -35,7 +35,7 @@ from loopml.specs import KINDS, BackendKind, BackendSpec
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "loopml.plugins"
-hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
+hookimpl = hookspecs.hookimpl
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,6 @@ class LoopmlPluginManager:
             self._catalogue = None
 
     def load_builtins(self) -> None:
-        from loopml import builtin_plugin
-
         self.register(builtin_plugin, "loopml", source="builtin")
 
     def load_entrypoints(self, selection: PluginSelection | None = None) -> None:
@@ -415,8 +413,6 @@ def _distinct(eps: list[EntryPoint]) -> list[EntryPoint]:
 
 
 def _builtin_module() -> Any:
-    from loopml import builtin_plugin
-
     return builtin_plugin
 
 

@@ -32,6 +32,10 @@ EDGES = 4096  # reference quantiles per numeric feature (at most EDGES + 1 edges
 FORMAT = 1
 
 
+MISSING = "(missing)"
+"""The category a missing value is counted under (a label no source value can take)."""
+
+
 class SketchMismatchError(ValueError):
     """Two sketches that cannot be merged or compared (other features, or other edges)."""
 
@@ -160,8 +164,6 @@ def sketch_numeric(values: np.ndarray, edges: np.ndarray | None = None) -> Numer
 
 def sketch_categorical(values: pd.Series) -> CategoricalSketch:
     import pandas as pd
-
-    from loopml.drift import MISSING
 
     counts = values.astype("object").value_counts(dropna=False)
     result: dict[str, int] = {}
