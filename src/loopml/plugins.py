@@ -20,6 +20,7 @@ import functools
 import importlib
 import logging
 import os
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -124,27 +125,17 @@ class LoopmlPluginManager:
         if self.pm.has_plugin(name) or self.pm.is_blocked(name):
             raise PluginError(f"a plugin named {name!r} is already registered (or blocked)")
         try:
-            self.pm.register(plugin, name=name)
+            self.pm.register(_with_failure_policy(plugin, name), name=name)
         except pluggy.PluginValidationError as exc:  # bad arguments for a hook
             raise PluginError(f"plugin {name!r} has an invalid hook implementation: {exc}") from exc
         try:
             self._check_hooks(name, plugin)
         except PluginError:
-            self.pm.unregister(plugin)
+            self.pm.unregister(name=name)
             raise
         self._sources[name] = (source, distribution, version)
         self._catalogue = None
-        self._isolate_lifecycle_impls()
         return name
-
-    def _isolate_lifecycle_impls(self) -> None:
-        """Wrap each plain lifecycle implementation so a raise is recorded, not propagated; pluggy
-        still calls them (and any ``wrapper=True`` implementation around them) in its own order."""
-        for hook_name in hookspecs.LIFECYCLE_HOOKS:
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.wrapper or impl.hookwrapper or getattr(impl.function, "_loopml_isolated", False):
-                    continue
-                impl.function = _isolated(impl.function, impl.plugin_name, hook_name)
 
     def unregister(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)
@@ -327,7 +318,7 @@ class LoopmlPluginManager:
     def notify(self, hook_name: str, **kwargs: Any) -> list[HookFailure]:
         """Call a lifecycle hook through pluggy; a raise is recorded, never propagated.
 
-        Plain implementations are isolated one by one (see ``_isolate_lifecycle_impls``);
+        Plain implementations are isolated one by one (see ``FAILURE_POLICY``);
         ``wrapper=True`` implementations run around them and see the call. A wrapper that raises
         is recorded too (pluggy cannot say which wrapper it was, so it is named ``wrapper``)."""
         if hook_name not in hookspecs.LIFECYCLE_HOOKS:
@@ -350,22 +341,10 @@ class LoopmlPluginManager:
         return failures
 
     def first_veto(self, **kwargs: Any) -> str | None:
-        """``loopml_before_promotion``: the first reason to block, or None. A raise blocks (fail closed)."""
-        caller = self.pm.hook.loopml_before_promotion
-        for impl in reversed(caller.get_hookimpls()):
-            if impl.wrapper or impl.hookwrapper:
-                continue
-            kwargs.setdefault("context", None)
-            args = {a: kwargs[a] for a in impl.argnames}
-            try:
-                reason = impl.function(**args)
-            except Exception as exc:
-                log.warning("plugin %r failed in loopml_before_promotion: promotion blocked", impl.plugin_name,
-                            exc_info=exc)
-                return f"plugin {impl.plugin_name!r} failed while deciding: {type(exc).__name__}: {exc}"
-            if reason is not None:
-                return f"{impl.plugin_name}: {reason}"
-        return None
+        """``loopml_before_promotion`` through pluggy (``firstresult``, wrappers around it): the first
+        reason to block, named after its plugin, or None. A raise blocks (fail closed)."""
+        kwargs.setdefault("context", None)
+        return self.pm.hook.loopml_before_promotion(**kwargs)
 
     # ---------------------------------------------------------------- listing
     def plugins(self) -> list[PluginInfo]:
@@ -384,6 +363,7 @@ class LoopmlPluginManager:
 
 
 def _isolated(function: Any, plugin: str, hook_name: str) -> Any:
+    """A lifecycle implementation whose raise is recorded (and logged), never propagated."""
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -396,8 +376,44 @@ def _isolated(function: Any, plugin: str, hook_name: str) -> Any:
                 sink.append(failure)
             return None
 
-    call._loopml_isolated = True  # type: ignore[attr-defined]
     return call
+
+
+def _fail_closed(function: Any, plugin: str, hook_name: str) -> Any:
+    """A veto implementation: its reason named after the plugin; a raise is a veto (fail closed)."""
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            reason = function(*args, **kwargs)
+        except Exception as exc:
+            log.warning("plugin %r failed in %s: promotion blocked", plugin, hook_name, exc_info=exc)
+            return f"plugin {plugin!r} failed while deciding: {type(exc).__name__}: {exc}"
+        return None if reason is None else f"{plugin}: {reason}"
+
+    return call
+
+
+FAILURE_POLICY: dict[str, Any] = {**{hook: _isolated for hook in hookspecs.LIFECYCLE_HOOKS},
+                                  "loopml_before_promotion": _fail_closed}
+"""How a plugin's implementation of a hook may fail: lifecycle hooks are isolated (the loop goes on),
+the veto fails closed. Applied when the plugin is registered; ``wrapper=True`` implementations
+run as written, around the others, as pluggy calls them."""
+
+
+def _with_failure_policy(plugin: object, name: str) -> object:
+    """What pluggy registers for ``plugin``: the plugin itself, or, when it implements lifecycle or
+    veto hooks, a namespace of its hook implementations with those wrapped in their failure policy
+    (pluggy's public registration; its hook records are never rewritten)."""
+    overrides = {}
+    for hook_name, policy in FAILURE_POLICY.items():
+        function = getattr(plugin, hook_name, None)
+        opts = getattr(function, f"{hookspecs.PROJECT}_impl", None)
+        if callable(function) and isinstance(opts, dict) and not (opts.get("wrapper") or opts.get("hookwrapper")):
+            overrides[hook_name] = policy(function, name, hook_name)
+    if not overrides:
+        return plugin
+    hooks = {attr: getattr(plugin, attr) for attr in dir(plugin) if attr.startswith(f"{hookspecs.PROJECT}_")}
+    return types.SimpleNamespace(**{**hooks, **overrides})
 
 
 def _dist(ep: EntryPoint) -> str | None:
