@@ -166,7 +166,19 @@ def test_an_env_override_is_named_in_errors_and_its_value_never_echoed(project: 
 def test_an_env_override_of_backend_options_keeps_the_default_backend(project: Path) -> None:
     write(project, 'project = "p"\n')  # no [serving] table at all
     config = load_config(environ={"LOOPML__SERVING__OPTIONS__PORT": "9000"})
-    assert (config.serving.backend, config.serving.options) == ("builtin", {"port": 9000})
+    assert config.serving.backend == "builtin"
+    assert Workspace(config).selected["serving"].options.port == 9000  # the backend's model converts it
+
+
+def test_environment_values_keep_their_types(project: Path) -> None:
+    write(project, 'project = "p"\n')
+    config = load_config(environ={"LOOPML__SERVING__OPTIONS__TOKEN": "12345",  # a numeric secret stays text
+                                  "LOOPML__PROJECT": "007",
+                                  "LOOPML__SERVING__OPTIONS__LOG_TO_STORE": "true",
+                                  "LOOPML__TRACKERS": '{"local": {}}'})  # a table where the schema wants one
+    options = Workspace(config).selected["serving"].options
+    assert options.token.get_secret_value() == "12345" and options.log_to_store is True
+    assert config.project == "007" and config.trackers == {"local": {}}
 
 
 def test_credentials_inside_an_endpoint_url_are_masked_by_loopml_config(project: Path, capsys) -> None:

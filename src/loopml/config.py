@@ -2,7 +2,10 @@
 
 Precedence (last wins): built-in defaults < ``loopml.toml`` < ``[profiles.<name>]`` selected by
 ``LOOPML_PROFILE`` (or ``--profile``) < environment variables ``LOOPML__SECTION__KEY=value``
-(double underscores separate levels; values are parsed as JSON when they parse, else strings).
+(double underscores separate levels). Environment values are read by pydantic-settings: a value
+keeps its type, parsed as JSON only where the schema expects a list or a table (so a token
+``12345`` stays the string it was); inside backend ``options`` JSON objects and arrays are decoded
+and scalars stay strings, which the backend's own options model converts.
 
 Unknown keys are errors that name the key and the file. Backend options are validated against the
 options model of the chosen backend when the workspace opens, so a typo fails at start-up, not
@@ -12,6 +15,7 @@ masked in every dump, log line and error.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from loopml.errors import ConfigError
 from loopml.tasks import TaskKind
@@ -262,23 +268,45 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+class _EnvironmentSettings(BaseSettings, LoopmlConfig):
+    """The config schema as pydantic-settings sees it: ``LOOPML__SECTION__KEY`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False,
+                                      extra="forbid")
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_EnvironmentSettings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, False, False, None)
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if not path:
-            continue
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
-        node = result
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return result
+    """``LOOPML__A__B=value`` as ``{"a": {"b": value}}``, typed the pydantic-settings way: a value is
+    parsed as JSON only where the schema wants a list or table there (a token ``12345`` stays a
+    string); inside backend ``options``, which their own models validate, JSON objects and arrays
+    are decoded and scalars stay strings for the backend's model to convert."""
+    values = _decode_tables(_EnvironmentSource(environ)())
+    known = set(LoopmlConfig.model_fields)
+    for name, raw in environ.items():  # an unknown top-level key is an error, not silently ignored
+        head = name[len(ENV_PREFIX):].split("__")[0].lower() if name.upper().startswith(ENV_PREFIX) else ""
+        if head and head not in known:
+            values[head] = raw
+    return values
+
+
+def _decode_tables(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _decode_tables(v) for k, v in value.items()}
+    if isinstance(value, str) and value[:1] in "[{":
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
 
 
 MOVED_KEYS = {
