@@ -174,3 +174,19 @@ def test_the_report_shows_the_monitored_window() -> None:
     html = render_html(report, reference, current)
     assert "window: 300 rows logged 2026-11-29 01:02:03 to 01:12:09 UTC" in html
     assert "None" not in html
+
+
+def test_the_report_shows_names_and_values_as_text_never_as_markup() -> None:
+    from loopml.drift import render_html
+
+    rng = np.random.default_rng(13)
+    reference, current = sample(rng, 2000), sample(rng, 400)
+    hostile = "<script>alert(1)</script>"
+    reference = reference.rename(columns={"k": hostile})
+    current = current.rename(columns={"k": hostile})
+    current[hostile] = "x&y<z>"  # a drifted category whose label looks like markup
+    report = detect_drift(reference, current, numeric=NUMERIC, categorical=[hostile], alpha=0.01, min_samples=200)
+    html = render_html(report, reference, current)
+    assert report.drift_detected and "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "p &lt; 0.01" in html  # the verdict's reason, escaped like every other text

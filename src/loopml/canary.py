@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from loopml import events
+from loopml import events, reports
 from loopml.errors import LoopmlError, ModelNotFoundError
 from loopml.records import GateCheck, ModelVersion, PromotionEvent
+from loopml.reports import figure_png, img, page, table
 
 if TYPE_CHECKING:
     from loopml.config import RolloutConfig
@@ -334,10 +335,6 @@ def watch(ws: Workspace, model_name: str, *, poll_seconds: float = 5.0,
 
 # ---------------------------------------------------------------------------- report
 def render_html(verdict: CanaryVerdict) -> str:
-    import html
-
-    from loopml.reports import figure_png, img, page, table
-
     prod, cand = verdict.arms
     numeric = not any(isinstance(o, str) for o in (*prod.outputs, *cand.outputs))
 
@@ -362,13 +359,13 @@ def render_html(verdict: CanaryVerdict) -> str:
 
     rows = [[c.name, c.value, c.threshold, "pass" if c.passed else "FAIL", c.reason] for c in verdict.checks]
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(verdict.started_at))
-    css = "pass" if verdict.decision == "promote" else "fail"
-    summary = (f"<p class='verdict {css}'>{verdict.decision.upper()}: {html.escape(verdict.reason)}</p>"
-               f"<p>{verdict.mode} of {verdict.model} v{verdict.candidate} next to production v{verdict.production}, "
-               f"from {when} for {verdict.judged_at - verdict.started_at:.0f} s. Rows answered {prod.rows} / "
-               f"{cand.rows}, failed {prod.errors} / {cand.errors} (production / candidate).</p>")
     return page(f"Canary of {verdict.model} v{verdict.candidate}: {verdict.decision}", [
-        summary, table(["check", "value", "limit", "verdict", "reason"], rows,
+        reports.verdict(f"{verdict.decision.upper()}: {verdict.reason}", passed=verdict.decision == "promote"),
+        reports.paragraph(f"{verdict.mode} of {verdict.model} v{verdict.candidate} next to production "
+                          f"v{verdict.production}, from {when} for {verdict.judged_at - verdict.started_at:.0f} s. "
+                          f"Rows answered {prod.rows} / {cand.rows}, failed {prod.errors} / {cand.errors} "
+                          "(production / candidate)."),
+        table(["check", "value", "limit", "verdict", "reason"], rows,
                        ["pass" if c.passed else "fail" for c in verdict.checks]),
         img(figure_png(answers), "answers of both versions"), img(figure_png(latency), "p99 latency")])
 

@@ -25,7 +25,7 @@ import numpy as np
 from loopml import sketches
 from loopml.errors import DataValidationError
 from loopml.records import DriftReport, FeatureDrift
-from loopml.reports import figure_png, img, page, table
+from loopml.reports import figure_png, img, page, paragraph, strong, table, verdict
 from loopml.sketches import MISSING, NumericSketch, WindowSketch
 
 if TYPE_CHECKING:
@@ -252,13 +252,13 @@ def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
     numeric features are then drawn as densities over the reference's quantile bins)."""
     sketched = isinstance(reference, WindowSketch) and isinstance(current, WindowSketch)
     rows_current = current.rows if isinstance(current, WindowSketch) else len(current)
-    verdict = (f"<p class='verdict fail'>DRIFT: {report.reason}</p>" if report.drift_detected
-               else f"<p class='verdict pass'>{report.reason}</p>")
+    summary = verdict(f"DRIFT: {report.reason}" if report.drift_detected else report.reason,
+                      passed=not report.drift_detected)
     rows = [(f.feature, f.kind, _statistic_text(f), f.p_value, f.p_adjusted,
              f"{f.missing_reference:.1%} / {f.missing_current:.1%}", "DRIFT" if f.drifted else "ok")
             for f in report.features]
-    sections = [verdict, f"<p>model <b>{report.model}</b>; reference: {report.reference}; "
-                f"{window_text(report, rows_current)}</p>",
+    sections = [summary, paragraph("model ", strong(report.model), f"; reference: {report.reference}; "
+                                   f"{window_text(report, rows_current)}"),
                 table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)", "verdict"], rows,
                       ["fail" if f.drifted else "pass" for f in report.features])]
     for f in report.features:

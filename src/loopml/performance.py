@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loopml import events, tasks
+from loopml.reports import figure_png, img, page, table, verdict
 from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config, production_model, view_of
 from loopml.stages.project import stamp as stage_stamp
@@ -193,10 +194,6 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
 
 
 def render_html(result: LivePerformance) -> str:
-    import html
-
-    from loopml.reports import figure_png, img, page, table
-
     def over_time(ax: Any) -> None:
         for v in result.versions:
             days = sorted(v.by_day)
@@ -212,9 +209,8 @@ def render_html(result: LivePerformance) -> str:
 
     names = [m.name for m in tasks.METRICS[result.task]]  # type: ignore[index]
     rows = [[f"v{v.version}", v.labels, *(v.metrics.get(n) for n in names), v.holdout] for v in result.versions]
-    css = "fail" if result.degraded else "pass"
     return page(f"Live performance of {result.model}", [
-        f"<p class='verdict {css}'>{'DEGRADED' if result.degraded else 'OK'}: {html.escape(result.reason)}</p>",
+        verdict(f"{'DEGRADED' if result.degraded else 'OK'}: {result.reason}", passed=not result.degraded),
         table(["version", "labels", *names, f"holdout {result.primary}"], rows),
         img(figure_png(over_time, (8, 3.5)), "live metric over time")])
 

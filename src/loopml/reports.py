@@ -1,17 +1,93 @@
-"""HTML reports with inline plots (matplotlib, no external assets) for gates and drift."""
+"""HTML reports with inline plots (matplotlib, no external assets): gates, drift, canary, performance.
+
+A report is a title and a list of sections (a verdict, paragraphs, tables, figures) rendered by one
+Jinja2 template (``templates/report.html.j2``) with autoescaping on, so a feature name, a category
+or a reason with ``<`` or ``&`` in it is shown as text, never read as markup.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-STYLE = """<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
-.pass{color:#176f2c;font-weight:bold}.fail{color:#b00020;font-weight:bold}img{max-width:100%}
-.verdict{font-size:1.4em;padding:.4em;border-radius:4px}</style>"""
+TEMPLATE = "report.html.j2"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    text: str
+    passed: bool
+    kind: Literal["verdict"] = "verdict"
+
+
+@dataclass(frozen=True)
+class Part:
+    text: str
+    strong: bool = False
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    parts: tuple[Part, ...]
+    kind: Literal["paragraph"] = "paragraph"
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    classes: tuple[str, ...] | None = None  # a CSS class per row, on its last cell (pass / fail)
+    kind: Literal["table"] = "table"
+
+
+@dataclass(frozen=True)
+class Figure:
+    uri: str
+    alt: str
+    kind: Literal["figure"] = "figure"
+
+
+Section = Verdict | Paragraph | Table | Figure
+
+
+def verdict(text: str, passed: bool) -> Verdict:
+    return Verdict(text, passed)
+
+
+def strong(text: Any) -> Part:
+    return Part(str(text), strong=True)
+
+
+def paragraph(*parts: Any) -> Paragraph:
+    """A paragraph of text; parts made with :func:`strong` are set in bold."""
+    return Paragraph(tuple(p if isinstance(p, Part) else Part(str(p)) for p in parts))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] | None = None) -> Table:
+    return Table(tuple(str(h) for h in headers), tuple(tuple(_fmt(v) for v in row) for row in rows),
+                 tuple(classes) if classes else None)
+
+
+def img(uri: str, alt: str) -> Figure:
+    return Figure(uri, alt)
+
+
+def page(title: str, sections: Sequence[Section]) -> str:
+    """The standalone HTML page."""
+    return _template().render(title=title, sections=sections)
+
+
+@functools.cache
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("loopml", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template(TEMPLATE)
 
 
 def figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (6, 3.5)) -> str:
@@ -30,25 +106,6 @@ def figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (6, 3.5)
     finally:
         plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if classes else ""
-        body.append("<tr>" + "".join(f"<td{cls if j == len(row) - 1 else ''}>{html.escape(_fmt(v))}</td>"
-                                      for j, v in enumerate(row)) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def page(title: str, sections: Sequence[str]) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"{STYLE}</head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
-
-
-def img(uri: str, alt: str) -> str:
-    return f"<img alt='{html.escape(alt)}' src='{uri}'>"
 
 
 def _fmt(v: Any) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 from loopml import tasks
 from loopml.artifacts import Predictor
 from loopml.records import GateCheck, GateReport
-from loopml.reports import figure_png, img, page, table
+from loopml.reports import figure_png, img, page, paragraph, strong, table, verdict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -273,13 +273,13 @@ def _fairness_check(primary: tasks.Metric, slices: Mapping[str, Mapping[str, flo
 def render_html(ev: Evaluation) -> str:
     """The gate report as a standalone HTML page with plots that fit the task."""
     r = ev.report
-    verdict = ("<p class='verdict pass'>PASSED: candidate may be promoted</p>" if r.passed else
-               "<p class='verdict fail'>REJECTED: " + "; ".join(c.name for c in r.failed_checks) + "</p>")
+    summary = verdict("PASSED: candidate may be promoted" if r.passed else
+                      "REJECTED: " + "; ".join(c.name for c in r.failed_checks), passed=r.passed)
     rows = [(c.name, c.value, c.threshold, c.reason, "pass" if c.passed else "FAIL") for c in r.checks]
     checks_html = table(["check", "value", "threshold", "reason", "verdict"], rows,
                         ["pass" if c.passed else "fail" for c in r.checks])
-    sections = [verdict, f"<p>{ev.task} model; <b>{r.candidate}</b> vs production "
-                f"<b>{r.baseline or 'none'}</b> on {len(ev.labels)} holdout rows</p>", checks_html]
+    sections = [summary, paragraph(f"{ev.task} model; ", strong(r.candidate), " vs production ",
+                                   strong(r.baseline or "none"), f" on {len(ev.labels)} holdout rows"), checks_html]
     if ev.metrics:
         names = list(ev.metrics)
         mrows = [("candidate", *(ev.metrics[n] for n in names))]

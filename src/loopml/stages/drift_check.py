@@ -18,6 +18,7 @@ import pandas as pd
 from loopml import drift, events, sketches
 from loopml.context import shares_state
 from loopml.errors import ObjectExistsError, ObjectNotFoundError
+from loopml.reports import page, paragraph
 from loopml.shared_state import SharedState, StateConflictError
 from loopml.stages.project import pipeline_config, stamp, view_of
 from loopml.stages.training import OUTPUT_COLUMN
@@ -96,7 +97,8 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
         report = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
                                     alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
                                     model=cfg.model_name, reference_ref=reference_ref, window=window)
-        html = drift.render_html(report, reference, current) if len(current) else "<p>no data</p>"
+        html = drift.render_html(report, reference, current) if len(current) else page(
+            f"Drift of {cfg.model_name}", [paragraph("no data: no row was logged in this window")])
     key = f"reports/{cfg.model_name}/drift/drift-{stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
     payload = {"features": list(report.drifted_features), "production_version": production_version, "report": key,
