@@ -159,3 +159,47 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     finally:
         stop(proc)
     assert [a if isinstance(a, float) else a["prediction"] for a in answered] == pytest.approx(list(expected), abs=1e-6)
+
+
+def test_credentials_reach_the_server_but_never_the_environment(tmp_path: Path, monkeypatch) -> None:
+    """A token for a remote server is sent by MLflow's client as a header; the process environment,
+    which a TorchServe JVM or any child process would inherit, never holds it."""
+    import http.server
+    import json as jsonlib
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from loopml_mlflow import MlflowOptions, _factory, auth
+
+    monkeypatch.setattr(auth, "_authorization", {})  # this process's credentials end with the test
+    seen: list[str | None] = []
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # experiments/get-by-name: answer "no such experiment"
+            seen.append(self.headers.get("Authorization"))
+            body = jsonlib.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "none"}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "CANARY-mlflow-token-5e1f"
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        tracker = _factory(MlflowOptions(tracking_uri=uri, token=secret),
+                           BackendContext("t", tmp_path, tmp_path / ".loopml"))
+        assert tracker.client.get_experiment_by_name("loopml-credentials") is None
+    finally:
+        server.shutdown()
+    assert seen and all(header == f"Bearer {secret}" for header in seen)
+    assert not any(secret in value for value in os.environ.values())
+    child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.environ.items()))"],
+                           capture_output=True, text=True, check=True)
+    assert secret not in child.stdout

@@ -17,8 +17,9 @@ What MLflow's own tools expect is there too:
   and MLflow's standard ``mlflow.source.*`` and ``mlflow.user`` tags are set;
 * metrics are sent in batches (flushed by size, by age, and before any other call).
 Credentials for a remote server (``token`` or ``username``/``password``) are secrets in config;
-MLflow reads them from its ``MLFLOW_TRACKING_*`` environment variables, so the tracker sets those in
-its process when it is built. They are never logged or written to a run.
+they reach MLflow's client through its request-header extension point (:mod:`loopml_mlflow.auth`),
+never through the process environment that child processes inherit, and are never logged or
+written to a run.
 """
 
 from __future__ import annotations
@@ -78,12 +79,11 @@ class MlflowTracker:
         self._flushed_at = time.monotonic()
 
     def _set_credentials(self) -> None:
-        if self.options.token is not None:
-            os.environ["MLFLOW_TRACKING_TOKEN"] = self.options.token.get_secret_value()
-        if self.options.username is not None:
-            os.environ["MLFLOW_TRACKING_USERNAME"] = self.options.username
-        if self.options.password is not None:
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = self.options.password.get_secret_value()
+        from loopml_mlflow.auth import use_credentials
+
+        secret = {"token": self.options.token, "password": self.options.password}
+        use_credentials(self.tracking_uri, username=self.options.username,
+                        **{k: v.get_secret_value() for k, v in secret.items() if v is not None})
 
     def _experiment_id(self, name: str) -> str:
         full = self.options.experiment_prefix + name
