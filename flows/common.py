@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
+from loopml.capabilities import LinkingStore, LinkingTracker
 from loopml.context import Workspace
 from loopml.plugins import get_plugin_manager
 from loopml.records import GateReport
@@ -87,9 +88,9 @@ def report_link(ws: Workspace, key: str, path: Path, artifact_key: str, title: s
 
     from loopml.keys import prefect_artifact_key
 
-    make_url = getattr(ws.store, "url", None)
+    linking = ws.ability(ws.store, LinkingStore)
     try:
-        url = make_url(key) if callable(make_url) else path.resolve().as_uri()
+        url = linking.url(key) if linking is not None else path.resolve().as_uri()
     except Exception:
         url = path.resolve().as_uri()
     create_link_artifact(key=prefect_artifact_key(artifact_key), link=url, link_text=title,
@@ -101,9 +102,9 @@ def tracker_links(ws: Workspace, run_id: str) -> str:
     """Markdown links to a run in every tracker that can name a URL for it (MLflow over HTTP, W&B online)."""
     links = []
     for tracker in ws.trackers:
-        make = getattr(tracker, "run_url", None)
+        linking = ws.ability(tracker, LinkingTracker)
         try:
-            url = make(run_id) if callable(make) else None
+            url = linking.run_url(run_id) if linking is not None else None
         except Exception:
             url = None
         if url:

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from flows.common import workspace
 from flows.monitor import monitor
 from flows.pipeline import pipeline
+from loopml.capabilities import TokenServing
 from loopml.examples import churn
 from loopml.stages.project import pipeline_config, production_model, view_of
 from loopml.traffic import TrafficGenerator
@@ -59,7 +60,8 @@ def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 4
     if first.report_path:
         summary.reports.append(first.report_path)
     url = ws.serving.status()["predict_url"]
-    token = getattr(ws.serving, "inference_token", None)  # TorchServe's token auth
+    token_serving = ws.ability(ws.serving, TokenServing)  # TorchServe's token auth
+    token = token_serving.inference_token if token_serving is not None else None
     summary.add(f"serve ({ws.serving.name})", url)
 
     def traffic_then_drift_check(label: str, data: churn.ChurnData):

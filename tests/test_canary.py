@@ -72,7 +72,8 @@ def test_shadow_judges_the_mirrored_rows_and_their_disagreement() -> None:
 
 def test_the_window_reads_only_what_was_appended(tmp_path: Path) -> None:
     log = tmp_path / "churn.jsonl"
-    ws = SimpleNamespace(serving=SimpleNamespace(prediction_log_dir=tmp_path))
+    serving = SimpleNamespace(prediction_log_dir=tmp_path)  # a backend with no optional ability
+    ws = SimpleNamespace(serving=serving, selected={"serving": None}, ability=lambda backend, ability: None)
     window = CanaryWindow(ws, "churn", since=10.0)
     with open(log, "a") as out:
         for ts in (5.0, 11.0, 12.0):  # the first is from before the canary started

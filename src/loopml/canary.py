@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from loopml import events, reports
+from loopml.capabilities import LogFlushingServing
 from loopml.errors import LoopmlError, ModelNotFoundError
 from loopml.records import GateCheck, ModelVersion, PromotionEvent
 from loopml.reports import figure_png, img, page, table
@@ -255,9 +256,9 @@ class CanaryWindow:
         from loopml.context import shares_state
         from loopml.predlog import read_since, read_store_segments, store_segments
 
-        flush = getattr(self.ws.serving, "flush_log", None)
-        if callable(flush):
-            flush()
+        flushing = self.ws.ability(self.ws.serving, LogFlushingServing)
+        if flushing is not None:
+            flushing.flush_log()
         if shares_state(self.ws):  # every replica's answers, from the store
             keys = [k for k in store_segments(self.ws.store, self.model_name) if k not in self.segments_read]
             new = read_store_segments(self.ws.store, keys, since=self.since)

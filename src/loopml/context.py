@@ -9,9 +9,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
+from loopml.capabilities import OPTIONAL, StoreLoggingServing, abilities_of
 from loopml.config import LoopmlConfig, load_config, validate_options
 from loopml.dataset_rules import ColumnRule, rules_from_config
 from loopml.datasets import DatasetCatalog
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
         Tracker,
         Trainer,
     )
+
+
+Ability = TypeVar("Ability")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Workspace:
         self.context = BackendContext(config.project, config.root, config.home_dir)
         self.hook_context = HookContext(config.project, config.profile, config.root, config.home_dir, config)
         self.selected = self._select_all()
+        self._abilities: dict[int, tuple[object, frozenset[type]]] = {}
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, profile: str | None = None,
@@ -158,7 +163,18 @@ class Workspace:
                 f"'loopml[{selected.spec.name}]'"
             ) from exc
         self._check_protocol(selected, built)
+        self._abilities[id(built)] = (built, abilities_of(selected.kind, built))
         return built
+
+    def ability(self, backend: object, ability: type[Ability]) -> Ability | None:
+        """``backend`` as ``ability`` (a Protocol of :mod:`loopml.capabilities`) if it has that
+        optional ability, else None. Found once per backend, when the workspace built it (an ad hoc
+        object, such as a trainer given from Python, the first time it is asked about)."""
+        known = self._abilities.get(id(backend))
+        if known is None or known[0] is not backend:
+            found = frozenset(a for kind in OPTIONAL.values() for a in kind if isinstance(backend, a))
+            known = self._abilities[id(backend)] = (backend, found)
+        return backend if ability in known[1] else None  # type: ignore[return-value]
 
     def _check_protocol(self, selected: SelectedBackend, built: Any) -> None:
         """What a factory built must have its kind's verbs: fail at once, naming the plugin."""
@@ -192,8 +208,9 @@ class Workspace:
     @functools.cached_property
     def serving(self) -> ServingBackend:
         backend = self._build(self.selected["serving"])
-        if shares_state(self) and hasattr(backend, "log_sink"):  # in-process server: segments to the store
-            backend.log_sink = self.store
+        logging_to_store = self.ability(backend, StoreLoggingServing)
+        if shares_state(self) and logging_to_store is not None:  # in-process server: segments to the store
+            logging_to_store.log_sink = self.store
         return backend  # type: ignore[return-value]
 
     @functools.cached_property
@@ -250,5 +267,5 @@ class Workspace:
 def shares_state(ws: Workspace) -> bool:
     """True when the serving backend uploads its prediction log (``log_to_store``): then monitors
     read the log, and keep their cursor and alert state, in the artifact store, not on local disk."""
-    options = getattr(getattr(ws, "selected", {}).get("serving"), "options", None)
-    return bool(getattr(options, "log_to_store", False))
+    serving = ws.selected["serving"]
+    return serving is not None and bool(getattr(serving.options, "log_to_store", False))  # a builtin option

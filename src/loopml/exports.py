@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loopml import __version__
 from loopml.artifacts import Predictor
+from loopml.capabilities import ExportingStore
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -64,8 +65,8 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
 def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None = None) -> str | None:
     """Write the readable export of ``model``; returns its folder's URI (None: the store has no
     ``export`` verb). Idempotent: the same version always exports the same files."""
-    export = getattr(ws.store, "export", None)
-    if not callable(export):
+    store = ws.ability(ws.store, ExportingStore)
+    if store is None:
         return None
     folder = export_path(model)
     artifact = ws.store.get(model.artifact_key)
@@ -86,7 +87,7 @@ def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None =
             files["validation_report.html"] = ws.store.get(key)
     uri = ""
     for name, data in files.items():
-        uri = export(f"{folder}/{name}", data)
+        uri = store.export(f"{folder}/{name}", data)
     return uri.rsplit("/", 1)[0]
 
 

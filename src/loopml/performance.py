@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loopml import events, tasks
+from loopml.capabilities import LogFlushingServing
 from loopml.reports import figure_png, img, page, table, verdict
 from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config, production_model, view_of
@@ -163,9 +164,9 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
     if labels is None:
         name = mon.labels_dataset or cfg.labels_dataset
         labels = ws.datasets.load(ws.datasets.get(name))
-    flush = getattr(ws.serving, "flush_log", None)
-    if callable(flush):
-        flush()
+    flushing = ws.ability(ws.serving, LogFlushingServing)
+    if flushing is not None:
+        flushing.flush_log()
     if shares_state(ws):  # every replica's answers, from the store
         records = read_store_segments(ws.store, store_segments(ws.store, cfg.model_name), since=since or 0.0)
     else:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from loopml.capabilities import ModelLoggingTracker
 from loopml.protocols import Tracker
 from loopml.records import RunInfo
 
@@ -20,16 +21,17 @@ class TrackingSession:
         self.run = run
         self.trackers = list(trackers)
         self.failures: dict[str, str] = {}
+        self._logs_models = {id(t) for t in self.trackers if isinstance(t, ModelLoggingTracker)}  # once
         self._call("start_run", run)
 
     def _call(self, verb: str, *args: Any, fallback: str | None = None, **kwargs: Any) -> None:
         for tracker in self.trackers:
-            name = getattr(tracker, "name", type(tracker).__name__)
+            name = tracker.name
             if name in self.failures:
                 continue
             try:
-                method = getattr(tracker, verb, None) if fallback else getattr(tracker, verb)
-                (method or getattr(tracker, fallback))(*args, **kwargs)  # type: ignore[arg-type]
+                able = fallback is None or id(tracker) in self._logs_models
+                getattr(tracker, verb if able else fallback)(*args, **kwargs)  # type: ignore[arg-type]
             except Exception as exc:
                 self.failures[name] = f"{verb}: {type(exc).__name__}: {exc}"
                 log.warning("tracker %r failed in %s (%s); training continues without it",

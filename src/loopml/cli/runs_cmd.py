@@ -19,12 +19,15 @@ from loopml.cli.common import (
     workspace,
 )
 from loopml.errors import LoopmlError
+from loopml.maintenance import collect_garbage
+from loopml.protocols import QueryableTracker
 
 
 def _queryable_tracker(ws):
     for tracker in ws.trackers:
-        if hasattr(tracker, "get_run") and hasattr(tracker, "list_runs"):
-            return tracker
+        queryable = ws.ability(tracker, QueryableTracker)
+        if queryable is not None:
+            return queryable
     raise LoopmlError("no configured tracker can be queried; enable the local tracker: "
                       "[trackers.local] in loopml.toml")
 
@@ -65,11 +68,7 @@ def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None
 def store_gc(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
     """Remove blobs no key refers to and temp files of killed writers (safe while writers run)."""
     ws = workspace(config, profile)
-    gc = getattr(ws.store, "gc", None)
-    if not callable(gc):
-        raise LoopmlError(f"the artifact store {ws.store.uri} has no gc; expire its unreferenced "
-                          "objects with the service's own lifecycle rules")
-    result = gc()
+    result = collect_garbage(ws)
     if as_json:
         print_json(result)
         return

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from loopml.capabilities import EntityServing, ShadowServing
 from loopml.errors import ConfigError
 from loopml.serving.artifact_cache import artifact_file
 from loopml.serving.reconcile import desired_routing, reconcile
@@ -40,9 +41,9 @@ class _BackendTarget:
 
     def route(self, weights: Mapping[int, float], shadow: int | None) -> None:
         self.serving.set_traffic(weights)
-        set_shadow: Any = getattr(self.serving, "set_shadow", None)
-        if callable(set_shadow):
-            set_shadow(shadow)
+        shadowing = self.ws.ability(self.serving, ShadowServing)
+        if shadowing is not None:
+            shadowing.set_shadow(shadow)
         elif shadow is not None:
             raise ConfigError(f"serving backend {self.serving.name!r} cannot mirror requests; "
                               "use rollout mode 'canary'")
@@ -56,9 +57,10 @@ def sync_serving(ws: Workspace, name: str) -> str | None:
     (a traffic share, or a shadow copy of requests), through the one reconcile algorithm, so no
     request is dropped. Returns the serving URL (None: nothing to serve)."""
     serving = ws.serving
-    if hasattr(serving, "use_online_features"):  # requests may name just the entity
+    by_entity = ws.ability(serving, EntityServing)
+    if by_entity is not None:  # requests may name just the entity
         view = view_of(ws)
-        serving.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
+        by_entity.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
     weights, shadow = wanted_serving(ws, name)
     if not weights:
         return None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from loopml.capabilities import LogFlushingServing
 from loopml.context import shares_state
 from loopml.predlog import LogCursor, SegmentCursor, read_since, read_store_segments, segment_day, store_segments
 from loopml.shared_state import SharedState, StateConflictError
@@ -53,9 +54,9 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
     byte offsets per log segment is kept in ``<home>/monitoring/<model>.log-cursor.json``, so a
     scheduled monitor reads only new rows. A torn last line is left for the next read.
     """
-    flush = getattr(ws.serving, "flush_log", None)
-    if callable(flush):  # an in-process server writes its log from a background thread
-        flush()
+    flushing = ws.ability(ws.serving, LogFlushingServing)
+    if flushing is not None:  # an in-process server writes its log from a background thread
+        flushing.flush_log()
     root = Path(ws.serving.prediction_log_dir)
     cursor_file = ws.context.home / "monitoring" / f"{model_name}.log-cursor.json"
     if shares_state(ws):

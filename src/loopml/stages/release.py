@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopml import canary, events
+from loopml.capabilities import FlushingTracker
 from loopml.context import current_actor
 from loopml.errors import ConfigError, StaleAliasError
 from loopml.exports import export_model, model_card
@@ -114,6 +115,6 @@ def _tell_the_training_run(ws: Workspace, candidate: Candidate, model: ModelVers
                                                         "loopml.registry_status": model.status})
             safely(tracker.log_artifact, candidate.run_id, card)
             safely(tracker.log_artifact, candidate.run_id, html)
-            flush = getattr(tracker, "flush", None)  # optional verb: W&B finishes the run here
-            if callable(flush):
-                safely(flush, candidate.run_id)
+            flushing = ws.ability(tracker, FlushingTracker)  # W&B finishes the run here
+            if flushing is not None:
+                safely(flushing.flush, candidate.run_id)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from loopml import __version__, events, progress, tasks
 from loopml.artifacts import Predictor
+from loopml.capabilities import DescribedTrainer
 from loopml.errors import ObjectExistsError
 from loopml.records import RunInfo
 from loopml.stages.project import pipeline_config, view_of
@@ -85,7 +86,8 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     view = view_of(ws)
     trainer = ad_hoc_trainer(trainer) if trainer is not None else ws.trainer
     classes = tasks.check_label(train_frame[cfg.label], cfg.task, cfg.label) if len(train_frame) else ()
-    trainer_params = trainer.params() if hasattr(trainer, "params") else {"trainer": trainer.name}
+    described = ws.ability(trainer, DescribedTrainer)
+    trainer_params = dict(described.params()) if described is not None else {"trainer": trainer.name}
     params = {**trainer_params, "task": cfg.task, "seed": cfg.training.seed, "features": list(view.features)}
     fingerprint = training_fingerprint(labels.id, features.id, json.dumps(params, sort_keys=True, default=str),
                                        cfg.features.model_dump_json(), trainer.fingerprint(),
