@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from loopml.cli import main
-from loopml.config import load_config
+from loopml.config_loader import load_config
 from loopml.context import Workspace
 from loopml.errors import ConfigError, UnknownBackendError
 from loopml.plugins import get_plugin_manager, hookimpl

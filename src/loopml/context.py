@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from loopml.capabilities import OPTIONAL, StoreLoggingServing, abilities_of
-from loopml.config import LoopmlConfig, load_config, validate_options
+from loopml.config import LoopmlConfig
+from loopml.config_loader import load_config, validate_options
 from loopml.dataset_rules import ColumnRule, rules_from_config
 from loopml.datasets import DatasetCatalog
 from loopml.errors import ConfigError, PluginError
@@ -250,7 +251,7 @@ class Workspace:
 
     def describe(self) -> dict[str, Any]:
         """Selected backends and their validated options, secrets masked (for `loopml config`)."""
-        from loopml.config import redact_url_credentials
+        from loopml.config_loader import redact_url_credentials
 
         def one(s: SelectedBackend) -> dict[str, Any]:
             return {"backend": s.spec.name,

@@ -14,13 +14,11 @@ run around them; each plain implementation is isolated so one that raises never 
 
 from __future__ import annotations
 
-import contextvars
 import difflib
 import functools
 import importlib
 import logging
 import os
-import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -30,6 +28,8 @@ import pluggy
 
 from loopml import builtin_plugin, hookspecs
 from loopml.errors import PluginError, UnknownBackendError
+from loopml.plugin_policy import hook_failures, with_failure_policy
+from loopml.plugin_selection import PluginSelection
 from loopml.records import HookFailure
 from loopml.specs import KINDS, BackendKind, BackendSpec
 
@@ -60,45 +60,6 @@ class LoadProblem:
     error: str
 
 
-def _env_list(name: str) -> list[str] | None:
-    raw = os.environ.get(name)
-    if raw is None:
-        return None
-    return [p.strip() for p in raw.split(",") if p.strip()]
-
-
-@dataclass(frozen=True)
-class PluginSelection:
-    """Which installed (entry-point) plugins load: from the environment and from the project."""
-
-    load: tuple[str, ...] | None = None  # None: all
-    disable: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ()  # where the lists came from, for messages
-
-    @classmethod
-    def from_env(cls, project_load: Iterable[str] | None = None,
-                 project_disable: Iterable[str] = ()) -> PluginSelection:
-        env_load, env_disable = _env_list("LOOPML_LOAD_PLUGINS"), _env_list("LOOPML_DISABLE_PLUGINS") or []
-        loads = [set(x) for x in (env_load, project_load) if x is not None]
-        load = tuple(sorted(set.intersection(*loads))) if loads else None
-        sources = tuple(name for name, used in (("LOOPML_LOAD_PLUGINS", env_load is not None),
-                                                ("LOOPML_DISABLE_PLUGINS", bool(env_disable)),
-                                                ("loopml.toml load_plugins", project_load is not None),
-                                                ("loopml.toml disable_plugins", bool(list(project_disable))))
-                        if used)
-        return cls(load, tuple(sorted({*env_disable, *project_disable})), sources)
-
-    def allows(self, name: str) -> bool:
-        return (self.load is None or name in self.load) and name not in self.disable
-
-    def named(self) -> set[str]:
-        return {*(self.load or ()), *self.disable}
-
-
-_hook_failures: contextvars.ContextVar[list[HookFailure] | None] = contextvars.ContextVar(
-    "loopml_hook_failures", default=None)
-
-
 def _is_strict() -> bool:
     return os.environ.get("LOOPML_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
 
@@ -125,7 +86,7 @@ class LoopmlPluginManager:
         if self.pm.has_plugin(name) or self.pm.is_blocked(name):
             raise PluginError(f"a plugin named {name!r} is already registered (or blocked)")
         try:
-            self.pm.register(_with_failure_policy(plugin, name), name=name)
+            self.pm.register(with_failure_policy(plugin, name), name=name)
         except pluggy.PluginValidationError as exc:  # bad arguments for a hook
             raise PluginError(f"plugin {name!r} has an invalid hook implementation: {exc}") from exc
         try:
@@ -328,7 +289,7 @@ class LoopmlPluginManager:
         spec_args = caller.spec.argnames if caller.spec else ()
         kwargs.setdefault("context", None)  # e.g. loopml_on_error when the config failed to load
         failures: list[HookFailure] = []
-        token = _hook_failures.set(failures)
+        token = hook_failures.set(failures)
         try:
             caller(**{k: v for k, v in kwargs.items() if k in spec_args})
         except Exception as exc:
@@ -336,7 +297,7 @@ class LoopmlPluginManager:
             log.warning("%s (the flow continues)", failure, exc_info=exc)
             failures.append(failure)
         finally:
-            _hook_failures.reset(token)
+            hook_failures.reset(token)
         self.failures.extend(failures)
         return failures
 
@@ -360,60 +321,6 @@ class LoopmlPluginManager:
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or []))
             infos.append(PluginInfo(name, source, dist, ver, hooks, tuple(sorted(by_plugin.get(name, [])))))
         return sorted(infos, key=lambda p: (p.source != "builtin", p.name))
-
-
-def _isolated(function: Any, plugin: str, hook_name: str) -> Any:
-    """A lifecycle implementation whose raise is recorded (and logged), never propagated."""
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except Exception as exc:
-            failure = HookFailure(plugin, hook_name, exc)
-            log.warning("%s (the flow continues)", failure, exc_info=exc)
-            sink = _hook_failures.get()
-            if sink is not None:
-                sink.append(failure)
-            return None
-
-    return call
-
-
-def _fail_closed(function: Any, plugin: str, hook_name: str) -> Any:
-    """A veto implementation: its reason named after the plugin; a raise is a veto (fail closed)."""
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            reason = function(*args, **kwargs)
-        except Exception as exc:
-            log.warning("plugin %r failed in %s: promotion blocked", plugin, hook_name, exc_info=exc)
-            return f"plugin {plugin!r} failed while deciding: {type(exc).__name__}: {exc}"
-        return None if reason is None else f"{plugin}: {reason}"
-
-    return call
-
-
-FAILURE_POLICY: dict[str, Any] = {**{hook: _isolated for hook in hookspecs.LIFECYCLE_HOOKS},
-                                  "loopml_before_promotion": _fail_closed}
-"""How a plugin's implementation of a hook may fail: lifecycle hooks are isolated (the loop goes on),
-the veto fails closed. Applied when the plugin is registered; ``wrapper=True`` implementations
-run as written, around the others, as pluggy calls them."""
-
-
-def _with_failure_policy(plugin: object, name: str) -> object:
-    """What pluggy registers for ``plugin``: the plugin itself, or, when it implements lifecycle or
-    veto hooks, a namespace of its hook implementations with those wrapped in their failure policy
-    (pluggy's public registration; its hook records are never rewritten)."""
-    overrides = {}
-    for hook_name, policy in FAILURE_POLICY.items():
-        function = getattr(plugin, hook_name, None)
-        opts = getattr(function, f"{hookspecs.PROJECT}_impl", None)
-        if callable(function) and isinstance(opts, dict) and not (opts.get("wrapper") or opts.get("hookwrapper")):
-            overrides[hook_name] = policy(function, name, hook_name)
-    if not overrides:
-        return plugin
-    hooks = {attr: getattr(plugin, attr) for attr in dir(plugin) if attr.startswith(f"{hookspecs.PROJECT}_")}
-    return types.SimpleNamespace(**{**hooks, **overrides})
 
 
 def _dist(ep: EntryPoint) -> str | None:

@@ -55,7 +55,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_print_ver
 
 def project_file(config: Path | None) -> Path:
     """The loopml.toml a command works on; outside a project, say so instead of creating state here."""
-    from loopml.config import find_config_file
+    from loopml.config_loader import find_config_file
 
     found = config if config is not None else find_config_file()
     if found is None:

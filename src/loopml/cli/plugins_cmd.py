@@ -24,7 +24,7 @@ from loopml.errors import LoopmlError
 @plugins_app.command("list")
 def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """List loaded plugins, where they come from, their hooks and the backends they provide."""
-    from loopml.config import load_config
+    from loopml.config_loader import load_config
     from loopml.plugins import get_plugin_manager
 
     cfg = load_config(config)
@@ -57,7 +57,7 @@ def plugins_check(config: ConfigOpt = None, profile: Annotated[str | None, typer
     base configuration and in every profile (a typo in a profile you deploy later fails now)."""
     import importlib.util
 
-    from loopml.config import defined_profiles, load_config
+    from loopml.config_loader import defined_profiles, load_config
     from loopml.context import Workspace
     from loopml.plugins import build_plugin_manager
 
