@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
@@ -11,6 +12,7 @@ from prefect.states import State
 
 from loopml.capabilities import LinkingStore, LinkingTracker
 from loopml.context import Workspace
+from loopml.keys import prefect_artifact_key
 from loopml.plugins import get_plugin_manager
 from loopml.records import GateReport
 
@@ -19,8 +21,6 @@ def label_run(ws: Workspace, name: str, **labels: object) -> None:
     """Name the current flow run (``train-churn-84a1be88``, ``pipeline-churn-v3``) and tag it with
     the project and model, so runs are found by what they did, not by a random name. Outside a flow
     run, or if the API refuses, nothing happens (a label is never worth failing a run)."""
-    import logging
-
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
@@ -86,8 +86,6 @@ def report_link(ws: Workspace, key: str, path: Path, artifact_key: str, title: s
     the markdown link."""
     from prefect.artifacts import create_link_artifact
 
-    from loopml.keys import prefect_artifact_key
-
     linking = ws.ability(ws.store, LinkingStore)
     try:
         url = linking.url(key) if linking is not None else path.resolve().as_uri()
@@ -126,6 +124,4 @@ def gate_markdown(report: GateReport, link: str, tracked: str = "") -> str:
 
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
-    from loopml.keys import prefect_artifact_key
-
     create_markdown_artifact(key=prefect_artifact_key(key), markdown=markdown, description=description)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
+from loopml import performance
 from loopml.drift import window_text as drift_window_text
 from loopml.records import DriftReport
 from loopml.stages.drift_check import check_drift, drift_reference
@@ -42,8 +43,6 @@ def monitor(since: float | None = None, config: str | None = None,
                      f"{report_link(ws, key, path, f'{cfg.model_name}-drift-report', 'drift report')}",
                      "drift of live inputs vs training data")
     if any(r.get("entity") is not None for r in window.records):
-        from loopml import performance
-
         skew = performance.skew(ws, window.records)
         publish_markdown(f"{cfg.model_name}-skew", "# Training-serving skew of served entities\n\n"
                          + performance.skew_markdown(skew), "served inputs vs point-in-time and training values")

@@ -17,10 +17,13 @@ endpoints used here (folders, dashboards, annotations, health); no Grafana serve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -51,8 +54,6 @@ class GrafanaMonitorOptions(BaseModel):
 
 
 def dashboard_uid(project: str, model: str) -> str:
-    import hashlib
-
     slug = f"loopml-{project}-{model}".lower()
     return slug if len(slug) <= 40 else slug[:31] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:8]
 
@@ -156,8 +157,6 @@ class GrafanaMonitor:
             return uid
 
     def annotate(self, model: str, version: int | None, action: str, reason: str, ts: float | None = None) -> None:
-        import time
-
         uid = self.provision(model)
         self.api.annotations.add_annotation(
             dashboard_uid=uid, time_from=int((ts or time.time()) * 1000),
@@ -195,8 +194,6 @@ def loopml_monitors() -> list[BackendSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3):
         print("usage: python -m loopml_grafana PROJECT MODEL [DATASOURCE_UID]", file=sys.stderr)

@@ -28,14 +28,17 @@ import getpass
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from loopml.context import BackendContext
 from loopml.plugins import hookimpl
 from loopml.records import MetricPoint, RunInfo, RunRecord
 from loopml.specs import BackendSpec
@@ -238,8 +241,6 @@ class MlflowTracker:
 
     # Queryable: loopml can read MLflow runs back (used by `loopml runs` and the conformance suite).
     def get_run(self, run_id: str) -> RunRecord:
-        from datetime import UTC, datetime
-
         self.flush(run_id)
         mlflow_run = self.client.get_run(self._mlflow_run(run_id))
         info, data = mlflow_run.info, mlflow_run.data
@@ -267,8 +268,6 @@ class MlflowTracker:
 
 def _standard_tags(run: RunInfo) -> dict[str, str]:
     """MLflow's own tags for who ran what from where (shown in its UI's User and Source columns)."""
-    import sys
-
     try:
         user = os.environ.get("LOOPML_ACTOR") or getpass.getuser()
     except Exception:  # no passwd entry in some containers
@@ -349,7 +348,6 @@ def _mirror_for(context: Any) -> RegistryMirror | None:
         return None
     key = (options.model_dump_json(), str(context.home))
     if key not in _mirrors:  # build the tracker (an MlflowClient) once, not on every hook call
-        from loopml.context import BackendContext
 
         _mirrors[key] = RegistryMirror(_factory(options, BackendContext(context.project, context.root,
                                                                          context.home)))

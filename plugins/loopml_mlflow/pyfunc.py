@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loopml.artifacts import Predictor
+
 ARTIFACT_FILE = "model.pt2"
 
 
@@ -34,8 +36,6 @@ class LoopmlPyfuncModel:
 
 
 def _load_pyfunc(data_path: str) -> LoopmlPyfuncModel:
-    from loopml.artifacts import Predictor
-
     path = Path(data_path)
     if path.is_dir():
         path = path / ARTIFACT_FILE
@@ -61,8 +61,6 @@ def write_model_folder(folder: Path, artifact: bytes, *, run_id: str | None, mod
     import mlflow
     from mlflow.models import Model
     from mlflow.pyfunc import add_to_model
-
-    from loopml.artifacts import Predictor
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ARTIFACT_FILE).write_bytes(artifact)

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -199,8 +201,6 @@ class TorchServeBackend:
             self.router.stop()
             self.router = None
         if self.process is not None:
-            import signal
-
             if self.process.poll() is None:
                 os.killpg(self.process.pid, signal.SIGTERM)
                 try:
@@ -337,8 +337,6 @@ class TorchServeBackend:
 
     def smoke_test(self, artifact: bytes, rows: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
         """Load the artifact through the handler TorchServe will run, and answer one request."""
-        from types import SimpleNamespace
-
         from loopml_torchserve.handler import LoopmlHandler
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loopml.artifacts import Predictor
+from loopml.serving.builtin import MAX_ROWS
+from loopml.serving.requests import RequestError, log_outputs, validate_rows
+
 
 class LoopmlHandler:
     def __init__(self) -> None:
@@ -25,8 +29,6 @@ class LoopmlHandler:
         self.entity: str | None = None  # the entity id column, logged with each row when sent
 
     def initialize(self, context: Any) -> None:
-        from loopml.artifacts import Predictor
-
         manifest = context.manifest["model"]
         model_dir = Path(context.system_properties["model_dir"])
         self.predictor = Predictor.from_bytes((model_dir / manifest["serializedFile"]).read_bytes())
@@ -39,9 +41,6 @@ class LoopmlHandler:
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         from ts.utils.util import PredictionException
-
-        from loopml.serving.builtin import MAX_ROWS
-        from loopml.serving.requests import RequestError, validate_rows
 
         batch: list[list[dict[str, Any]]] = []
         shadows: list[dict[str, Any] | None] = []
@@ -76,8 +75,6 @@ class LoopmlHandler:
     def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float,
              shadow: dict[str, Any] | None = None, request_id: str | None = None) -> None:
         """Append to the prediction log the monitor reads (same format as the built-in server)."""
-        from loopml.serving.requests import log_outputs
-
         folder = os.environ.get("LOOPML_PREDICTION_LOG_DIR")
         if not folder:
             return
@@ -119,8 +116,6 @@ def _request_id(context: Any, idx: int) -> str | None:
 
 
 def _reject_constant(name: str) -> float:
-    from loopml.serving.requests import RequestError
-
     raise RequestError(400, f"JSON literal {name} is not allowed; send finite numbers only")
 
 

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loopml.serving.transport import bind
 from loopml_torchserve.handler import append_log
 
 if TYPE_CHECKING:
@@ -151,8 +152,6 @@ class Router:
     def start(self) -> Router:
         import httpx
         import uvicorn
-
-        from loopml.serving.transport import bind
 
         self._socket = bind("127.0.0.1", 0)
         self._client = httpx.AsyncClient(timeout=self.backend.options.response_timeout + 5)

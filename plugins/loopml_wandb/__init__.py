@@ -21,16 +21,23 @@ environment and is passed through ``wandb.Settings``: it never enters the run's 
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
+import os
 import struct
+import tempfile
 import time
+import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from loopml.context import BackendContext, Workspace
 from loopml.plugins import hookimpl
 from loopml.records import MetricPoint, RunInfo, RunRecord
 from loopml.specs import BackendSpec
@@ -94,8 +101,6 @@ class WandbTracker:
 
     def _on_exit(self) -> None:
         if not self._exit_hook:
-            import atexit
-
             atexit.register(self.flush)
             self._exit_hook = True
 
@@ -131,8 +136,6 @@ class WandbTracker:
     def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> None:
         """A retried call with the same file (name and bytes) logs nothing new: W&B would record
         a second artifact version of identical content."""
-        import hashlib
-
         import wandb
 
         target = name or Path(path).name
@@ -148,8 +151,6 @@ class WandbTracker:
     def log_model(self, run_id: str, path: Path, name: str | None = None) -> None:
         """The trained model as a W&B ``model`` artifact named after the model (one artifact, a
         version per distinct file), with the run's fingerprint in its metadata."""
-        import hashlib
-
         import wandb
 
         run = self._run(run_id)
@@ -167,8 +168,6 @@ class WandbTracker:
 
     def run_url(self, run_id: str) -> str | None:
         """The run's page on W&B when online (offline runs have none until ``wandb sync``)."""
-        import os
-
         if (self.options.mode or os.environ.get("WANDB_MODE")) in ("offline", "disabled"):
             return None
         run = self._runs.get(run_id)
@@ -221,8 +220,6 @@ class WandbTracker:
 
     def get_run(self, run_id: str) -> RunRecord:
         """Read a run back from its local W&B transaction log (works offline)."""
-        from datetime import UTC, datetime
-
         self.flush(run_id)
         content = read_run_file(self.run_file(run_id))
         config = content["config"]
@@ -354,9 +351,6 @@ def publish_alias(tracker: WandbTracker, model: Any, alias: str, artifact: bytes
     """Log the model's bytes again as the ``model`` artifact with ``alias`` from a short
     ``promotion`` run: W&B finds the version with the same digest and moves the alias to it.
     Returns the promotion run's id."""
-    import tempfile
-    import uuid
-
     import wandb
 
     run_id = f"promote-{model.name}-v{model.version}-{alias}-{uuid.uuid4().hex[:6]}"
@@ -384,7 +378,6 @@ def loopml_after_promotion(event: Any, context: Any) -> None:
     """The ``model`` artifact's aliases follow loopml's (production, canary) after each move."""
     if context is None or "wandb" not in context.config.trackers:
         return
-    from loopml.context import BackendContext, Workspace
 
     options = WandbOptions.model_validate(context.config.trackers["wandb"] or {})
     ws = Workspace(context.config)

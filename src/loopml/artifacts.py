@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -207,7 +208,6 @@ class Predictor:
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
             return cls(_without_input_checks(program.module()), Signature.from_json(extra[SIGNATURE_FILE]))
         if any(n.endswith("extra/" + SIGNATURE_FILE) for n in names):  # loopml 0.1: TorchScript
-            import warnings
 
             extra = {SIGNATURE_FILE: ""}
             with warnings.catch_warnings():

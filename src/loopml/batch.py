@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loopml.artifacts import Predictor
 from loopml.errors import DataValidationError, ModelNotFoundError
 from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config, view_of
@@ -86,8 +87,6 @@ def predictor_of(artifact: bytes) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _load_predictor(artifact: bytes) -> Any:
-    from loopml.artifacts import Predictor
-
     return Predictor.from_bytes(artifact)
 
 
@@ -119,8 +118,6 @@ def write_scores(ws: Workspace, model: ModelVersion, rows: pd.DataFrame,
 def score_dataset(ws: Workspace, dataset_ref: str, *, model_ref: str | None = None, as_of: str | None = None,
                   partitions: int = 1) -> tuple[DatasetVersion, ModelVersion, bool]:
     """Score a dataset version in ``partitions`` slices, in this process (the flow runs them as tasks)."""
-    from loopml.artifacts import Predictor
-
     name = pipeline_config(ws).model_name
     model = resolve_model(ws, name, model_ref)
     rows = scoring_rows(ws, ws.datasets.get(dataset_ref), as_of)

@@ -8,52 +8,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loopml.backends.local_features import LocalFeatureStoreOptions
-from loopml.backends.local_store import LocalStoreOptions
-from loopml.backends.local_tracker import LocalTrackerOptions
-from loopml.backends.log_monitor import LogMonitorOptions
-from loopml.backends.sqlite_registry import SqliteRegistryOptions
+from loopml.backends.local_features import LocalFeatureStore, LocalFeatureStoreOptions
+from loopml.backends.local_store import LocalArtifactStore, LocalStoreOptions
+from loopml.backends.local_tracker import LocalTracker, LocalTrackerOptions
+from loopml.backends.log_monitor import LogMonitor, LogMonitorOptions
+from loopml.backends.sqlite_registry import SqliteRegistry, SqliteRegistryOptions
 from loopml.hookspecs import hookimpl
-from loopml.serving.builtin import BuiltinServingOptions  # numpy and stdlib only; torch loads on first deploy
+from loopml.serving.builtin import (
+    BuiltinServing,
+    BuiltinServingOptions,  # numpy and stdlib only; torch loads on first deploy
+)
 from loopml.specs import BackendSpec
-from loopml.trainers import MlpOptions, TorchModuleOptions  # pydantic only; torch loads when training
+from loopml.trainers import (  # pydantic only; torch loads when training
+    MlpOptions,
+    TorchModuleOptions,
+    mlp_trainer,
+    torch_module_trainer,
+)
 
 
 def _local_store(options: Any, ctx: Any) -> Any:
-    from loopml.backends.local_store import LocalArtifactStore
-
     uri: str = options.uri
     path = Path(uri[len("file://"):]) if uri.startswith("file://") else Path(uri)
     return LocalArtifactStore(path if path.is_absolute() else ctx.root / path, fsync=options.fsync)
 
 
 def _local_tracker(options: Any, ctx: Any) -> Any:
-    from loopml.backends.local_tracker import LocalTracker
-
     return LocalTracker(ctx.resolve(options.root, "runs"))
 
 
 def _sqlite_registry(options: Any, ctx: Any) -> Any:
-    from loopml.backends.sqlite_registry import SqliteRegistry
-
     return SqliteRegistry(ctx.resolve(options.path, "registry.db"), timeout=options.timeout)
 
 
 def _local_features(options: Any, ctx: Any) -> Any:
-    from loopml.backends.local_features import LocalFeatureStore
-
     return LocalFeatureStore(ctx.resolve(options.root, "features"))
 
 
 def _builtin_serving(options: Any, ctx: Any) -> Any:
-    from loopml.serving.builtin import BuiltinServing
-
     return BuiltinServing(options, ctx.resolve(options.log_dir, "predictions"))
 
 
 def _log_monitor(options: Any, ctx: Any) -> Any:
-    from loopml.backends.log_monitor import LogMonitor
-
     return LogMonitor(ctx.resolve(options.path, "monitoring/events.jsonl"))
 
 
@@ -94,14 +90,10 @@ def loopml_monitors() -> list[BackendSpec]:
 
 
 def _mlp(options: Any, ctx: Any) -> Any:
-    from loopml.trainers import mlp_trainer
-
     return mlp_trainer(options, ctx)
 
 
 def _torch_module(options: Any, ctx: Any) -> Any:
-    from loopml.trainers import torch_module_trainer
-
     return torch_module_trainer(options, ctx)
 
 

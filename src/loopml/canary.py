@@ -25,7 +25,10 @@ import numpy as np
 
 from loopml import events, reports
 from loopml.capabilities import LogFlushingServing
+from loopml.config import RolloutConfig
+from loopml.context import shares_state
 from loopml.errors import LoopmlError, ModelNotFoundError
+from loopml.predlog import LogCursor, read_since, read_store_segments, store_segments
 from loopml.records import GateCheck, ModelVersion, PromotionEvent
 from loopml.reports import figure_png, img, page, table
 
@@ -193,8 +196,6 @@ def routing_for(aliases: Mapping[str, int], *, main_alias: str = PRODUCTION, mod
 
 # ---------------------------------------------------------------------------- acting on the registry
 def policy_of(ws: Workspace) -> RolloutConfig:
-    from loopml.config import RolloutConfig
-
     return ws.config.pipeline.rollout if ws.config.pipeline is not None else RolloutConfig()
 
 
@@ -245,17 +246,12 @@ class CanaryWindow:
     needs, so a long canary at high traffic costs one pass over its rows, not one per poll."""
 
     def __init__(self, ws: Workspace, model_name: str, since: float) -> None:
-        from loopml.predlog import LogCursor
-
         self.ws, self.model_name, self.since = ws, model_name, since
         self.cursor = LogCursor()
         self.segments_read: set[str] = set()  # with a shared log: the uploaded segments already read
         self.records: list[dict[str, Any]] = []
 
     def read(self) -> list[dict[str, Any]]:
-        from loopml.context import shares_state
-        from loopml.predlog import read_since, read_store_segments, store_segments
-
         flushing = self.ws.ability(self.ws.serving, LogFlushingServing)
         if flushing is not None:
             flushing.flush_log()

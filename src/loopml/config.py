@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loopml import tasks
 from loopml.tasks import TaskKind
 
 CONFIG_FILE = "loopml.toml"
@@ -191,8 +192,6 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _thresholds_fit_task(self) -> PipelineConfig:
-        from loopml import tasks
-
         known = [m.name for m in tasks.METRICS[self.task]]
         for name in self.gates.thresholds or {}:
             if name not in known:
@@ -202,8 +201,6 @@ class PipelineConfig(_Strict):
 
     @property
     def thresholds(self) -> dict[str, float]:
-        from loopml import tasks
-
         return dict(tasks.DEFAULT_THRESHOLDS[self.task] if self.gates.thresholds is None else self.gates.thresholds)
 
 

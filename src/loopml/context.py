@@ -6,15 +6,17 @@ import functools
 import getpass
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
+from loopml import protocols
 from loopml.capabilities import OPTIONAL, StoreLoggingServing, abilities_of
 from loopml.config import LoopmlConfig
-from loopml.config_loader import load_config, validate_options
+from loopml.config_loader import load_config, redact_url_credentials, validate_options
 from loopml.dataset_rules import ColumnRule, rules_from_config
 from loopml.datasets import DatasetCatalog
 from loopml.errors import ConfigError, PluginError
@@ -65,8 +67,6 @@ class SelectedBackend:
 
 def _importable(root: Path) -> None:
     """Put the project folder on ``sys.path`` (once), like Kedro does for a project's ``src``."""
-    import sys
-
     path = str(Path(root).resolve())
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -179,8 +179,6 @@ class Workspace:
 
     def _check_protocol(self, selected: SelectedBackend, built: Any) -> None:
         """What a factory built must have its kind's verbs: fail at once, naming the plugin."""
-        from loopml import protocols
-
         if selected.kind == "gate_check":
             missing = [] if callable(built) else ["__call__"]
         else:
@@ -251,8 +249,6 @@ class Workspace:
 
     def describe(self) -> dict[str, Any]:
         """Selected backends and their validated options, secrets masked (for `loopml config`)."""
-        from loopml.config_loader import redact_url_credentials
-
         def one(s: SelectedBackend) -> dict[str, Any]:
             return {"backend": s.spec.name,
                     "options": redact_url_credentials(s.options.model_dump(mode="json"))}

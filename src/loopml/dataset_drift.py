@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from loopml import drift, sketches
 from loopml.stages.drift_check import reference_key, reference_sketch
 from loopml.stages.project import pipeline_config, view_of
 
@@ -46,15 +47,11 @@ def plan(ws: Workspace, model: ModelVersion) -> DriftPlan:
 def sketch_partition(rows: pd.DataFrame, numeric: tuple[str, ...], categorical: tuple[str, ...],
                      edges: dict[str, Any]) -> bytes:
     """One partition's sketch, as bytes (``.npz``, no pickle) so it ships from any worker."""
-    from loopml import sketches
-
     return sketches.sketch_frame(rows, numeric=numeric, categorical=categorical, edges=edges).to_bytes()
 
 
 def report(ws: Workspace, drift_plan: DriftPlan, partitions: list[bytes], dataset_ref: str) -> tuple[DriftReport, str]:
     """Merge the partitions' sketches, test, and store the HTML report. Returns (report, report key)."""
-    from loopml import drift, sketches
-
     cfg = pipeline_config(ws)
     merged = sketches.merge_all(sketches.WindowSketch.from_bytes(p) for p in partitions)
     result = drift.drift_from_sketches(drift_plan.reference, merged, alpha=cfg.drift.alpha,

@@ -20,12 +20,14 @@ run; a CLI call with neither does not start a temporary Prefect server just to s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from loopml.context import current_actor
 from loopml.protocols import EventMonitor
 from loopml.records import LoopEvent, TrainedRun
 
@@ -81,8 +83,6 @@ DERIVED_HOOKS: dict[str, tuple[str, Callable[[LoopEvent, Any], dict[str, Any]]]]
 
 def make_event(ws: Workspace, kind: str, model: str, version: int | None, reason: str,
                payload: Mapping[str, Any] | None = None, actor: str | None = None) -> LoopEvent:
-    from loopml.context import current_actor
-
     if kind not in KINDS:
         raise ValueError(f"unknown event kind {kind!r}; choose one of: {', '.join(KINDS)}")
     return LoopEvent(kind, ws.config.project, model, version, reason, actor or current_actor(),
@@ -182,6 +182,4 @@ def emit_prefect_event(event: LoopEvent) -> bool:
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj, default=str))

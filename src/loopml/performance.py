@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from loopml import events, tasks
+from loopml.artifacts import Predictor
 from loopml.capabilities import LogFlushingServing
+from loopml.context import shares_state
+from loopml.predlog import read_since, read_store_segments, store_segments
 from loopml.reports import figure_png, img, page, table, verdict
 from loopml.serving.artifact_cache import artifact_file
 from loopml.stages.project import pipeline_config, production_model, view_of
@@ -155,10 +158,6 @@ def live_performance(ws: Workspace, labels: pd.DataFrame | None = None, *,
 
     ``labels`` defaults to the latest version of ``[pipeline.monitoring] labels_dataset`` (else the
     pipeline's labels dataset). Returns (result, report key)."""
-    from loopml.artifacts import Predictor
-    from loopml.context import shares_state
-    from loopml.predlog import read_since, read_store_segments, store_segments
-
     cfg = pipeline_config(ws)
     mon = cfg.monitoring
     if labels is None:
@@ -300,8 +299,6 @@ def skew_markdown(rows: Sequence[FeatureSkew]) -> str:
 
 
 def to_json(rows: Sequence[FeatureSkew]) -> str:
-    from dataclasses import asdict
-
     return json.dumps([asdict(r) for r in rows], indent=2)
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from loopml import tasks
 from loopml.artifacts import Signature, export_artifact, sha256
 from loopml.errors import ConfigError, DataValidationError
 
@@ -231,8 +232,6 @@ def fit_network(build: Callable[[Signature], torch.nn.Module], request: TrainReq
     """Train ``build(signature)`` deterministically on CPU and export it with its signature."""
     import torch
 
-    from loopml import tasks
-
     torch.manual_seed(request.seed)
     torch.use_deterministic_algorithms(True)
     sig = request.signature()
@@ -376,8 +375,6 @@ def ad_hoc_trainer(obj: Any, options: Mapping[str, Any] | None = None) -> Any:
 
 def check_request(request: TrainRequest) -> None:
     """Refuse what would fail half-way: too few rows, a label that does not fit the task."""
-    from loopml import tasks
-
     if len(request.frame) < 2:
         raise DataValidationError(f"only {len(request.frame)} training row(s) after the point-in-time join; "
                                   "check the label and feature timestamps")
@@ -387,8 +384,6 @@ def check_request(request: TrainRequest) -> None:
 def train_model(frame: pd.DataFrame, label: str, numeric: tuple[str, ...], categorical: tuple[str, ...], *,
                 task: TaskKind = "binary", trainer: Any = None, seed: int = 7, **options: Any) -> TrainedModel:
     """Train outside a project, from Python: the MLP with ``options``, or ``trainer`` (object or factory)."""
-    from loopml import tasks
-
     classes = tasks.check_label(frame[label], task, label)
     request = TrainRequest(frame, label, tuple(numeric), tuple(categorical), task, classes, seed=seed)
     check_request(request)

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,6 @@ class LocalFeatureStore:
         if not path.is_file():
             raise DataValidationError(f"feature view {name!r} is not applied; run the features flow")
         raw = json.loads(path.read_text())
-        from datetime import timedelta
 
         return FeatureView(raw["name"], raw["entity"], raw["timestamp"], tuple(raw["numeric"]),
                            tuple(raw["categorical"]),

@@ -22,6 +22,7 @@ writer that died. The lock is ``flock(2)``: local filesystems only (not NFS).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -77,8 +78,6 @@ class LocalArtifactStore:
     @contextlib.contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
         """Writers share gc.lock; gc() holds it alone. Released by the kernel if the process dies."""
-        import fcntl
-
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from loopml import __version__, progress
 from loopml.errors import LoopmlError
 
 app = typer.Typer(no_args_is_help=True, add_completion=True,
@@ -41,8 +42,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def _print_version(value: bool) -> None:
     if value:
-        from loopml import __version__
-
         out.print(f"loopml {__version__}")
         raise typer.Exit()
 
@@ -94,8 +93,6 @@ def print_json(obj: Any) -> None:
 def progress_bar() -> Iterator[None]:
     """A rich progress bar for long steps (training epochs), fed by ``loopml.progress``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from loopml import progress
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[metrics]}"), console=err, transient=False)

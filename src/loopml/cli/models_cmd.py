@@ -19,7 +19,7 @@ from loopml.cli.common import (
     print_json,
     workspace,
 )
-from loopml.errors import LoopmlError
+from loopml.errors import LoopmlError, ModelNotFoundError
 
 
 @models_app.command("list")
@@ -72,8 +72,6 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or N
 
 
 def _alias_now(ws: Any, name: str, alias: str) -> int | None:
-    from loopml.errors import ModelNotFoundError
-
     try:
         return ws.registry.get(name, alias=alias).version
     except ModelNotFoundError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Annotated
@@ -55,8 +56,6 @@ def plugins_check(config: ConfigOpt = None, profile: Annotated[str | None, typer
         as_json: JsonOpt = False) -> None:
     """Load every plugin strictly and validate the project's backend selection and options, in the
     base configuration and in every profile (a typo in a profile you deploy later fails now)."""
-    import importlib.util
-
     from loopml.config_loader import defined_profiles, load_config
     from loopml.context import Workspace
     from loopml.plugins import build_plugin_manager

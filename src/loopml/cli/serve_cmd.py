@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -26,8 +27,6 @@ def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. 
     """Serve a model alias until stopped, following promotions and rollbacks (POST /predict, OIP v2, /metrics).
 
     The token clients must send comes from [serving.options] token or $LOOPML_SERVE_TOKEN."""
-    import logging
-
     from loopml.serving import follower
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loopml.features import FeatureView, point_in_time_join
+
 START = datetime(2025, 1, 1, tzinfo=UTC)
 REGIONS = ("north", "south", "east", "west")
 CONTRACTS = ("month", "annual", "two_year")
@@ -100,8 +102,6 @@ def generate(n_customers: int = 4000, *, seed: int = 0, drift: float = 0.0,
 def request_rows(data: ChurnData, features: tuple[str, ...]) -> list[dict]:
     """What a client sends at prediction time: each customer's features as known at its label
     time (the same point in time training used), as JSON-ready rows."""
-    from loopml.features import FeatureView, point_in_time_join
-
     view = FeatureView("activity", "customer_id", "event_timestamp",
                        ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
     joined = point_in_time_join(data.labels, "label_timestamp", data.activity, view)

@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from loopml import __version__
 from loopml.serving.core import ServingCore
 from loopml.serving.oip import oip_model_metadata, oip_outputs, oip_rows
 from loopml.serving.requests import DRAIN_LIMIT, REQUEST_ID_PATTERN, RequestError, ServerLimits, parse_json
@@ -98,8 +99,6 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-
-    from loopml import __version__
 
     limits = core.limits
     name = core.model_name

@@ -8,6 +8,7 @@ pipelines). For a server that outlives a command and follows the registry, run `
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -54,8 +55,6 @@ class BuiltinServingOptions(BaseModel):
         return 60.0 if self.log_to_store else 3600.0
 
     def limits(self) -> ServerLimits:
-        import os
-
         token = self.token.get_secret_value() if self.token else os.environ.get("LOOPML_SERVE_TOKEN") or None
         return ServerLimits(max_body_bytes=self.max_body_bytes, max_rows=self.max_rows,
                             max_string_chars=self.max_string_chars, header_timeout=self.header_timeout,

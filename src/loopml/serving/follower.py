@@ -12,6 +12,7 @@ requests in flight finish, then flush the prediction log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -19,10 +20,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loopml.artifacts import Predictor
-from loopml.canary import routing_for
+from loopml.canary import policy_of, routing_for
 from loopml.errors import ConfigError, ModelNotFoundError
+from loopml.predlog import PredictionLogWriter
+from loopml.serving.app import build_app
 from loopml.serving.artifact_cache import artifact_file
+from loopml.serving.builtin import BuiltinServingOptions
+from loopml.serving.core import ServingCore
 from loopml.serving.reconcile import reconcile
+from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -105,15 +111,7 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
                   token: str | None = None, canary_weight: float | None = None,
                   poll_seconds: float | None = None) -> tuple[Any, RegistryFollower, Any]:
     """(uvicorn server, follower, bound socket) for ``target``, defaults from ``[serving.options]``."""
-    import dataclasses
-
     import uvicorn
-
-    from loopml.predlog import PredictionLogWriter
-    from loopml.serving.app import build_app
-    from loopml.serving.builtin import BuiltinServingOptions
-    from loopml.serving.core import ServingCore
-    from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
 
     name, alias = parse_target(target)
     options = ws.selected["serving"].options  # type: ignore[union-attr]
@@ -136,7 +134,6 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     if ws.config.pipeline is not None and entity:
         view = ws.config.pipeline.features.view
         core.feature_lookup = lambda ids: ws.feature_store.online_features(view, ids)
-    from loopml.canary import policy_of
 
     policy = policy_of(ws)
     if canary_weight is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from loopml.canary import CANARY, PRODUCTION, routing_for
+from loopml.canary import CANARY, PRODUCTION, policy_of, routing_for
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -38,8 +38,6 @@ def desired_routing(ws: Workspace, name: str, *, main_alias: str = PRODUCTION,
                     canary_weight: float | None = None) -> tuple[dict[int, float], int | None]:
     """(traffic weights, shadow version) the registry's aliases call for, with the project's
     rollout policy (``canary_weight`` overrides its share)."""
-    from loopml.canary import policy_of
-
     policy = policy_of(ws)
     weight = policy.canary_weight if canary_weight is None else canary_weight
     return routing_for(ws.registry.aliases(name), main_alias=main_alias, mode=policy.mode, canary_weight=weight)

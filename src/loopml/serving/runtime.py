@@ -10,6 +10,7 @@ from typing import Any
 
 from loopml.artifacts import Predictor
 from loopml.errors import LoopmlError
+from loopml.predlog import PredictionLogWriter
 from loopml.serving.app import build_app
 from loopml.serving.core import ServingCore
 from loopml.serving.requests import ServerLimits
@@ -24,8 +25,6 @@ class ModelServer:
                  entity: str | None = None, limits: ServerLimits | None = None, log_sink: Any = None,
                  segment_seconds: float = 3600.0) -> None:
         import uvicorn
-
-        from loopml.predlog import PredictionLogWriter
 
         warn_if_exposed(host)
         writer = (PredictionLogWriter(log_dir, model_name, sink=log_sink, threaded=False,

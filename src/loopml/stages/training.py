@@ -22,6 +22,7 @@ from loopml.errors import ObjectExistsError
 from loopml.records import RunInfo
 from loopml.stages.project import pipeline_config, view_of
 from loopml.tracking import TrackingSession
+from loopml.trainers import TrainRequest, ad_hoc_trainer, check_request
 from loopml.training import training_fingerprint
 
 if TYPE_CHECKING:
@@ -80,8 +81,6 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     (``skipped=True``). The label is checked against the task before anything trains. Announces
     ``loopml.model.trained`` when a model was trained.
     """
-    from loopml.trainers import TrainRequest, ad_hoc_trainer, check_request  # imports torch
-
     cfg = pipeline_config(ws)
     view = view_of(ws)
     trainer = ad_hoc_trainer(trainer) if trainer is not None else ws.trainer

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
+from loopml.features import FeatureView
 
 
 def _ts(text: str) -> Any:
@@ -23,10 +25,6 @@ class FeatureStoreSuite:
 
     @staticmethod
     def view(ttl_days: float | None = None) -> Any:
-        from datetime import timedelta
-
-        from loopml.features import FeatureView
-
         return FeatureView("suite_view", "entity_id", "event_timestamp", ("amount",), ("plan",),
                            timedelta(days=ttl_days) if ttl_days else None)
 
@@ -62,8 +60,6 @@ class FeatureStoreSuite:
         assert out["amount"].tolist()[0] == 20.0 and pd.isna(out["amount"].tolist()[1])
 
     def test_online_features_match_offline_as_of_materialization(self, feature_store: Any) -> None:
-        from datetime import datetime
-
         feature_store.apply(self.view(), self.source())
         assert feature_store.materialize("suite_view", datetime(2025, 1, 15, tzinfo=UTC)) == 2
         online = feature_store.online_features("suite_view", [1, 2, 3])

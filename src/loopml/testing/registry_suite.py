@@ -46,8 +46,6 @@ class RegistrySuite:
 
     @pytest.mark.parametrize("alias", ["", " production", "Production", "prod/1", "a" * 64, "prod\n"])
     def test_an_invalid_alias_is_refused_naming_it(self, registry: Any, alias: str) -> None:
-        from loopml.errors import RegistryError
-
         self._register(registry)
         with pytest.raises(RegistryError, match="alias"):
             registry.set_alias("churn", alias, 1, expected=None, actor="a", reason="r")

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from loopml.drift import detect_drift
+from loopml.errors import LoopmlError
+from loopml.examples import churn
+from loopml.features import FeatureView, point_in_time_join
+from loopml.protocols import Monitor, members
+from loopml.records import ModelVersion, PromotionEvent
+from loopml.trainers import train_model
 
 
 class ServingBackendSuite:
@@ -22,10 +30,6 @@ class ServingBackendSuite:
     @classmethod
     def model_files(cls, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
         """Two tiny trained artifacts (versions 1 and 2) of the example churn model."""
-        from loopml.examples import churn
-        from loopml.features import FeatureView, point_in_time_join
-        from loopml.trainers import train_model
-
         view = FeatureView("activity", "customer_id", "event_timestamp",
                            ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
         data = churn.generate(400, seed=9)
@@ -43,10 +47,6 @@ class ServingBackendSuite:
 
     @staticmethod
     def model_version(version: int, path: Path) -> Any:
-        from datetime import datetime
-
-        from loopml.records import ModelVersion
-
         return ModelVersion("suite-model", version, "approved", f"models/v{version}",
                             hashlib.sha256(path.read_bytes()).hexdigest(),
                             datetime.now(UTC), "suite")
@@ -66,8 +66,6 @@ class ServingBackendSuite:
         assert serving.predict([self.GOOD])["version"] == 1
 
     def test_bad_input_is_refused_and_serving_goes_on(self, serving: Any, model_files: dict[int, Path]) -> None:
-        from loopml.errors import LoopmlError
-
         serving.deploy(self.model_version(1, model_files[1]), model_files[1])
         with pytest.raises(LoopmlError, match=r"HTTP 4\d\d.*monthly_charges"):
             serving.predict([{**self.GOOD, "monthly_charges": "lots"}])
@@ -102,15 +100,11 @@ class MonitorSuite:
             "recorded through its own backend (a scrape, an API call, a file)")
 
     def test_the_monitor_has_every_verb_of_the_protocol(self, monitor: Any) -> None:
-        from loopml.protocols import Monitor, members
-
         assert [m for m in members(Monitor) if not hasattr(monitor, m)] == []
 
     def test_drift_on_a_known_shift_is_recorded_with_the_shifted_feature(self, monitor: Any) -> None:
         import numpy as np
         import pandas as pd
-
-        from loopml.drift import detect_drift
 
         rng = np.random.default_rng(0)
         reference = pd.DataFrame({"x": rng.normal(0, 1, 3000), "y": rng.normal(0, 1, 3000)})
@@ -123,8 +117,6 @@ class MonitorSuite:
         assert len(drift) == 1 and "x" in json.dumps(drift[0], default=str)
 
     def test_promotions_are_recorded(self, monitor: Any) -> None:
-        from loopml.records import PromotionEvent
-
         monitor.on_promotion(PromotionEvent("suite-model", "production", 1, 2, "promote", "me", "better"))
         promos = [e for e in self.recorded(monitor) if e["event"] == "promotion"]
         assert len(promos) == 1 and promos[0]["to_version"] == 2

@@ -20,15 +20,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+from loopml import tasks
+from loopml.artifacts import Predictor
+from loopml.examples import churn
+from loopml.features import FeatureView, point_in_time_join
+from loopml.serving.builtin import output_problem
+from loopml.trainers import TrainRequest
+
 NUMERIC = ("tenure_months", "monthly_charges", "support_calls")
 CATEGORICAL = ("contract", "region")
 LABELS = {"binary": "churned", "multiclass": "plan", "regression": "spend_next"}
 
 
 def _frame() -> Any:
-    from loopml.examples import churn
-    from loopml.features import FeatureView, point_in_time_join
-
     view = FeatureView("activity", "customer_id", "event_timestamp", NUMERIC, CATEGORICAL)
     data = churn.generate(600, seed=3)
     joined = point_in_time_join(data.labels, "label_timestamp", data.activity, view)
@@ -51,9 +55,6 @@ class TrainerSuite:
         return _frame()
 
     def request(self, frame: Any, task: str, seed: int = 7, on_epoch: Any = None) -> Any:
-        from loopml import tasks
-        from loopml.trainers import TrainRequest
-
         label = LABELS[task]
         classes = tasks.check_label(frame[label], task, label)  # type: ignore[arg-type]
         return TrainRequest(frame, label, NUMERIC, CATEGORICAL, task, classes, seed=seed,  # type: ignore[arg-type]
@@ -61,9 +62,6 @@ class TrainerSuite:
 
     @pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
     def test_artifact_loads_and_answers_in_the_shape_of_the_task(self, trainer: Any, frame: Any, task: str) -> None:
-        from loopml.artifacts import Predictor
-        from loopml.serving.builtin import output_problem
-
         if task not in self.supported_tasks:
             pytest.skip(f"not applicable: {task} is not supported by this trainer")
         trained = trainer.fit(self.request(frame, task))
@@ -75,8 +73,6 @@ class TrainerSuite:
         assert np.allclose(scores, predictor.predict_frame(rows), atol=1e-5)
 
     def test_same_seed_same_predictions(self, trainer: Any, frame: Any) -> None:
-        from loopml.artifacts import Predictor
-
         task = self.supported_tasks[0]
         a, b = (Predictor.from_bytes(trainer.fit(self.request(frame, task, seed=11)).artifact) for _ in range(2))
         rows = frame.head(50)
