@@ -56,8 +56,11 @@ FAST = not (slow or server or subprocess or prefect or training or external)
 test-fast: install
 	$(BIN)/python -m pytest -m "$(FAST)"
 
+## Style, and the layers (.importlinter: cli -> flows -> stages -> events -> workspace -> engines ->
+## contract); module size, cycles and hidden imports are tests/test_architecture.py.
 lint: install
 	$(BIN)/ruff check src plugins flows tests examples benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) loopml-demo .pytest_cache

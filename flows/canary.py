@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import canary
+from loopml.serving.reconcile import policy_of
 from loopml.stages.project import pipeline_config
 
 
@@ -25,7 +26,7 @@ def judge_canary(config: str | None = None, profile: str | None = None,
     if active is None:
         logger.info("no canary of %s is active", name)
         return None
-    policy = canary.policy_of(ws)
+    policy = policy_of(ws)
     logger.info("judging %s v%s (%s) next to production v%s: %d rows each, at most %g minutes",
                 name, active.candidate, policy.mode, active.production, policy.min_requests, policy.max_wait_minutes)
     seen: list[int] = []

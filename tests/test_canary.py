@@ -88,7 +88,7 @@ def test_the_window_reads_only_what_was_appended(tmp_path: Path) -> None:
 
 
 def test_one_routing_rule_for_every_server_that_follows_the_registry() -> None:
-    from loopml.canary import routing_for
+    from loopml.serving.reconcile import routing_for
 
     assert routing_for({}) == ({}, None)  # nothing promoted yet: nothing to serve
     assert routing_for({"production": 1}) == ({1: 1.0}, None)

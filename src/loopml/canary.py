@@ -31,14 +31,12 @@ from loopml.errors import LoopmlError, ModelNotFoundError
 from loopml.predlog import LogCursor, read_since, read_store_segments, store_segments
 from loopml.records import GateCheck, ModelVersion, PromotionEvent
 from loopml.reports import figure_png, img, page, table
+from loopml.serving.reconcile import CANARY, PRODUCTION, policy_of
 
 if TYPE_CHECKING:
-    from loopml.config import RolloutConfig
     from loopml.context import Workspace
 
 log = logging.getLogger(__name__)
-CANARY = "canary"
-PRODUCTION = "production"
 ACTOR = "loopml-canary"
 Decision = Literal["promote", "rollback", "wait"]
 
@@ -175,30 +173,7 @@ def judge(records: Sequence[Mapping[str, Any]], *, model: str, candidate: int, p
                          (prod, cand), started_at, now, disagree)
 
 
-# ---------------------------------------------------------------------------- routing
-def routing_for(aliases: Mapping[str, int], *, main_alias: str = PRODUCTION, mode: str = "canary",
-                canary_weight: float = 0.1) -> tuple[dict[int, float], int | None]:
-    """(traffic weights, shadow version) the aliases call for. The version under ``canary`` (when it
-    differs from ``main_alias``) gets ``canary_weight`` of traffic, or in shadow mode a copy of
-    every request. Every server that follows the registry routes by this one rule."""
-    main = aliases.get(main_alias)
-    if main is None:
-        return {}, None
-    cand = aliases.get(CANARY)
-    if cand is None or cand == main:
-        return {main: 1.0}, None
-    if mode == "shadow":
-        return {main: 1.0}, cand
-    if mode == "canary" and canary_weight > 0:
-        return {main: 1.0 - canary_weight, cand: canary_weight}, None
-    return {main: 1.0}, None
-
-
 # ---------------------------------------------------------------------------- acting on the registry
-def policy_of(ws: Workspace) -> RolloutConfig:
-    return ws.config.pipeline.rollout if ws.config.pipeline is not None else RolloutConfig()
-
-
 def start(ws: Workspace, model: ModelVersion, *, reason: str = "") -> PromotionEvent:
     """Point ``canary`` at ``model`` (compare-and-set on what it pointed at); announce it."""
     policy = policy_of(ws)

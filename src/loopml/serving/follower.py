@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loopml.artifacts import Predictor
-from loopml.canary import policy_of, routing_for
 from loopml.errors import ConfigError, ModelNotFoundError
 from loopml.predlog import PredictionLogWriter
 from loopml.serving.app import build_app
 from loopml.serving.artifact_cache import artifact_file
 from loopml.serving.builtin import BuiltinServingOptions
 from loopml.serving.core import ServingCore
-from loopml.serving.reconcile import reconcile
+from loopml.serving.reconcile import policy_of, reconcile, routing_for
 from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ class RegistryFollower:
     swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
 
     def desired(self) -> tuple[dict[int, float], int | None]:
-        """(traffic weights, shadow version) that the aliases call for (:func:`loopml.canary.routing_for`)."""
+        """(traffic weights, shadow version) the aliases call for (:func:`~loopml.serving.reconcile.routing_for`)."""
         return routing_for(self.ws.registry.aliases(self.model), main_alias=self.alias, mode=self.mode,
                            canary_weight=self.canary_weight)
 

@@ -12,10 +12,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from loopml.canary import CANARY, PRODUCTION, policy_of, routing_for
+from loopml.config import RolloutConfig
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
+
+
+CANARY = "canary"
+PRODUCTION = "production"
+
+
+def routing_for(aliases: Mapping[str, int], *, main_alias: str = PRODUCTION, mode: str = "canary",
+                canary_weight: float = 0.1) -> tuple[dict[int, float], int | None]:
+    """(traffic weights, shadow version) the aliases call for. The version under ``canary`` (when it
+    differs from ``main_alias``) gets ``canary_weight`` of traffic, or in shadow mode a copy of
+    every request. Every server that follows the registry routes by this one rule."""
+    main = aliases.get(main_alias)
+    if main is None:
+        return {}, None
+    cand = aliases.get(CANARY)
+    if cand is None or cand == main:
+        return {main: 1.0}, None
+    if mode == "shadow":
+        return {main: 1.0}, cand
+    if mode == "canary" and canary_weight > 0:
+        return {main: 1.0 - canary_weight, cand: canary_weight}, None
+    return {main: 1.0}, None
+
+
+def policy_of(ws: Workspace) -> RolloutConfig:
+    """The project's rollout policy (``[pipeline.rollout]``; the defaults without a pipeline)."""
+    return ws.config.pipeline.rollout if ws.config.pipeline is not None else RolloutConfig()
 
 
 class Routable(Protocol):
@@ -64,6 +91,3 @@ def reconcile(target: Routable, weights: Mapping[int, float], shadow: int | None
 
 def _opt(version: int | None) -> tuple[int, ...]:
     return () if version is None else (version,)
-
-
-__all__ = ["CANARY", "PRODUCTION", "Routable", "desired_routing", "reconcile"]

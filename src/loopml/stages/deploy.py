@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | None]:
-    """(traffic weights, shadow version) the registry's aliases call for (see :func:`canary.routing_for`)."""
+    """(traffic weights, shadow version) the registry's aliases call for
+    (:func:`~loopml.serving.reconcile.routing_for`)."""
     return desired_routing(ws, name)
 
 
