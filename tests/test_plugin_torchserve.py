@@ -68,6 +68,7 @@ class TestTorchServe(ServingBackendSuite):
     def test_the_router_splits_traffic_and_mirrors_a_shadow_into_the_log(self, serving, model_files) -> None:
         import dataclasses
 
+        from loopml import prediction_records
         from loopml.predlog import read_since
 
         for version in (1, 2):  # versions that know their entity column: it is logged with each row
@@ -84,6 +85,10 @@ class TestTorchServe(ServingBackendSuite):
         served = [r for r in records if r.get("entity") is not None]
         assert sorted(r["entity"] for r in served) == list(range(60))  # delayed labels can join by entity
         assert len({r["request_id"] for r in served}) == 60 and "customer_id" not in served[0]["inputs"]
+        # the built-in server's records and layout: one segment per worker process and hour, no legacy file
+        assert all(prediction_records.parse(r) is not None for r in records)
+        assert not (serving.prediction_log_dir / "suite-model.jsonl").exists()
+        assert list((serving.prediction_log_dir / "suite-model").glob("*/*/*.jsonl"))
         serving.set_traffic({1: 1.0})
         serving.set_shadow(2)
         answered = [post_json(endpoint, {"rows": [self.GOOD, self.GOOD]}, token=token)[1] for _ in range(20)]

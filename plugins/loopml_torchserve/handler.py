@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loopml import prediction_records
 from loopml.artifacts import Predictor
+from loopml.predlog import append_segment
 from loopml.serving.builtin import MAX_ROWS
-from loopml.serving.requests import RequestError, log_outputs, validate_rows
+from loopml.serving.requests import RequestError, validate_rows
 
 
 class LoopmlHandler:
@@ -74,36 +76,16 @@ class LoopmlHandler:
 
     def _log(self, rows: list[dict[str, Any]], answer: dict[str, Any], latency_ms: float,
              shadow: dict[str, Any] | None = None, request_id: str | None = None) -> None:
-        """Append to the prediction log the monitor reads (same format as the built-in server)."""
+        """Append to the prediction log the monitor reads: the same records and segment layout as the
+        built-in server, one segment per worker process and hour."""
         folder = os.environ.get("LOOPML_PREDICTION_LOG_DIR")
         if not folder:
             return
-        now = time.time()
-        outs = log_outputs(answer)
-        tags: list[dict[str, Any]] = [{} for _ in rows]
-        if shadow is not None:
-            primary = shadow.get("primary_outputs") or []
-            tags = [{"shadow": True, "primary_version": shadow.get("shadow_of"),
-                     "primary_output": primary[i] if i < len(primary) else None} for i in range(len(rows))]
-        features = self.predictor.signature.features
-        for row, tag in zip(rows, tags, strict=True):
-            if self.entity and row.get(self.entity) is not None:
-                tag["entity"] = row[self.entity]
-        lines = "".join(json.dumps({"ts": now, "request_id": request_id, "version": self.version,
-                                    "inputs": {k: r[k] for k in features}, **out, **tag,
-                                    "latency_ms": latency_ms}) + "\n"
-                        for r, out, tag in zip(rows, outs, tags, strict=True)).encode()
-        append_log(Path(folder), self.model, lines)
-
-
-def append_log(folder: Path, model: str, lines: bytes) -> None:
-    """Append complete lines to ``<folder>/<model>.jsonl`` in one write, so lines from several
-    workers (and loopml's router) never interleave."""
-    fd = os.open(folder / f"{model}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, lines)
-    finally:
-        os.close(fd)
+        records = prediction_records.answered(
+            ts=time.time(), version=self.version, request_id=request_id, features=self.predictor.signature.features,
+            rows=rows, answer=answer, latency_ms=latency_ms, entity=self.entity, shadow=shadow is not None,
+            primary_version=(shadow or {}).get("shadow_of"), primary_outputs=(shadow or {}).get("primary_outputs"))
+        append_segment(Path(folder), self.model, prediction_records.encode(records))
 
 
 def _request_id(context: Any, idx: int) -> str | None:

@@ -29,8 +29,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loopml import prediction_records
+from loopml.predlog import append_segment
 from loopml.serving.transport import bind
-from loopml_torchserve.handler import append_log
 
 if TYPE_CHECKING:
     from loopml_torchserve import TorchServeBackend
@@ -64,16 +65,13 @@ class Router:
             return versions[0]
         return self._rng.choices(versions, weights=[weights[v] for v in versions])[0]
 
-    def _log_failure(self, version: int, body: Any, status: int, shadow: bool) -> None:
+    def _log_failure(self, version: int, body: Any, status: int, shadow: bool, request_id: str) -> None:
         folder = self.backend.prediction_log_dir
         rows = body.get("rows") if isinstance(body, dict) else None
         n = len(rows) if isinstance(rows, list) else 1
-        now = time.time()
-        extra = {"shadow": True} if shadow else {}
-        lines = "".join(json.dumps({"ts": now, "version": version, "error": f"HTTP {status}", **extra}) + "\n"
-                        for _ in range(n)).encode()
-        folder.mkdir(parents=True, exist_ok=True)
-        append_log(Path(folder), self.backend.model, lines)
+        records = prediction_records.failed(ts=time.time(), version=version, request_id=request_id, rows=n,
+                                            error=f"HTTP {status}", shadow=shadow)
+        append_segment(Path(folder), self.backend.model, prediction_records.encode(records))
 
     def _headers(self, authorization: str | None, request_id: str) -> dict[str, str]:
         """The client's own credentials go through (TorchServe checks them); mirrored copies, which
@@ -101,7 +99,7 @@ class Router:
             log.warning("shadow request to v%s failed: %s", shadow, exc)
             status = 599
         if status >= 500:
-            await asyncio.to_thread(self._log_failure, shadow, payload, status, True)
+            await asyncio.to_thread(self._log_failure, shadow, payload, status, True, request_id)
 
     def app(self) -> Any:
         from starlette.applications import Starlette
@@ -129,7 +127,7 @@ class Router:
                     payload = json.loads(data)
                 except ValueError:
                     payload = None
-                await asyncio.to_thread(self._log_failure, version, payload, status, False)
+                await asyncio.to_thread(self._log_failure, version, payload, status, False, rid)
             shadow = self.backend.shadow
             if status == 200 and shadow is not None and shadow != version:
                 try:

@@ -7,8 +7,8 @@ no traffic since); with a ``sink`` (the artifact store), closed segments are upl
 ``predictions/<model>/…`` (an upload that fails is retried at the next close) so monitors on other
 machines read them with :func:`store_segments` / :func:`read_store_segments`.
 
-Each line: ``{"ts", "request_id", "version", "inputs", "output", ["probabilities"], ["entity"],
-["unknown"], "latency_ms"}``. Readers (:func:`read_since`) keep a cursor of byte offsets per
+Each line is a :class:`~loopml.prediction_records.PredictionRecord`.
+Readers (:func:`read_since`) keep a cursor of byte offsets per
 segment, so a monitor run reads only new rows, and stop at the last complete line, so a torn last
 line (a writer killed mid-write) is skipped now and read once it is complete, never half-parsed.
 """
@@ -33,6 +33,29 @@ log = logging.getLogger(__name__)
 def segment_dir(root: Path, model: str, ts: float) -> Path:
     stamp = datetime.fromtimestamp(ts, UTC)
     return root / model / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H")
+
+
+def writer_id() -> str:
+    """This process's name in segment file names: ``<host>-<pid>-<start ms>``, so replicas, TorchServe
+    workers and restarts never share a file."""
+    return f"{socket.gethostname()}-{os.getpid()}-{int(_STARTED * 1000)}"
+
+
+_STARTED = time.time()
+
+
+def append_segment(root: Path, model: str, data: bytes, ts: float | None = None) -> Path:
+    """Append complete lines to this process's segment of the hour, in one write (for writers that
+    log synchronously: the TorchServe handler in each worker, loopml's router in front of it)."""
+    folder = segment_dir(Path(root), model, time.time() if ts is None else ts)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{writer_id()}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
 
 
 class PredictionLogWriter:
@@ -202,7 +225,7 @@ def segments(root: Path, model: str) -> Iterator[Path]:
     folder = Path(root) / model
     if folder.is_dir():
         yield from sorted(folder.glob("*/*/*.jsonl"))
-    legacy = Path(root) / f"{model}.jsonl"  # loopml 0.1 and the TorchServe handler: one file per model
+    legacy = Path(root) / f"{model}.jsonl"  # written by loopml 0.1 (read, never written any more)
     if legacy.is_file():
         yield legacy
 

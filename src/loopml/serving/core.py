@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from loopml import prediction_records
 from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
 from loopml.serving.metrics import ServerMetrics
-from loopml.serving.requests import RequestError, ServerLimits, log_outputs, short, validate_rows
+from loopml.serving.requests import RequestError, ServerLimits, short, validate_rows
 from loopml.serving.routing import Routing
 
 
@@ -215,10 +216,8 @@ class ServingCore:
                      shadow: bool = False) -> None:
         self.metrics.errors.labels(self.model_name, str(version)).inc(len(rows))
         if self.log_writer is not None:
-            now = time.time()
-            extra = {"shadow": True} if shadow else {}
-            self.log_writer.write([{"ts": now, "request_id": request_id, "version": version,
-                                    "error": type(exc).__name__, **extra} for _ in rows])
+            self.log_writer.write(prediction_records.failed(ts=time.time(), version=version, request_id=request_id,
+                                                            rows=len(rows), error=type(exc).__name__, shadow=shadow))
 
     async def _mirror(self, version: int, predictor: Predictor, rows: list[dict[str, Any]], primary: int,
                       primary_answer: Mapping[str, Any], request_id: str | None) -> None:
@@ -233,15 +232,10 @@ class ServingCore:
         self.metrics.shadow_latency.labels(self.model_name, str(version)).observe(elapsed)
         if self.log_writer is None:
             return
-        now = time.time()
-        per_row_ms = elapsed * 1000 / len(rows)
-        sig = predictor.signature
-        records = []
-        for row, out, prim in zip(rows, log_outputs(answer), log_outputs(primary_answer), strict=True):
-            records.append({"ts": now, "request_id": request_id, "version": version, "shadow": True,
-                            "primary_version": primary, "primary_output": prim["output"],
-                            "inputs": {k: row[k] for k in sig.features}, **out, "latency_ms": per_row_ms})
-        self.log_writer.write(records)
+        self.log_writer.write(prediction_records.answered(
+            ts=time.time(), version=version, request_id=request_id, features=predictor.signature.features,
+            rows=rows, answer=answer, latency_ms=elapsed * 1000 / len(rows), shadow=True, primary_version=primary,
+            primary_outputs=[out["output"] for out in prediction_records.outputs_of(primary_answer)]))
 
     def _observe(self, version: int, sig: Signature, rows: list[dict[str, Any]], answer: Mapping[str, Any],
                  elapsed: float, request_id: str | None) -> None:
@@ -270,18 +264,9 @@ class ServingCore:
             unknown_per_row.append(unknown)
         if self.log_writer is None:
             return
-        now = time.time()
-        per_row_ms = elapsed * 1000 / len(rows)
-        records = []
-        for row, out, unknown in zip(rows, log_outputs(answer), unknown_per_row, strict=True):
-            record = {"ts": now, "request_id": request_id, "version": version,
-                      "inputs": {k: row[k] for k in sig.features}, **out, "latency_ms": per_row_ms}
-            if self.entity and row.get(self.entity) is not None:
-                record["entity"] = row[self.entity]
-            if unknown:
-                record["unknown"] = unknown
-            records.append(record)
-        self.log_writer.write(records)
+        self.log_writer.write(prediction_records.answered(
+            ts=time.time(), version=version, request_id=request_id, features=sig.features, rows=rows,
+            answer=answer, latency_ms=elapsed * 1000 / len(rows), entity=self.entity, unknown=unknown_per_row))
         self._dropped.set(getattr(self.log_writer, "dropped", 0))
 
     def _fill_online_features(self, payload: Any, sig: Signature) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,11 +119,3 @@ def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed:
 def short(value: Any, limit: int = 40) -> str:
     text = json.dumps(value) if not isinstance(value, str) or len(value) <= limit else json.dumps(value[:limit])
     return text if len(text) <= limit + 2 else text[:limit] + "…"
-
-
-def log_outputs(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-row ``output`` fields of the prediction log: the score/value, or the class + probabilities."""
-    if "probabilities" in answer:
-        return [{"output": c, "probabilities": p} for c, p in zip(answer["predictions"], answer["probabilities"],
-                                                                  strict=True)]
-    return [{"output": v} for v in answer["predictions"]]

@@ -8,7 +8,6 @@ through a compare-and-set cursor in the store, so two monitors never read a segm
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from loopml import prediction_records
 from loopml.capabilities import LogFlushingServing
 from loopml.context import shares_state
 from loopml.predlog import LogCursor, SegmentCursor, read_since, read_store_segments, segment_day, store_segments
@@ -73,7 +73,7 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
     # What clients were answered: not the shadow copies, not the rows a model failed on; and only
     # records with the fields a window needs (a foreign or hand-edited line is skipped, not fatal).
     answered = [r for r in records if not r.get("shadow") and "error" not in r]
-    records = [r for r in answered if _well_formed(r)]
+    records = [r for r in answered if prediction_records.parse(r) is not None]
     if len(records) < len(answered):
         log.warning("skipped %d prediction log record(s) of %s without inputs, output or version",
                     len(answered) - len(records), model_name)
@@ -110,18 +110,6 @@ def _records_from_store(ws: Workspace, model_name: str, since: float | None) -> 
             continue
         return read_store_segments(ws.store, new)
     raise StateConflictError(f"could not claim prediction log segments of {model_name}: the cursor kept moving")
-
-
-def _well_formed(record: Mapping[str, Any]) -> bool:
-    try:
-        int(record["version"])
-        output = record["output"]
-        if not isinstance(output, str):
-            float(output)
-        float(record.get("latency_ms", 0.0))
-    except (KeyError, TypeError, ValueError):
-        return False
-    return isinstance(record.get("inputs"), dict)
 
 
 def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:
