@@ -125,6 +125,26 @@ def _isolated_plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     reset_plugin_manager()
 
 
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One Prefect server for the session's tests that only need an API (flows run ad hoc, CLI runs):
+    ``{"PREFECT_API_URL": …}`` for a subprocess's environment; in-process flows use ``prefect_settings``.
+    Tests that deploy, run workers or automations start their own."""
+    from servers import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-api")) as url:
+        yield {"PREFECT_API_URL": url}
+
+
+@pytest.fixture
+def prefect_settings(prefect_api: dict[str, str]) -> Iterator[None]:
+    """In-process flows talk to the session's Prefect server (instead of a temporary one each)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
+        yield
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project directory with a minimal loopml.toml, as the working directory."""

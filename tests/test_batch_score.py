@@ -59,17 +59,14 @@ def test_rows_without_features_or_an_as_of_column_are_refused_naming_them(scored
         batch.score_dataset(ws, dataset)
 
 
-def test_the_flow_scores_in_partitions_as_concurrent_tasks(scored_project, monkeypatch) -> None:
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_the_flow_scores_in_partitions_as_concurrent_tasks(scored_project, monkeypatch, prefect_settings) -> None:
     from flows.batch_score import batch_score
 
     config, dataset = scored_project
     monkeypatch.setattr(batch, "BLOCK", 32)
     ws = Workspace.open(config, profile="ci")
     expected, _, _ = batch.score_dataset(ws, dataset, as_of="as_of", partitions=1)
-    with prefect_test_harness(server_startup_timeout=120):
-        result = batch_score(dataset=dataset, as_of="as_of", partitions=4, config=str(config), profile="ci")
+    result = batch_score(dataset=dataset, as_of="as_of", partitions=4, config=str(config), profile="ci")
     assert result.id == expected.id
 
 
@@ -83,12 +80,9 @@ def everyone(ws: Workspace, config: Path) -> str:
     return "everyone@latest"
 
 
-def test_the_flow_on_a_dask_cluster_gives_the_same_version(scored_project, monkeypatch) -> None:
+def test_the_flow_on_a_dask_cluster_gives_the_same_version(scored_project, monkeypatch, prefect_settings) -> None:
     """prefect-dask's task runner on a LocalCluster of 2 worker processes: partitions scored in other
     processes, the same bytes as one partition in this one."""
-    pytest.importorskip("prefect_dask")
-    from prefect.testing.utilities import prefect_test_harness
-
     from flows.batch_score import batch_score_on_dask
 
     config, _ = scored_project
@@ -96,16 +90,13 @@ def test_the_flow_on_a_dask_cluster_gives_the_same_version(scored_project, monke
     expected, _, _ = batch.score_dataset(ws, everyone(ws, config), as_of="as_of", partitions=1)
     monkeypatch.setenv("LOOPML_DASK_WORKERS", "2")
     monkeypatch.delenv("LOOPML_DASK_ADDRESS", raising=False)
-    with prefect_test_harness(server_startup_timeout=120):
-        result = batch_score_on_dask(dataset="everyone@latest", as_of="as_of", partitions=3,
-                                     config=str(config), profile="ci")
+    result = batch_score_on_dask(dataset="everyone@latest", as_of="as_of", partitions=3,
+                                 config=str(config), profile="ci")
     assert result.id == expected.id
 
 
-def test_dataset_drift_is_the_same_for_one_partition_in_process_and_three_on_dask(scored_project, monkeypatch) -> None:
-    pytest.importorskip("prefect_dask")
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_dataset_drift_is_the_same_for_one_partition_in_process_and_three_on_dask(
+        scored_project, monkeypatch, prefect_settings) -> None:
     from flows.dataset_drift import dataset_drift_on_dask
     from loopml import dataset_drift
 
@@ -120,7 +111,6 @@ def test_dataset_drift_is_the_same_for_one_partition_in_process_and_three_on_das
     assert any(o.key.endswith(".npz") and "reference-sketch-" in o.key for o in ws.store.list("models/"))
     monkeypatch.setenv("LOOPML_DASK_WORKERS", "2")
     monkeypatch.delenv("LOOPML_DASK_ADDRESS", raising=False)
-    with prefect_test_harness(server_startup_timeout=120):
-        report = dataset_drift_on_dask(dataset=ref, as_of="as_of", partitions=3, config=str(config), profile="ci")
+    report = dataset_drift_on_dask(dataset=ref, as_of="as_of", partitions=3, config=str(config), profile="ci")
     assert report.features == expected.features  # merged exactly: every statistic and p-value equal
     assert report.drift_detected == expected.drift_detected

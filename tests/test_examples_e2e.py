@@ -25,10 +25,10 @@ CASES = {  # model name, gates that must have passed, the task's metrics on the 
 
 
 @pytest.mark.parametrize("example", sorted(CASES))
-def test_example_runs_the_whole_loop(example: str, tmp_path: Path) -> None:
+def test_example_runs_the_whole_loop(example: str, tmp_path: Path, prefect_api: dict[str, str]) -> None:
     model, checks, metrics = CASES[example]
     folder = tmp_path / "project"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "200",
+    env = {**os.environ, **prefect_api, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "200",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     result = subprocess.run([sys.executable, "-m", "loopml.cli", "demo", "--folder", str(folder), "--example",
                              example, "--customers", "3000", "--requests", "300"],

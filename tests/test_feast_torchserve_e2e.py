@@ -15,12 +15,13 @@ from loopml.examples import churn
 pytestmark = pytest.mark.slow
 
 
-def test_demo_on_feast_and_torchserve_promotes_the_retrained_model_without_failed_requests(tmp_path: Path) -> None:
+def test_demo_on_feast_and_torchserve_promotes_the_retrained_model_without_failed_requests(
+        tmp_path: Path, prefect_api: dict[str, str]) -> None:
     project = tmp_path / "project"
     churn.init_project(project, n_customers=2500)
     with open(project / "loopml.toml", "a") as config:
         config.write('\n[feature_store]\nbackend = "feast"\n\n[serving]\nbackend = "torchserve"\n')
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    env = {**os.environ, **prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
     result = subprocess.run([sys.executable, "-m", "loopml.cli", "demo", "--folder", str(project),
                              "--customers", "2500", "--requests", "300"],
                             capture_output=True, text=True, timeout=900, env=env)

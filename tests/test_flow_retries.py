@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -21,17 +20,8 @@ def test_only_transient_io_errors_are_retried() -> None:
     assert not transient_io_error(None, None, state(ConfigError("typo")))
 
 
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """A temporary Prefect server with its own database for this module's flow runs."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.slow
-def test_a_failed_stage_fires_loopml_on_error_once_and_fails_the_flow(prefect_server, tmp_path) -> None:
+def test_a_failed_stage_fires_loopml_on_error_once_and_fails_the_flow(prefect_settings, tmp_path) -> None:
     from flows.ingest import ingest
     from loopml.examples import churn
     from loopml.plugins import get_plugin_manager
@@ -69,7 +59,7 @@ class FlakyStore:
 
 @pytest.mark.slow
 def test_a_task_that_fails_transiently_is_retried_by_prefect_and_the_flow_completes(
-        prefect_server, tmp_path) -> None:
+        prefect_settings, tmp_path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

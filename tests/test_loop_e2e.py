@@ -16,9 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+def demo(tmp_path_factory: pytest.TempPathFactory,
+         prefect_api: dict[str, str]) -> tuple[Path, subprocess.CompletedProcess, dict]:
     folder = tmp_path_factory.mktemp("demo") / "project"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
+    env = {**os.environ, **prefect_api, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "COLUMNS": "200"}
     result = subprocess.run([sys.executable, "-m", "loopml.cli", "demo", "--folder", str(folder),
                              "--customers", "3000", "--requests", "300"],

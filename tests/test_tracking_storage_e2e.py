@@ -51,13 +51,14 @@ def run_pipeline(config: Path, tmp: Path, **env_extra: str) -> subprocess.Comple
                            "--profile", "ci"], capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_path: Path) -> None:
+def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_path: Path,
+                                                           prefect_api: dict[str, str]) -> None:
     from mlflow import MlflowClient
 
     from loopml_wandb import read_run_file
 
     config = project(tmp_path / "p", endpoint, "pipeline-bucket")
-    result = run_pipeline(config, tmp_path)
+    result = run_pipeline(config, tmp_path, **prefect_api)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     home = tmp_path / "p" / ".loopml"
     model = SqliteRegistry(home / "registry.db").get("churn", alias="production")
@@ -104,9 +105,11 @@ def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_p
         assert not any(canary.encode() in h for h in haystacks), f"{name} secret leaked"
 
 
-def test_an_unreachable_tracker_is_reported_and_training_goes_on(endpoint: str, tmp_path: Path) -> None:
+def test_an_unreachable_tracker_is_reported_and_training_goes_on(endpoint: str, tmp_path: Path,
+                                                                prefect_api: dict[str, str]) -> None:
     config = project(tmp_path / "p", endpoint, "unreachable-bucket", mlflow_uri="http://127.0.0.1:9")
-    result = run_pipeline(config, tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+    result = run_pipeline(config, tmp_path, **prefect_api, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                          MLFLOW_HTTP_REQUEST_TIMEOUT="3")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tracker 'mlflow' failed" in result.stdout + result.stderr
     assert SqliteRegistry(tmp_path / "p" / ".loopml" / "registry.db").aliases("churn") == {"production": 1}
