@@ -100,14 +100,22 @@ def mlflow_server(tmp: Path) -> Iterator[str]:
     port = free_port()
     exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     log = tmp / "mlflow-server.log"
-    proc = start([exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                  "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                  "--artifacts-destination", (tmp / "mlflow-artifacts").as_uri()],
-                 log, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", timeout=180, log=log)
+    with http_service([exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                       "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                       "--artifacts-destination", (tmp / "mlflow-artifacts").as_uri()],
+                      log, url + "/health", env={**os.environ, "MLFLOW_TRACKING_URI": ""}):
         yield url
+
+
+@contextmanager
+def http_service(cmd: list[str], log: Path, health_url: str, env: dict[str, str],
+                 timeout: float = 180) -> Iterator[None]:
+    """Run ``cmd`` until the block ends, once ``health_url`` answers."""
+    proc = start(cmd, log, env)
+    try:
+        wait_http(health_url, timeout=timeout, log=log)
+        yield
     finally:
         stop(proc)
 
@@ -155,13 +163,8 @@ def prefect_server(tmp: Path) -> Iterator[str]:
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
-    log = tmp / "prefect-server.log"
-    proc = start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                 log, env)
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(url + "/health", timeout=180, log=log)
+    with http_service([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                      tmp / "prefect-server.log", url + "/health", env):
         yield url
-    finally:
-        stop(proc)
 
