@@ -9,36 +9,32 @@ Same layout and promises as the local store, on any S3-compatible service:
 * the standard retry mode with bounded attempts and connect/read timeouts;
 * credentials from the usual AWS chain (env, profile, instance role) unless given as secrets.
 
-boto3 is imported when the store is built, not when the plugin loads.
+The rules of content addressing (create-only refs, verified reads, healing re-puts) are loopml's
+own (:mod:`loopml.backends.content_store`); this plugin is the bucket they run on, a thin adapter
+over boto3 (:class:`S3Blobs`). boto3 is imported when the store is built, not when the plugin loads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
-from loopml.errors import (
-    ConfigError,
-    IntegrityError,
-    ObjectExistsError,
-    ObjectNotFoundError,
-    StorageError,
-)
+from loopml.backends.content_store import ContentAddressedStore, Staged, chunks_of
+from loopml.errors import ConfigError, StorageError
 from loopml.keys import content_type, validate_key
 from loopml.plugins import hookimpl
-from loopml.records import ObjectInfo
 from loopml.specs import BackendSpec
 
 CHUNK = 8 << 20
+MISSING = ("404", "NoSuchKey", "NotFound")
+EXISTS = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 class S3StoreOptions(BaseModel):
@@ -70,8 +66,8 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-class S3ArtifactStore:
-    """Content-addressed, create-only, verified-on-read artifact store in S3."""
+class S3Blobs:
+    """An S3 bucket (and prefix) as a :class:`~loopml.backends.content_store.BlobSpace`."""
 
     def __init__(self, options: S3StoreOptions) -> None:
         import boto3
@@ -94,66 +90,150 @@ class S3ArtifactStore:
         self.transfer = TransferConfig(multipart_threshold=options.multipart_threshold_mb << 20,
                                        multipart_chunksize=max(options.multipart_threshold_mb, 5) << 20)
 
-    # ------------------------------------------------------------------ keys
-    def _full(self, *parts: str) -> str:
+    def full(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
-    def _ref(self, key: str) -> str:
-        return self._full("refs", validate_key(key) + ".ref")
+    def ref(self, key: str) -> str:
+        return self.full("refs", key + ".ref")
 
-    def _blob(self, sha: str) -> str:
-        return self._full("objects", sha[:2], sha)
+    def blob(self, sha: str) -> str:
+        return self.full("objects", sha[:2], sha)
 
-    def _error(self, exc: Exception, what: str) -> StorageError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-        return StorageError(f"S3 {what} failed in {self.uri}: {code}")
-
-    # ------------------------------------------------------------------ writes
-    def put(self, key: str, data: bytes | BinaryIO | Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    @contextlib.contextmanager
+    def calling(self, what: str) -> Iterator[None]:
+        """boto3's errors as one StorageError naming the call and the store."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        ref_key = self._ref(key)
-        with _spooled(data) as (path, sha, size):
-            existing = self._read_ref(ref_key, key)
-            if existing is not None and existing.sha256 != sha:
-                return _same_or_conflict(key, existing, sha)
-            try:  # also when the key exists: putting the same bytes again restores a lost blob
-                if not self._blob_ok(sha):
-                    self.client.upload_file(str(path), self.bucket, self._blob(sha), Config=self.transfer,
-                                            ExtraArgs={"ChecksumAlgorithm": "SHA256",
-                                                       "ContentType": content_type(key, dict(metadata or {})),
-                                                       "Metadata": {"sha256": sha}})
-            except (BotoCoreError, ClientError) as exc:
-                raise self._error(exc, f"upload of {key!r}") from exc
-        if existing is not None:
-            return existing
-        info = ObjectInfo(key, sha, size, datetime.now(UTC), {str(k): str(v) for k, v in (metadata or {}).items()})
-        body = json.dumps({"sha256": sha, "size": size, "created_at": info.created_at.isoformat(),
-                           "metadata": dict(info.metadata)}, sort_keys=True).encode()
         try:
-            self.client.put_object(Bucket=self.bucket, Key=ref_key, Body=body, IfNoneMatch="*",
-                                   ContentType="application/json", ChecksumAlgorithm="SHA256",
-                                   Metadata={"content-type": content_type(key, dict(metadata or {}))})
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            raise StorageError(f"S3 {what} failed in {self.uri}: {code}") from exc
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def staged(self, data: bytes | BinaryIO | Path) -> Iterator[Staged]:
+        """A local file holding ``data`` and its sha256 (a Path is hashed in place, not copied)."""
+        digest = hashlib.sha256()
+        if isinstance(data, Path):
+            for chunk in chunks_of(data):
+                digest.update(chunk)
+            yield Staged(data, digest.hexdigest(), data.stat().st_size)
+            return
+        fd, name = tempfile.mkstemp(prefix="loopml-s3-")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks_of(data):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            yield Staged(Path(name), digest.hexdigest(), size)
+        finally:
+            os.unlink(name)
+
+    def keep_blob(self, staged: Staged, content_type: str) -> None:
+        if self._blob_ok(staged.sha256):  # already there, and the bytes loopml uploaded
+            return
+        with self.calling(f"upload of blob {staged.sha256[:12]}"):
+            self.client.upload_file(str(staged.path), self.bucket, self.blob(staged.sha256), Config=self.transfer,
+                                    ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": content_type,
+                                               "Metadata": {"sha256": staged.sha256}})
+
+    def _blob_ok(self, sha: str) -> bool:
+        """The blob exists and is the one loopml uploaded (its sha256 metadata matches)."""
+        head = self._head(self.blob(sha))
+        return head is not None and head.get("Metadata", {}).get("sha256") == sha
+
+    def _head(self, full_key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self.calling(f"HEAD {full_key}"):
+                return self.client.head_object(Bucket=self.bucket, Key=full_key)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING:
+                return None
+            raise
+
+    def read_blob(self, sha256: str) -> Iterator[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.blob(sha256))["Body"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                existing = self._read_ref(ref_key, key)
-                if existing is None:  # pragma: no cover - deleted in between
-                    raise StorageError(f"object {key!r} changed during write; retry") from None
-                return _same_or_conflict(key, existing, sha)
-            raise self._error(exc, f"write of {key!r}") from exc
-        return info
+            raise FileNotFoundError(self.blob(sha256)) from exc
+        yield from iter(lambda: body.read(CHUNK), b"")
+
+    def create_ref(self, key: str, body: bytes, content_type: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self.calling(f"write of {key!r}"):
+                self.client.put_object(Bucket=self.bucket, Key=self.ref(key), Body=body, IfNoneMatch="*",
+                                       ContentType="application/json", ChecksumAlgorithm="SHA256",
+                                       Metadata={"content-type": content_type})
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in EXISTS:
+                return False
+            raise
+        return True
+
+    def read_ref(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self.calling(f"read of {key!r}"):
+                return self.client.get_object(Bucket=self.bucket, Key=self.ref(key))["Body"].read()
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING:
+                return None
+            raise
+
+    def has_ref(self, key: str) -> bool:
+        return self._head(self.ref(key)) is not None
+
+    def remove_ref(self, key: str) -> bool:
+        if not self.has_ref(key):
+            return False
+        with self.calling(f"delete of {key!r}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.ref(key))
+        return True
+
+    def ref_keys(self, prefix: str) -> Iterator[str]:
+        refs = self.full("refs") + "/"
+        keys = []
+        with self.calling(f"listing of {prefix!r}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                               Prefix=refs + prefix):
+                keys += [obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".ref")]
+        for full in sorted(keys):
+            yield full[len(refs):-len(".ref")]
+
+
+class S3ArtifactStore(ContentAddressedStore):
+    """Content-addressed, create-only, verified-on-read artifact store in S3."""
+
+    def __init__(self, options: S3StoreOptions) -> None:
+        self.s3 = S3Blobs(options)
+        self.client, self.bucket, self.prefix = self.s3.client, self.s3.bucket, self.s3.prefix
+        super().__init__(self.s3)
+
+    def _blob(self, sha: str) -> str:
+        return self.s3.blob(sha)
 
     def export(self, path: str, data: bytes) -> str:
         """Write ``data`` as a plain object at ``<prefix>/exports/<path>`` with its content type
         (readable by any S3 client; see :mod:`loopml.exports`). Returns its ``s3://`` URI."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        key = self._full("exports", validate_key(path))
-        try:
+        key = self.s3.full("exports", validate_key(path))
+        with self.s3.calling(f"export of {path!r}"):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
                                    ContentType=content_type(path))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, f"export of {path!r}") from exc
         return f"s3://{self.bucket}/{key}"
 
     def url(self, key: str, expires_seconds: int = 7 * 24 * 3600) -> str:
@@ -162,146 +242,12 @@ class S3ArtifactStore:
         info = self.info(key)
         return self.client.generate_presigned_url(
             "get_object", ExpiresIn=int(expires_seconds),
-            Params={"Bucket": self.bucket, "Key": self._blob(info.sha256),
+            Params={"Bucket": self.bucket, "Key": self.s3.blob(info.sha256),
                     "ResponseContentType": content_type(key, dict(info.metadata)),
                     "ResponseContentDisposition": "inline"})
 
-    def delete(self, key: str) -> None:
-        ref_key = self._ref(key)
-        if not self._exists(ref_key):
-            raise ObjectNotFoundError(f"no object under key {key!r} in {self.uri}")
-        self.client.delete_object(Bucket=self.bucket, Key=ref_key)
-
-    # ------------------------------------------------------------------ reads
-    def _exists(self, full_key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=full_key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._error(exc, f"HEAD {full_key}") from exc
-
-    def _blob_ok(self, sha: str) -> bool:
-        """The blob exists and is the one loopml uploaded (its sha256 metadata matches)."""
-        from botocore.exceptions import ClientError
-
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._blob(sha))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._error(exc, f"HEAD {self._blob(sha)}") from exc
-        return head.get("Metadata", {}).get("sha256") == sha
-
-    def _read_ref(self, ref_key: str, key: str) -> ObjectInfo | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            raw = self.client.get_object(Bucket=self.bucket, Key=ref_key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise self._error(exc, f"read of {key!r}") from exc
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise IntegrityError(f"manifest of {key!r} in {self.uri} is corrupt") from exc
-        return ObjectInfo(key, body["sha256"], body["size"], datetime.fromisoformat(body["created_at"]),
-                          body.get("metadata", {}))
-
-    def info(self, key: str) -> ObjectInfo:
-        info = self._read_ref(self._ref(key), key)
-        if info is None:
-            raise ObjectNotFoundError(f"no object under key {key!r} in {self.uri}")
-        return info
-
-    def exists(self, key: str) -> bool:
-        return self._exists(self._ref(key))
-
-    def _stream(self, info: ObjectInfo, sink: Any) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._blob(info.sha256))["Body"]
-        except ClientError as exc:
-            raise IntegrityError(f"object {info.key!r}: blob {info.sha256[:12]}… is missing") from exc
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: body.read(CHUNK), b""):
-            digest.update(chunk)
-            sink(chunk)
-        if digest.hexdigest() != info.sha256:
-            raise IntegrityError(f"object {info.key!r} is corrupt: sha256 is {digest.hexdigest()[:12]}…, "
-                                 f"expected {info.sha256[:12]}…")
-
-    def get(self, key: str) -> bytes:
-        info = self.info(key)
-        parts: list[bytes] = []
-        self._stream(info, parts.append)
-        return b"".join(parts)
-
-    def download(self, key: str, dest: Path) -> ObjectInfo:
-        info = self.info(key)
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                self._stream(info, out.write)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return info
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        refs = self._full("refs") + "/"
-        paginator = self.client.get_paginator("list_objects_v2")
-        keys = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=refs + prefix):
-            keys += [obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".ref")]
-        for full in sorted(keys):
-            key = full[len(refs):-len(".ref")]
-            info = self._read_ref(full, key)
-            if info is not None:
-                yield info
-
     def __repr__(self) -> str:
         return f"S3ArtifactStore({self.uri!r})"
-
-
-def _same_or_conflict(key: str, existing: ObjectInfo, sha: str) -> ObjectInfo:
-    if existing.sha256 == sha:
-        return existing
-    raise ObjectExistsError(f"object {key!r} already exists with different content (sha256 "
-                            f"{existing.sha256[:12]}…, new {sha[:12]}…); objects are immutable: write under a new key")
-
-
-@contextlib.contextmanager
-def _spooled(data: bytes | BinaryIO | Path) -> Iterator[tuple[Path, str, int]]:
-    """A local file holding ``data`` and its sha256 (paths are hashed in place, not copied)."""
-    digest = hashlib.sha256()
-    if isinstance(data, Path):
-        with open(data, "rb") as src:
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                digest.update(chunk)
-        yield data, digest.hexdigest(), data.stat().st_size
-        return
-    fd, name = tempfile.mkstemp(prefix="loopml-s3-")
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            chunks = [bytes(data)] if isinstance(data, bytes | bytearray | memoryview) else iter(
-                lambda: data.read(CHUNK), b"")
-            for chunk in chunks:
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        yield Path(name), digest.hexdigest(), size
-    finally:
-        os.unlink(name)
 
 
 def _factory(options: S3StoreOptions, ctx: Any) -> S3ArtifactStore:
