@@ -229,8 +229,8 @@ def loopml_before_promotion(model_name: str, candidate: str, report: GateReport,
 def loopml_after_dataset_versioned(dataset: DatasetVersion, created: bool, context: HookContext | None) -> None:
     """A dataset was ingested and stored (or found unchanged).
 
-    When: after the manifest is written, i.e. the version is complete and visible.
-    Args: ``dataset`` the version; ``created`` False when identical data already existed.
+    When: after the manifest is written, i.e. the version is complete and visible; derived from the
+    event ``loopml.dataset.versioned`` (:mod:`loopml.events`). Args: ``dataset`` the version; ``created`` False when identical data already existed.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
@@ -247,7 +247,8 @@ def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[st
                                context: HookContext | None) -> None:
     """A model finished training and its artifact is stored.
 
-    When: after training, before validation. Args: ``run`` the tracked run; ``artifact_key`` the
+    When: after training, before validation (not when an identical model was reused); derived from
+    the event ``loopml.model.trained``. Args: ``run`` the tracked run; ``artifact_key`` the
     store key of the model artifact; ``metrics`` final training metrics.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
@@ -264,7 +265,9 @@ def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[st
 def loopml_after_validation(report: GateReport, context: HookContext | None) -> None:
     """A candidate was validated against the current production model.
 
-    When: after every gate ran and the report was stored, whether it passed or not.
+    When: after every gate (and the veto) ran and the report was stored, whether it passed or not,
+    from the validation stage itself: a flow, the CLI or a notebook calling
+    ``loopml.stages.validation.validate`` alike; derived from the event ``loopml.model.validated``.
     Args: ``report`` the gates with their values, thresholds, verdicts and reasons.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
@@ -281,7 +284,8 @@ def loopml_after_validation(report: GateReport, context: HookContext | None) -> 
 def loopml_after_model_registered(model: ModelVersion, context: HookContext | None) -> None:
     """A model version was added to the registry (status candidate, approved or rejected).
 
-    When: after the registry transaction committed. Args: ``model`` the new version.
+    When: after the registry transaction committed; derived from the event
+    ``loopml.model.registered``. Args: ``model`` the new version.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
@@ -297,8 +301,9 @@ def loopml_after_model_registered(model: ModelVersion, context: HookContext | No
 def loopml_after_promotion(event: PromotionEvent, context: HookContext | None) -> None:
     """An alias (e.g. ``production``) moved to another version, by promotion or rollback.
 
-    When: after the compare-and-set committed and history was appended.
-    Args: ``event`` with model name, alias, from/to version, action, actor and reason.
+    When: after the compare-and-set committed and history was appended (a canary start moves the
+    ``canary`` alias, so it fires too); derived from the events ``loopml.model.promoted``,
+    ``loopml.model.rolled-back`` and ``loopml.canary.started``. Args: ``event`` with model name, alias, from/to version, action, actor and reason.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the alias stays moved.
@@ -314,7 +319,8 @@ def loopml_after_promotion(event: PromotionEvent, context: HookContext | None) -
 def loopml_on_drift(report: DriftReport, context: HookContext | None) -> None:
     """Drift was confirmed on live inputs (enough samples, corrected p-values).
 
-    When: after the drift report is stored, before retraining is triggered.
+    When: after the drift report is stored, before retraining is triggered; derived from the event
+    ``loopml.drift.detected``.
     Args: ``report`` per-feature statistics and the verdict.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
@@ -329,16 +335,18 @@ def loopml_on_drift(report: DriftReport, context: HookContext | None) -> None:
 
 @hookspec
 def loopml_on_event(event: LoopEvent, context: HookContext | None) -> None:
-    """Something happened to a model: validated, promoted, rejected, rolled back, canary started,
-    drift detected, live performance measured or degraded (kinds in :mod:`loopml.events`).
+    """A lifecycle fact: a dataset versioned; a model trained, validated, registered, promoted,
+    rejected or rolled back; a canary started; a drift check ran or drift was detected; live
+    performance measured or degraded (kinds in :mod:`loopml.events`).
 
     When: after the fact is committed (registry moved, report stored), from flows and from the CLI
     alike, just before the same event goes to Prefect with resource ``loopml.model.<project>.<model>``.
     Args: ``event`` with ``kind``, ``project``, ``model``, ``version``, ``reason``, ``actor`` and a
     JSON-ready ``payload``.
     ``context``: the project it fires for (name, profile, root, home, config).
-    Returns: nothing. Call semantics: every implementation is called; the specific hooks
-    (``loopml_after_promotion``, ``loopml_on_drift``) fire first for their kinds.
+    Returns: nothing. Call semantics: every implementation is called; the specific hook derived
+    from the kind (``loopml.events.DERIVED_HOOKS``) fires first, so a plugin that implements both
+    hears the fact twice: implement one of them per fact.
     Failure policy: a raise is recorded as a HookFailure and logged; the loop goes on.
     Example::
 
