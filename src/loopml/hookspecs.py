@@ -230,7 +230,8 @@ def loopml_after_dataset_versioned(dataset: DatasetVersion, created: bool, conte
     """A dataset was ingested and stored (or found unchanged).
 
     When: after the manifest is written, i.e. the version is complete and visible; derived from the
-    event ``loopml.dataset.versioned`` (:mod:`loopml.events`). Args: ``dataset`` the version; ``created`` False when identical data already existed.
+    event ``loopml.dataset.versioned`` (:mod:`loopml.events`).
+    Args: ``dataset`` the version; ``created`` False when identical data already existed.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the flow goes on.
@@ -303,7 +304,8 @@ def loopml_after_promotion(event: PromotionEvent, context: HookContext | None) -
 
     When: after the compare-and-set committed and history was appended (a canary start moves the
     ``canary`` alias, so it fires too); derived from the events ``loopml.model.promoted``,
-    ``loopml.model.rolled-back`` and ``loopml.canary.started``. Args: ``event`` with model name, alias, from/to version, action, actor and reason.
+    ``loopml.model.rolled-back`` and ``loopml.canary.started``.
+    Args: ``event`` with model name, alias, from/to version, action, actor and reason.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the alias stays moved.

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopml import tasks
 from loopml.artifacts import Signature, export_artifact, sha256
 from loopml.errors import ConfigError, DataValidationError
+from loopml.protocols import Trainer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -363,13 +364,13 @@ def torch_module_trainer(options: TorchModuleOptions, ctx: Any = None) -> Networ
 
 def ad_hoc_trainer(obj: Any, options: Mapping[str, Any] | None = None) -> Any:
     """A trainer object as given, or a plain factory ``build(signature) -> nn.Module`` wrapped."""
-    if hasattr(obj, "fit") and hasattr(obj, "fingerprint"):
+    if isinstance(obj, Trainer):
         return obj
     if callable(obj):
         name = getattr(obj, "__qualname__", type(obj).__name__)
         return NetworkTrainer("ad-hoc", obj, LoopOptions(**(options or {})), code_fingerprint(obj),
                               f"factory {name}")
-    raise ConfigError(f"trainer must be a Trainer (fit + fingerprint) or a factory callable, got "
+    raise ConfigError(f"trainer must be a Trainer (name, fit, fingerprint) or a factory callable, got "
                       f"{type(obj).__name__}")
 
 
