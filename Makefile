@@ -46,9 +46,11 @@ services:
 	echo "services: all present (redis, prometheus + promtool, alertmanager, pushgateway, PostgreSQL 15, java)"
 
 ## Every test, every tier (what CI runs, with LOOPML_REQUIRE_SERVICES=1 so that no test skips for a
-## missing service). The slowest tests are listed at the end.
+## missing service), on $(TEST_WORKERS) pytest-xdist workers, a test file per worker at a time (a
+## scenario's steps stay together and in order). The slowest tests are listed at the end.
+TEST_WORKERS ?= 2
 test: install services
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 ## The tier to run between edits: tests that start nothing (no server, process, Prefect, training or
 ## external binary; tests/conftest.py fails a test that starts one unmarked).
