@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
-from loopml.backends.content_store import ContentAddressedStore, Staged, chunks_of
+from loopml.backends.content_store import ContentAddressedStore, Staged, chunks_of, write_hashed
 from loopml.errors import ConfigError, StorageError
 from loopml.keys import content_type, validate_key
 from loopml.plugins import hookimpl
@@ -123,14 +123,8 @@ class S3Blobs:
             yield Staged(data, digest.hexdigest(), data.stat().st_size)
             return
         fd, name = tempfile.mkstemp(prefix="loopml-s3-")
-        size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks_of(data):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            yield Staged(Path(name), digest.hexdigest(), size)
+            yield write_hashed(data, fd, Path(name))
         finally:
             os.unlink(name)
 

@@ -181,6 +181,21 @@ def _same_or_conflict(key: str, existing: ObjectInfo, sha: str) -> ObjectInfo:
                             f"{existing.sha256[:12]}…, new {sha[:12]}…); objects are immutable: write under a new key")
 
 
+def write_hashed(data: bytes | BinaryIO | Path, fd: int, path: Path, *, fsync: bool = False) -> Staged:
+    """Write ``data`` to the open file ``fd`` (at ``path``) while hashing it; closes ``fd``."""
+    digest = hashlib.sha256()
+    size = 0
+    with os.fdopen(fd, "wb") as out:
+        for chunk in chunks_of(data):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        if fsync:
+            os.fsync(out.fileno())
+    return Staged(path, digest.hexdigest(), size)
+
+
 def chunks_of(data: bytes | BinaryIO | Path) -> Iterator[bytes]:
     """``data`` in chunks: bytes, a binary file, or a Path."""
     if isinstance(data, bytes | bytearray | memoryview):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
-from loopml.backends.content_store import CHUNK, ContentAddressedStore, Staged, chunks_of
+from loopml.backends.content_store import CHUNK, ContentAddressedStore, Staged, write_hashed
 from loopml.keys import validate_key
 from loopml.records import GcResult
 
@@ -94,18 +93,8 @@ class LocalBlobs:
     @contextlib.contextmanager
     def staged(self, data: bytes | BinaryIO | Path) -> Iterator[Staged]:
         fd, tmp = self._tmp()
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks_of(data):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                if self.fsync:
-                    os.fsync(out.fileno())
-            yield Staged(tmp, digest.hexdigest(), size)
+            yield write_hashed(data, fd, tmp, fsync=self.fsync)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
