@@ -16,12 +16,6 @@ if TYPE_CHECKING:
     from loopml.protocols import ServingBackend
 
 
-def wanted_serving(ws: Workspace, name: str) -> tuple[dict[int, float], int | None]:
-    """(traffic weights, shadow version) the registry's aliases call for
-    (:func:`~loopml.serving.reconcile.routing_for`)."""
-    return desired_routing(ws, name)
-
-
 class _BackendTarget:
     """A :class:`~loopml.protocols.ServingBackend` seen by :func:`loopml.serving.reconcile.reconcile`."""
 
@@ -62,7 +56,7 @@ def sync_serving(ws: Workspace, name: str) -> str | None:
     if by_entity is not None:  # requests may name just the entity
         view = view_of(ws)
         by_entity.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
-    weights, shadow = wanted_serving(ws, name)
+    weights, shadow = desired_routing(ws, name)
     if not weights:
         return None
     target = _BackendTarget(ws, name, serving)
