@@ -235,9 +235,10 @@ def test_drift_retrains_this_project_only_and_the_canary_is_promoted_on_served_t
         traffic.stop()
     assert states == ["COMPLETED"], states  # one run: the other project's event started nothing
     registry = SqliteRegistry(project / ".loopml" / "registry.db")
-    assert registry.aliases("churn") == {"production": 2, "canary": 2}
+    assert registry.aliases("churn") == {"production": 2}  # the passed canary's alias went with the move
     actions = [(e.action, e.alias, e.to_version, e.actor) for e in registry.history("churn") if e.action != "register"]
-    assert actions[-2:] == [("promote", "canary", 2, actions[-2][3]), ("promote", "production", 2, "loopml-canary")]
+    assert actions[-3:] == [("promote", "canary", 2, actions[-3][3]), ("promote", "production", 2, "loopml-canary"),
+                            ("clear", "canary", None, "loopml-canary")]
     assert traffic.failed == 0 and traffic.versions[2] > 0  # the canary answered real requests, none failed
     deadline = time.monotonic() + 60  # the serve run follows the promotion within its poll interval
     while post_json(served + "/predict", {"rows": [row]})[1].get("version") != 2:
@@ -293,9 +294,9 @@ def test_a_failing_canary_is_rolled_back_and_the_automation_calls_the_webhook(pr
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     registry = SqliteRegistry(project / ".loopml" / "registry.db")
     v3 = registry.get("churn", 3)
-    assert v3.status == "rejected" and registry.aliases("churn") == {"production": 2, "canary": 2}
+    assert v3.status == "rejected" and registry.aliases("churn") == {"production": 2}  # no canary left
     last = registry.history("churn")[-2]
-    assert (last.action, last.alias, last.actor) == ("rollback", "canary", "loopml-canary")
+    assert (last.action, last.alias, last.from_version, last.actor) == ("clear", "canary", 3, "loopml-canary")
     assert "canary-output-shift" in last.reason
     assert traffic.failed == 0 and post_json(served + "/predict", {"rows": [row]})[1]["version"] == 2
     try:

@@ -86,6 +86,8 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
                                                 "canary-output-shift"]
     move, report = canary.finish(ws2, verdict)
     assert (move.alias, move.from_version, move.to_version) == ("production", before, v2.version)
+    assert ws.registry.aliases("churn") == {"production": v2.version}  # canary cleared in the same step
+    assert [(c.alias, c.from_version) for c in move.cleared] == [("canary", v2.version)]
     sync_serving(ws, "churn")
     assert ws.serving.status()["traffic"] == {str(v2.version): 1.0} and traffic.failed == 0
     last = ws.registry.history("churn")[-1]
@@ -93,7 +95,8 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
     assert "PROMOTE" in ws.store.get(report).decode()
     kinds = [c[1]["event"].kind for c in recorder.calls if c[0] == "loopml_on_event"]
     judged_and_moved = [k for k in kinds if k not in (events.DATASET_VERSIONED, events.TRAINED)]  # trained: cache
-    assert judged_and_moved == [events.VALIDATED, events.REGISTERED, events.CANARY_STARTED, events.PROMOTED]
+    assert judged_and_moved == [events.VALIDATED, events.REGISTERED, events.CANARY_STARTED, events.PROMOTED,
+                                events.CLEARED]
     assert all(c[1]["event"].project == ws.config.project for c in recorder.calls if c[0] == "loopml_on_event")
 
 
@@ -107,13 +110,14 @@ def test_a_canary_that_fails_its_slo_is_rolled_back_and_rejected(config: Path, s
     assert verdict.decision == "rollback" and "canary-output-shift" in verdict.reason
     move, _ = canary.finish(strict, verdict)
     production = strict.registry.aliases("churn")["production"]
-    assert (move.alias, move.action, move.to_version) == ("canary", "rollback", production)
+    assert (move.alias, move.action, move.from_version, move.to_version) == ("canary", "clear", v3.version, None)
+    assert strict.registry.aliases("churn") == {"production": production}  # no alias that no traffic follows
     assert strict.registry.get("churn", v3.version).status == "rejected"
     sync_serving(strict, "churn")
     assert strict.serving.status()["traffic"] == {str(production): 1.0}
     assert canary.active(strict, "churn") is None
     monitor_log = (config.parent / ".loopml" / "monitoring" / "events.jsonl").read_text()
-    assert '"action": "rollback"' in monitor_log
+    assert '"action": "clear"' in monitor_log and '"kind": "loopml.model.rolled-back"' in monitor_log
 
 
 def test_shadow_mode_mirrors_requests_without_changing_answers(config: Path, served) -> None:

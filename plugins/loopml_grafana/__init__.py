@@ -174,9 +174,10 @@ class GrafanaMonitor:
     def on_promotion(self, event: PromotionEvent) -> None:
         if event.alias == "canary" and event.action == "promote":
             return  # annotated once, as "started", from the loopml.canary.started event
-        action = "rolled-back" if event.action == "rollback" else "promoted"
-        self.annotate(event.name, event.to_version, action,
-                      f"{event.alias}: v{event.from_version or '-'} -> v{event.to_version}. {event.reason}")
+        action = {"rollback": "rolled-back", "clear": "cleared"}.get(event.action, "promoted")
+        target = f"v{event.to_version}" if event.to_version is not None else "removed"
+        self.annotate(event.name, event.to_version if event.to_version is not None else event.from_version, action,
+                      f"{event.alias}: v{event.from_version or '-'} -> {target}. {event.reason}")
 
     def on_event(self, event: LoopEvent) -> None:
         if event.kind in ANNOTATED:

@@ -24,6 +24,7 @@ written to a run.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -329,6 +330,10 @@ class RegistryMirror:
             description=f"loopml {model.ref}: {model.status}")
 
     def move_alias(self, event: Any) -> None:
+        if event.to_version is None:  # loopml cleared the alias (a rejected canary, a rollback's canary)
+            with contextlib.suppress(Exception):  # already absent in MLflow: nothing to clear
+                self.client.delete_registered_model_alias(self._name(event.name), event.alias)
+            return
         target = self.find(event.name, event.to_version)
         if target is None:
             raise LookupError(f"MLflow has no version of {self._name(event.name)} tagged "

@@ -116,7 +116,7 @@ class PrometheusMonitor:
 
     def on_promotion(self, event: PromotionEvent) -> None:
         self._publish_alias(event.name, event.alias, event.to_version,
-                            "rollback" if event.action == "rollback" else "promote", time.time())
+                            event.action, time.time())
 
     def on_event(self, event: LoopEvent) -> None:
         handler = {
@@ -167,10 +167,11 @@ class PrometheusMonitor:
 
         self._publish("gates", event.model, fill)
 
-    def _publish_alias(self, model: str, alias: str, version: int, action: str, ts: float) -> None:
+    def _publish_alias(self, model: str, alias: str, version: int | None, action: str, ts: float) -> None:
+        """``loopml_alias_version`` (0 once the alias was cleared) and when it last moved."""
         def fill(registry: Any) -> None:
             self._gauge(registry, "loopml_alias_version", "Version an alias points at", ["alias"]).labels(
-                self.project, model, alias).set(version)
+                self.project, model, alias).set(version or 0)
             self._gauge(registry, "loopml_alias_moved_timestamp_seconds", "When the alias last moved, and how",
                         ["alias", "action"]).labels(self.project, model, alias, action).set(ts)
 

@@ -379,6 +379,8 @@ def loopml_after_promotion(event: Any, context: Any) -> None:
     if context is None or "wandb" not in context.config.trackers:
         return
 
+    if event.to_version is None:  # a cleared alias: W&B's SDK can add aliases to a logged artifact,
+        return                    # not remove them from one (offline); the next move re-points it
     options = WandbOptions.model_validate(context.config.trackers["wandb"] or {})
     ws = Workspace(context.config)
     model = ws.registry.get(event.name, event.to_version)

@@ -269,17 +269,15 @@ def finish(ws: Workspace, verdict: CanaryVerdict) -> tuple[PromotionEvent, str]:
         raise LoopmlError("the canary has not been judged yet (decision 'wait')")
     report_key = store_report(ws, verdict)
     reason = f"{verdict.reason} (report {report_key})"
-    if verdict.decision == "promote":
+    payload = {**verdict.payload(), "report": report_key}
+    if verdict.decision == "promote":  # production moves and the canary alias goes, in one step
         event = ws.registry.set_alias(verdict.model, PRODUCTION, verdict.candidate, expected=verdict.production,
-                                      actor=ACTOR, reason=reason)
-        kind_payload = {**verdict.payload(), "report": report_key}
-        events.announce(ws, events.promotion_event(ws, event, kind_payload), subject=event)
+                                      actor=ACTOR, reason=reason, clear={CANARY: verdict.candidate})
+        events.announce_move(ws, event, payload)
         return event, report_key
-    event = ws.registry.set_alias(verdict.model, CANARY, verdict.production, expected=verdict.candidate,
-                                  actor=ACTOR, reason=reason, action="rollback")
+    event = ws.registry.clear_alias(verdict.model, CANARY, expected=verdict.candidate, actor=ACTOR, reason=reason)
     ws.registry.set_status(verdict.model, verdict.candidate, "rejected", actor=ACTOR, reason=reason)
-    events.announce(ws, events.promotion_event(ws, event, {**verdict.payload(), "report": report_key}),
-                    subject=event)
+    events.announce_move(ws, event, payload, kind=events.ROLLED_BACK)  # the candidate is rolled back
     return event, report_key
 
 

@@ -52,6 +52,9 @@ PROMOTED = "loopml.model.promoted"
 """An alias moved forward (``payload.alias``; by the pipeline, a canary verdict or a person)."""
 ROLLED_BACK = "loopml.model.rolled-back"
 """An alias moved back to an earlier version (by a person or a failed canary)."""
+CLEARED = "loopml.model.alias-cleared"
+"""An alias was removed with the move that ended its role (``canary`` once production moved to it, or
+when the production it was judged against was rolled back); ``payload.to_version`` is None."""
 CANARY_STARTED = "loopml.canary.started"
 """A candidate receives a canary share of traffic (or a shadow copy) next to production."""
 DRIFT_CHECKED = "loopml.drift.checked"
@@ -64,9 +67,9 @@ DEGRADED = "loopml.performance.degraded"
 """Live performance fell below the bound (``[pipeline.monitoring]``); triggers retraining."""
 
 KINDS: tuple[str, ...] = (DATASET_VERSIONED, TRAINED, VALIDATED, REGISTERED, REJECTED, PROMOTED, ROLLED_BACK,
-                          CANARY_STARTED, DRIFT_CHECKED, DRIFT, PERFORMANCE, DEGRADED)
+                          CLEARED, CANARY_STARTED, DRIFT_CHECKED, DRIFT, PERFORMANCE, DEGRADED)
 
-_ALIAS_MOVES = (PROMOTED, ROLLED_BACK, CANARY_STARTED)
+_ALIAS_MOVES = (PROMOTED, ROLLED_BACK, CLEARED, CANARY_STARTED)
 
 DERIVED_HOOKS: dict[str, tuple[str, Callable[[LoopEvent, Any], dict[str, Any]]]] = {
     DATASET_VERSIONED: ("loopml_after_dataset_versioned",
@@ -113,11 +116,23 @@ def validated_event(ws: Workspace, report: GateReport, report_key: str, fingerpr
                        "report": report_key})
 
 
-def promotion_event(ws: Workspace, promotion: PromotionEvent, payload: Mapping[str, Any] | None = None) -> LoopEvent:
-    kind = ROLLED_BACK if promotion.action == "rollback" else PROMOTED
+def promotion_event(ws: Workspace, promotion: PromotionEvent, payload: Mapping[str, Any] | None = None,
+                    kind: str | None = None) -> LoopEvent:
+    """The LoopEvent of an alias move: promoted, rolled back or cleared (``kind`` overrides it: a
+    rejected canary's cleared alias is a rollback of that canary)."""
+    kind = kind or {"promote": PROMOTED, "rollback": ROLLED_BACK, "clear": CLEARED}[promotion.action]
     body = {"alias": promotion.alias, "from_version": promotion.from_version, "to_version": promotion.to_version,
             **(payload or {})}
-    return make_event(ws, kind, promotion.name, promotion.to_version, promotion.reason, body, promotion.actor)
+    version = promotion.to_version if promotion.to_version is not None else promotion.from_version
+    return make_event(ws, kind, promotion.name, version, promotion.reason, body, promotion.actor)
+
+
+def announce_move(ws: Workspace, promotion: PromotionEvent, payload: Mapping[str, Any] | None = None,
+                  kind: str | None = None) -> None:
+    """Announce an alias move (as ``kind`` if given) and every alias its transaction cleared."""
+    announce(ws, promotion_event(ws, promotion, payload, kind), subject=promotion)
+    for cleared in promotion.cleared:
+        announce(ws, promotion_event(ws, cleared, payload), subject=cleared)
 
 
 def announce(ws: Workspace, event: LoopEvent, *, subject: Any = None) -> None:

@@ -304,8 +304,9 @@ def loopml_after_promotion(event: PromotionEvent, context: HookContext | None) -
 
     When: after the compare-and-set committed and history was appended (a canary start moves the
     ``canary`` alias, so it fires too); derived from the events ``loopml.model.promoted``,
-    ``loopml.model.rolled-back`` and ``loopml.canary.started``.
-    Args: ``event`` with model name, alias, from/to version, action, actor and reason.
+    ``loopml.model.rolled-back``, ``loopml.model.alias-cleared`` and ``loopml.canary.started``.
+    Args: ``event`` with model name, alias, from/to version (None: the alias was cleared), action
+    (promote, rollback, clear), actor and reason.
     ``context``: the project it fires for (name, profile, root, home, config).
     Returns: nothing. Call semantics: every implementation is called.
     Failure policy: a raise is recorded as a HookFailure and logged; the alias stays moved.

@@ -149,15 +149,19 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class PromotionEvent:
-    """An alias moved (promotion or rollback)."""
+    """An alias moved (promotion or rollback), or was cleared (``to_version`` None, action ``clear``).
+
+    ``cleared`` lists the aliases the same transaction removed (a passed canary's ``canary``, the
+    ``canary`` of a production that was rolled back), each as its own event."""
 
     name: str
     alias: str
     from_version: int | None
-    to_version: int
-    action: Literal["promote", "rollback"]
+    to_version: int | None
+    action: Literal["promote", "rollback", "clear"]
     actor: str
     reason: str
+    cleared: tuple[PromotionEvent, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ which is stamped at the first revision it already matches).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from loopml.records import HistoryEntry, ModelStatus, ModelVersion, PromotionEve
 MIGRATIONS = Path(__file__).parent / "registry_migrations"
 HEAD = "0001"
 VERSION_TABLE = "loopml_alembic_version"
+PRODUCTION, CANARY = "production", "canary"
 STATUSES: tuple[str, ...] = ("candidate", "approved", "rejected", "archived")
 LINEAGE_FIELDS = ("dataset_version", "git_commit", "run_id", "params", "metrics", "environment",
                   "lineage", "description")
@@ -152,11 +154,39 @@ class SqlRegistry:
         return self.get(name, version)
 
     def set_alias(self, name: str, alias: str, version: int, *, expected: int | None, actor: str, reason: str,
-                  evidence_sha256: str | None = None, action: str = "promote") -> PromotionEvent:
+                  evidence_sha256: str | None = None, action: str = "promote",
+                  clear: Mapping[str, int] | None = None) -> PromotionEvent:
+        """Move ``alias`` to ``version`` if it points at ``expected``; in the same transaction remove
+        each alias of ``clear`` that still points at the version given for it (else nothing moves)."""
         check_alias(alias)
         with self._tx(name) as conn:
-            return self._move(conn, name, alias, version, expected=expected, actor=actor, reason=reason,
-                              evidence_sha256=evidence_sha256, action=action)
+            event = self._move(conn, name, alias, version, expected=expected, actor=actor, reason=reason,
+                               evidence_sha256=evidence_sha256, action=action)
+            cleared = [self._clear(conn, name, check_alias(other), expected=at, actor=actor, reason=reason)
+                       for other, at in (clear or {}).items()]
+        return dataclasses.replace(event, cleared=tuple(e for e in cleared if e is not None))
+
+    def clear_alias(self, name: str, alias: str, *, expected: int, actor: str, reason: str) -> PromotionEvent:
+        """Remove ``alias`` if it points at ``expected`` (compare-and-set); history records it."""
+        check_alias(alias)
+        with self._tx(name) as conn:
+            event = self._clear(conn, name, alias, expected=expected, actor=actor, reason=reason)
+        if event is None:
+            raise ModelNotFoundError(f"{name} has no alias {alias!r}; nothing to clear")
+        return event
+
+    def _clear(self, conn: Any, name: str, alias: str, *, expected: int | None, actor: str,
+               reason: str) -> PromotionEvent | None:
+        current = self._alias(conn, name, alias)
+        if current is None:
+            return None
+        if expected is not None and current != expected:
+            raise StaleAliasError(f"{name}@{alias} points at {_v(current)}, not {_v(expected)} as expected; "
+                                  "someone moved it meanwhile: re-read it and decide again",
+                                  expected=expected, actual=current)
+        self._q(conn, "DELETE FROM aliases WHERE name = :n AND alias = :a", n=name, a=alias)
+        self._append(conn, name, "clear", alias, current, None, actor, reason, None, _now())
+        return PromotionEvent(name, alias, current, None, "clear", actor, reason)
 
     def _move(self, conn: Any, name: str, alias: str, version: int, *, expected: int | None, actor: str,
               reason: str, evidence_sha256: str | None, action: str) -> PromotionEvent:
@@ -191,8 +221,12 @@ class SqlRegistry:
                            n=name, a=alias, v=current).first()
             if prev is None or prev[0] is None:
                 raise RegistryError(f"{name}@{alias} (v{current}) has no earlier version to roll back to")
-            return self._move(conn, name, alias, int(prev[0]), expected=current, actor=actor, reason=reason,
-                              evidence_sha256=None, action="rollback")
+            event = self._move(conn, name, alias, int(prev[0]), expected=current, actor=actor, reason=reason,
+                               evidence_sha256=None, action="rollback")
+            # A canary next to the production that was rolled back was judged against it: it goes too.
+            canary = self._clear(conn, name, CANARY, expected=None, actor=actor, reason=reason) \
+                if alias == PRODUCTION else None
+        return dataclasses.replace(event, cleared=(canary,) if canary else ())
 
     def _append(self, conn: Any, name: str, action: str, alias: str | None, from_v: int | None, to_v: int | None,
                 actor: str, reason: str, evidence: str | None, at: str) -> None:

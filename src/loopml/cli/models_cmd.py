@@ -115,7 +115,7 @@ def models_promote(
             expected = _confirmed_expected(name, alias, current, f"move it to v{version}")
     event = ws.registry.set_alias(name, alias, version, expected=expected, actor=current_actor(),
                                   reason=reason)
-    events.announce(ws, events.promotion_event(ws, event), subject=event)
+    events.announce_move(ws, event)
     out.print(f"{name}@{alias}: v{event.from_version or '-'} -> v{event.to_version}")
 
 
@@ -139,8 +139,9 @@ def models_rollback(
         if current is not None:  # else the registry says there is nothing to roll back
             expected = _confirmed_expected(name, alias, current, "roll it back")
     event = ws.registry.rollback(name, alias, expected=expected, actor=current_actor(), reason=reason)
-    events.announce(ws, events.promotion_event(ws, event), subject=event)
-    out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback)")
+    events.announce_move(ws, event)
+    cleared = "".join(f"; {c.alias} v{c.from_version} removed" for c in event.cleared)
+    out.print(f"{name}@{alias}: v{event.from_version} -> v{event.to_version} (rollback{cleared})")
 
 
 @models_app.command("canary")

@@ -89,7 +89,7 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
     except StaleAliasError as exc:
         log.warning("not promoting %s: %s", model.ref, exc)
         return model, None
-    events.announce(ws, events.promotion_event(ws, event, gates), subject=event)
+    events.announce_move(ws, event, gates)
     return model, event
 
 

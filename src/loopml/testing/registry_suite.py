@@ -61,6 +61,37 @@ class RegistrySuite:
         assert info.value.actual == 2
         assert registry.get("churn", alias="production").version == 2
 
+    def test_a_passed_canary_moves_production_and_clears_the_canary_in_one_step(self, registry: Any) -> None:
+        for _ in range(3):
+            self._register(registry)
+        registry.set_alias("churn", "production", 1, expected=None, actor="a", reason="r")
+        registry.set_alias("churn", "canary", 2, expected=None, actor="a", reason="canary")
+        with pytest.raises(StaleAliasError):  # the canary moved meanwhile: neither alias changes
+            registry.set_alias("churn", "production", 2, expected=1, actor="a", reason="r", clear={"canary": 3})
+        assert registry.aliases("churn") == {"canary": 2, "production": 1}
+        event = registry.set_alias("churn", "production", 2, expected=1, actor="a", reason="passed",
+                                   clear={"canary": 2})
+        assert registry.aliases("churn") == {"production": 2}  # no alias that no traffic follows
+        assert [(c.alias, c.from_version, c.to_version, c.action) for c in event.cleared] == [
+            ("canary", 2, None, "clear")]
+        assert [h.action for h in registry.history("churn")][-2:] == ["promote", "clear"]
+
+    def test_a_rejected_canary_is_cleared_and_a_production_rollback_clears_the_canary(self, registry: Any) -> None:
+        for _ in range(3):
+            self._register(registry)
+        registry.set_alias("churn", "production", 1, expected=None, actor="a", reason="r")
+        registry.set_alias("churn", "canary", 2, expected=None, actor="a", reason="canary")
+        with pytest.raises(StaleAliasError):
+            registry.clear_alias("churn", "canary", expected=3, actor="judge", reason="rejected")
+        cleared = registry.clear_alias("churn", "canary", expected=2, actor="judge", reason="rejected")
+        assert (cleared.alias, cleared.from_version, cleared.to_version) == ("canary", 2, None)
+        assert registry.aliases("churn") == {"production": 1}
+        registry.set_alias("churn", "production", 2, expected=1, actor="a", reason="r")
+        registry.set_alias("churn", "canary", 3, expected=None, actor="a", reason="canary of v3")
+        back = registry.rollback("churn", "production", expected=2, actor="oncall", reason="bad")
+        assert registry.aliases("churn") == {"production": 1}  # v3 was judged against v2: it goes too
+        assert [(c.alias, c.from_version) for c in back.cleared] == [("canary", 3)]
+
     def test_rollback_returns_to_the_previous_version(self, registry: Any) -> None:
         for _ in range(2):
             self._register(registry)
