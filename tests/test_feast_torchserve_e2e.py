@@ -34,7 +34,7 @@ def test_demo_on_feast_and_torchserve_promotes_the_retrained_model_without_faile
     assert (project / ".loopml" / "feast" / "registry.db").is_file()  # Feast really held the features
     assert any((project / ".loopml" / "torchserve" / "model-store").glob("churn-v2-*.mar"))
     registry = SqliteRegistry(project / ".loopml" / "registry.db")
-    assert registry.aliases("churn") == {"production": 2, "canary": 2}  # judged as a canary through the router
+    assert registry.aliases("churn") == {"production": 2}  # judged as a canary through the router
     assert "churn:v2 approved -> production after a canary (promote)" in out
     java = subprocess.run(["pgrep", "-f", str(project / ".loopml" / "torchserve")], capture_output=True, text=True)
     assert java.stdout.strip() == ""  # TorchServe stopped with the demo

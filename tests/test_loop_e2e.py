@@ -46,16 +46,17 @@ def test_the_registry_holds_lineage_and_history(demo) -> None:
     folder, _, _ = demo
     registry = SqliteRegistry(folder / ".loopml" / "registry.db")
     v1, v2 = registry.list_versions("churn")
-    assert registry.aliases("churn") == {"production": 2, "canary": 2}
+    assert registry.aliases("churn") == {"production": 2}  # the passed canary's alias went with the move
     assert v1.dataset_version != v2.dataset_version  # retrained on a new data version
     for model in (v1, v2):
         assert model.lineage["datasets"]["features"].startswith("activity@")
         assert model.environment["torch"] and model.run_id and model.git_commit
     actions = [(e.action, e.alias, e.from_version, e.to_version) for e in registry.history("churn")
                if e.action != "register"]
-    # v2 served as a canary next to v1 before production moved; the canary's verdict moved it.
+    # v2 served as a canary next to v1 before production moved; the canary's verdict moved it, and
+    # cleared the canary alias in the same transaction.
     assert actions == [("promote", "production", None, 1), ("promote", "canary", None, 2),
-                       ("promote", "production", 1, 2)]
+                       ("promote", "production", 1, 2), ("clear", "canary", 2, None)]
     assert registry.history("churn")[-1].actor == "loopml-canary"
 
 
@@ -65,7 +66,8 @@ def test_monitors_saw_drift_and_promotions(demo) -> None:
               (folder / ".loopml" / "monitoring" / "events.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
     promotions = [(e["alias"], e["to_version"]) for e in events if e["event"] == "promotion"]
-    assert promotions == [("production", 1), ("canary", 2), ("production", 2)] and kinds.count("drift") == 1
+    assert promotions == [("production", 1), ("canary", 2), ("production", 2), ("canary", None)]
+    assert kinds.count("drift") == 1
     observed = [e for e in events if e["event"] == "observe"]  # both monitor runs saw the traffic
     assert [(e["version"], e["rows"]) for e in observed] == [(1, 300), (1, 300)]
 
