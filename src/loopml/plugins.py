@@ -252,7 +252,7 @@ class LoopmlPluginManager:
         hook = next(h for h, k in hookspecs.REGISTRATION_HOOKS.items() if k == kind)
         for plugin_name, ep in sorted(self.disabled.items()):
             try:
-                module = _builtin_module() if ep is None else ep.load()
+                module = builtin_plugin if ep is None else ep.load()
                 specs = getattr(module, hook, lambda: [])() or []
             except Exception:  # a disabled plugin may well be broken: that is why it is disabled
                 continue
@@ -333,10 +333,6 @@ def _distinct(eps: list[EntryPoint]) -> list[EntryPoint]:
     for ep in eps:
         seen.setdefault((_dist(ep), ep.value), ep)
     return list(seen.values())
-
-
-def _builtin_module() -> Any:
-    return builtin_plugin
 
 
 def build_plugin_manager(local_plugins: Iterable[str] = (), *, strict: bool | None = None,
