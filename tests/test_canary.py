@@ -88,12 +88,15 @@ def test_the_window_reads_only_what_was_appended(tmp_path: Path) -> None:
 
 
 def test_one_routing_rule_for_every_server_that_follows_the_registry() -> None:
+    from loopml.records import Rollout
     from loopml.serving.reconcile import routing_for
 
     assert routing_for({}) == ({}, None)  # nothing promoted yet: nothing to serve
     assert routing_for({"production": 1}) == ({1: 1.0}, None)
-    assert routing_for({"production": 2, "canary": 2}) == ({2: 1.0}, None)  # judged: canary = production
-    assert routing_for({"production": 1, "canary": 2}, canary_weight=0.25) == ({1: 0.75, 2: 0.25}, None)
-    assert routing_for({"production": 1, "canary": 2}, mode="shadow") == ({1: 1.0}, 2)
-    assert routing_for({"production": 1, "canary": 2}, mode="direct") == ({1: 1.0}, None)
-    assert routing_for({"staging": 3, "canary": 4}, main_alias="staging", canary_weight=0.5) == ({3: 0.5, 4: 0.5}, None)
+    canary, shadow = Rollout("canary", 0.25), Rollout("shadow")
+    assert routing_for({"production": 2, "canary": 2}, canary) == ({2: 1.0}, None)  # judged: canary = production
+    assert routing_for({"production": 1, "canary": 2}, canary) == ({1: 0.75, 2: 0.25}, None)
+    assert routing_for({"production": 1, "canary": 2}, shadow) == ({1: 1.0}, 2)
+    assert routing_for({"production": 1, "canary": 2}, None) == ({1: 1.0}, None)
+    assert routing_for({"staging": 3, "canary": 4}, Rollout("canary", 0.5), main_alias="staging") == (
+        {3: 0.5, 4: 0.5}, None)

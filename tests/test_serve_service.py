@@ -154,6 +154,37 @@ def test_metrics_count_requests_errors_and_predictions(served) -> None:
     assert "loopml_request_latency_seconds_bucket" in text and "loopml_prediction_value_bucket" in text
 
 
+def test_every_replica_follows_the_rollout_recorded_with_the_canary(project: Path) -> None:
+    """A replica whose own config says "canary" still mirrors when the canary was started in shadow
+    mode (by a machine whose config says so): the mode travels with the alias, and so does the judge."""
+    from loopml import canary as canaries
+    from loopml.records import Rollout
+    from loopml.serving.core import ServingCore
+    from loopml.serving.follower import RegistryFollower
+
+    ws = Workspace.open(project)
+    assert ws.config.pipeline is None or ws.config.pipeline.rollout.mode == "canary"
+    core = ServingCore("churn")
+    follower = RegistryFollower(ws, core, "churn", poll_seconds=0.1)
+    production = ws.registry.aliases("churn")["production"]
+    canary = 2 if production == 1 else 1
+    follower.sync()
+    ws.registry.set_alias("churn", "canary", canary, expected=None, actor="test", reason="shadow it",
+                          rollout=Rollout("shadow"))
+    assert follower.sync()
+    assert dict(core.routing.weights) == {production: 1.0} and core.health()["shadow"] == canary
+    active = canaries.active(ws, "churn")
+    assert active is not None and active.rollout == Rollout("shadow")
+    ws.registry.set_alias("churn", "canary", canary, expected=canary, actor="test", reason="a share now",
+                          rollout=Rollout("canary", 0.3))
+    assert follower.sync()
+    assert dict(core.routing.weights) == pytest.approx({production: 0.7, canary: 0.3})
+    assert core.health()["shadow"] is None
+    ws.registry.clear_alias("churn", "canary", expected=canary, actor="test", reason="done")
+    assert follower.sync()
+    assert dict(core.routing.weights) == {production: 1.0} and set(core.routing.predictors) == {production}
+
+
 def test_a_canary_alias_gets_its_weight_and_leaves_when_the_alias_goes(project: Path) -> None:
     from loopml.serving.core import ServingCore
     from loopml.serving.follower import RegistryFollower

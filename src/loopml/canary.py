@@ -29,9 +29,9 @@ from loopml.config import RolloutConfig
 from loopml.context import shares_state
 from loopml.errors import LoopmlError, ModelNotFoundError
 from loopml.predlog import LogCursor, read_since, read_store_segments, store_segments
-from loopml.records import GateCheck, ModelVersion, PromotionEvent
+from loopml.records import GateCheck, ModelVersion, PromotionEvent, Rollout
 from loopml.reports import figure_png, img, page, table
-from loopml.serving.reconcile import CANARY, PRODUCTION, policy_of
+from loopml.serving.reconcile import CANARY, PRODUCTION, policy_of, policy_rollout, rollout_of
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -176,16 +176,15 @@ def judge(records: Sequence[Mapping[str, Any]], *, model: str, candidate: int, p
 # ---------------------------------------------------------------------------- acting on the registry
 def start(ws: Workspace, model: ModelVersion, *, reason: str = "") -> PromotionEvent:
     """Point ``canary`` at ``model`` (compare-and-set on what it pointed at); announce it."""
-    policy = policy_of(ws)
+    rollout = policy_rollout(policy_of(ws))
     current = ws.registry.aliases(model.name).get(CANARY)
     event = ws.registry.set_alias(model.name, CANARY, model.version, expected=current, actor=ACTOR,
-                                  reason=reason or f"{policy.mode} next to production")
+                                  reason=reason or f"{rollout.mode} next to production", rollout=rollout)
     production = ws.registry.aliases(model.name).get(PRODUCTION)
-    share = "a shadow copy of every request" if policy.mode == "shadow" else f"{policy.canary_weight:.0%} of traffic"
     events.announce(ws, events.make_event(
         ws, events.CANARY_STARTED, model.name, model.version,
-        f"{model.ref} gets {share} next to v{production}",
-        {"mode": policy.mode, "canary_weight": policy.canary_weight, "production": production}, ACTOR),
+        f"{model.ref} gets {rollout.describe()} next to v{production}",
+        {"mode": rollout.mode, "canary_weight": rollout.share, "production": production}, ACTOR),
         subject=event)  # an alias moved: loopml_after_promotion and on_promotion see it too
     return event
 
@@ -196,6 +195,7 @@ class ActiveCanary:
     candidate: int
     production: int
     started_at: float
+    rollout: Rollout
 
 
 def active(ws: Workspace, model_name: str) -> ActiveCanary | None:
@@ -209,7 +209,8 @@ def active(ws: Workspace, model_name: str) -> ActiveCanary | None:
         if entry.alias == CANARY and entry.to_version == cand:
             started = entry.at.timestamp()
             break
-    return ActiveCanary(model_name, cand, prod, started if started is not None else time.time())
+    return ActiveCanary(model_name, cand, prod, started if started is not None else time.time(),
+                        rollout_of(ws, model_name))
 
 
 _KEPT = ("version", "shadow", "error", "latency_ms", "output", "primary_output")
@@ -250,7 +251,8 @@ def judge_active(ws: Workspace, model_name: str, *, now: float | None = None,
 
 
 def _judge(ws: Workspace, canary: ActiveCanary, window: CanaryWindow | None, now: float | None) -> CanaryVerdict:
-    policy = policy_of(ws)
+    # judged as it was rolled out: the mode and share recorded with the alias, not today's config
+    policy = policy_of(ws).model_copy(update={"mode": canary.rollout.mode, "canary_weight": canary.rollout.share})
     now = time.time() if now is None else now
     cfg = ws.config.pipeline
     task = ws.registry.get(canary.model, canary.candidate).lineage.get("task", "binary")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ModelVersion,
         ObjectInfo,
         PromotionEvent,
+        Rollout,
         RunInfo,
         RunRecord,
     )
@@ -109,11 +110,13 @@ class ModelRegistry(Protocol):
         evidence_sha256: str | None = None,
         action: Literal["promote", "rollback"] = "promote",
         clear: Mapping[str, int] | None = None,
+        rollout: Rollout | None = None,
     ) -> PromotionEvent: ...
     def clear_alias(self, name: str, alias: str, *, expected: int, actor: str, reason: str) -> PromotionEvent: ...
     def rollback(self, name: str, alias: str, *, actor: str, reason: str,
                  expected: int | None = None) -> PromotionEvent: ...
     def history(self, name: str) -> list[HistoryEntry]: ...
+    def rollout(self, name: str, alias: str = "canary") -> Rollout | None: ...
 
 
 @runtime_checkable

@@ -148,6 +148,25 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """How live traffic follows the ``canary`` alias, stored with it in the registry so that every
+    replica routes alike: ``canary`` sends ``share`` of requests to it, ``shadow`` mirrors every
+    request to it (answers still come from production)."""
+
+    mode: Literal["canary", "shadow"]
+    share: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("canary", "shadow"):
+            raise ValueError(f"rollout mode {self.mode!r}: use 'canary' or 'shadow'")
+        if not 0 < self.share < 1:
+            raise ValueError(f"rollout share {self.share!r}: must be between 0 and 1 (exclusive)")
+
+    def describe(self) -> str:
+        return "a shadow copy of every request" if self.mode == "shadow" else f"{self.share:.0%} of traffic"
+
+
+@dataclass(frozen=True)
 class PromotionEvent:
     """An alias moved (promotion or rollback), or was cleared (``to_version`` None, action ``clear``).
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from loopml.errors import ModelNotFoundError, RegistryError, StaleAliasError
-from loopml.records import HistoryEntry, ModelStatus, ModelVersion, PromotionEvent
+from loopml.records import HistoryEntry, ModelStatus, ModelVersion, PromotionEvent, Rollout
 
 MIGRATIONS = Path(__file__).parent / "registry_migrations"
-HEAD = "0001"
+HEAD = "0002"
 VERSION_TABLE = "loopml_alembic_version"
 PRODUCTION, CANARY = "production", "canary"
 STATUSES: tuple[str, ...] = ("candidate", "approved", "rejected", "archived")
@@ -155,13 +155,15 @@ class SqlRegistry:
 
     def set_alias(self, name: str, alias: str, version: int, *, expected: int | None, actor: str, reason: str,
                   evidence_sha256: str | None = None, action: str = "promote",
-                  clear: Mapping[str, int] | None = None) -> PromotionEvent:
+                  clear: Mapping[str, int] | None = None, rollout: Rollout | None = None) -> PromotionEvent:
         """Move ``alias`` to ``version`` if it points at ``expected``; in the same transaction remove
-        each alias of ``clear`` that still points at the version given for it (else nothing moves)."""
+        each alias of ``clear`` that still points at the version given for it (else nothing moves).
+        ``rollout`` is stored with the alias (how traffic follows a ``canary``) and replaces what was
+        stored with it before."""
         check_alias(alias)
         with self._tx(name) as conn:
             event = self._move(conn, name, alias, version, expected=expected, actor=actor, reason=reason,
-                               evidence_sha256=evidence_sha256, action=action)
+                               evidence_sha256=evidence_sha256, action=action, rollout=rollout)
             cleared = [self._clear(conn, name, check_alias(other), expected=at, actor=actor, reason=reason)
                        for other, at in (clear or {}).items()]
         return dataclasses.replace(event, cleared=tuple(e for e in cleared if e is not None))
@@ -189,7 +191,8 @@ class SqlRegistry:
         return PromotionEvent(name, alias, current, None, "clear", actor, reason)
 
     def _move(self, conn: Any, name: str, alias: str, version: int, *, expected: int | None, actor: str,
-              reason: str, evidence_sha256: str | None, action: str) -> PromotionEvent:
+              reason: str, evidence_sha256: str | None, action: str,
+              rollout: Rollout | None = None) -> PromotionEvent:
         now = _now()
         target = self._version_row(conn, name, version)
         if target["status"] == "rejected":
@@ -199,9 +202,11 @@ class SqlRegistry:
             raise StaleAliasError(f"{name}@{alias} points at {_v(actual)}, not {_v(expected)} as expected; "
                                   "someone moved it meanwhile: re-read it and decide again",
                                   expected=expected, actual=actual)
-        self._q(conn, """INSERT INTO aliases (name, alias, version, updated_at) VALUES (:n, :a, :v, :t)
-                ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at""",
-                n=name, a=alias, v=version, t=now)
+        stored = None if rollout is None else json.dumps({"mode": rollout.mode, "share": rollout.share})
+        self._q(conn, """INSERT INTO aliases (name, alias, version, updated_at, rollout) VALUES (:n, :a, :v, :t, :r)
+                ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version,
+                updated_at = excluded.updated_at, rollout = excluded.rollout""",
+                n=name, a=alias, v=version, t=now, r=stored)
         self._append(conn, name, action, alias, actual, version, actor, reason, evidence_sha256, now)
         return PromotionEvent(name, alias, actual, version, action, actor, reason)  # type: ignore[arg-type]
 
@@ -271,6 +276,16 @@ class SqlRegistry:
         with self.engine.connect() as conn:
             rows = self._q(conn, "SELECT alias, version FROM aliases WHERE name = :n ORDER BY alias", n=name).all()
         return {r[0]: int(r[1]) for r in rows}
+
+    def rollout(self, name: str, alias: str = CANARY) -> Rollout | None:
+        """How traffic follows ``alias`` (``canary``), as recorded when it was set; None if the alias
+        is unset or was set without one."""
+        with self.engine.connect() as conn:
+            row = self._q(conn, "SELECT rollout FROM aliases WHERE name = :n AND alias = :a", n=name, a=alias).first()
+        if row is None or row[0] is None:
+            return None
+        stored = json.loads(row[0])
+        return Rollout(stored["mode"], float(stored["share"]))
 
     def history(self, name: str) -> list[HistoryEntry]:
         with self.engine.connect() as conn:

@@ -40,8 +40,9 @@ class BuiltinServingOptions(BaseModel):
     max_connections: int = Field(default=512, ge=1, description="concurrent connections; more get 503")
     token: SecretStr | None = Field(default=None, description="bearer token clients must send (secret); "
                                                               "default: $LOOPML_SERVE_TOKEN, else none")
-    canary_weight: float | None = Field(default=None, ge=0, le=1, description="`loopml serve`: share of traffic "
-                                        "for the version under alias 'canary'; default: [pipeline.rollout]")
+    canary_weight: float | None = Field(default=None, ge=0, lt=1, description="`loopml serve`: share of traffic "
+                                        "for the version under alias 'canary', overriding the share recorded "
+                                        "with the alias in the registry (0: none); default: the recorded one")
     poll_seconds: float = Field(default=2.0, gt=0, description="`loopml serve`: how often the registry is read")
     log_to_store: bool = Field(default=False, description="upload closed prediction-log segments to the "
                                                           "artifact store; monitors then read the log and keep "

@@ -4,8 +4,9 @@ The server (:mod:`loopml.serving.app`) answers from an immutable routing table. 
 registry every ``poll_seconds``: when the alias (``production``) moves, by promotion or rollback,
 it downloads and verifies the new version's artifact, loads it next to the old one, moves all
 traffic to it in one assignment, then drops the old one. Requests in flight finish on the version
-they started with, so none fails during a swap. A version under the alias ``canary`` (when
-``canary_weight`` > 0) gets that share of traffic. SIGTERM/SIGINT stop accepting connections, let
+they started with, so none fails during a swap. A version under the alias ``canary`` gets what
+the rollout recorded with that alias says (a share of traffic, or a shadow copy of every request),
+so every replica routes alike. SIGTERM/SIGINT stop accepting connections, let
 requests in flight finish, then flush the prediction log.
 """
 
@@ -26,7 +27,8 @@ from loopml.serving.app import build_app
 from loopml.serving.artifact_cache import artifact_file
 from loopml.serving.builtin import BuiltinServingOptions
 from loopml.serving.core import ServingCore
-from loopml.serving.reconcile import policy_of, reconcile, routing_for
+from loopml.records import Rollout
+from loopml.serving.reconcile import reconcile, rollout_of, routing_for
 from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
 
 if TYPE_CHECKING:
@@ -44,15 +46,17 @@ class RegistryFollower:
     core: ServingCore
     model: str
     alias: str = "production"
-    canary_weight: float = 0.0
+    canary_weight: float | None = None  # overrides the share the registry recorded (0: no canary traffic)
     poll_seconds: float = 2.0
-    mode: str = "canary"  # canary | shadow | direct, from [pipeline.rollout]
     swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
 
     def desired(self) -> tuple[dict[int, float], int | None]:
-        """(traffic weights, shadow version) the aliases call for (:func:`~loopml.serving.reconcile.routing_for`)."""
-        return routing_for(self.ws.registry.aliases(self.model), main_alias=self.alias, mode=self.mode,
-                           canary_weight=self.canary_weight)
+        """(traffic weights, shadow version) the aliases and the canary's recorded rollout call for
+        (:func:`~loopml.serving.reconcile.routing_for`)."""
+        rollout: Rollout | None = rollout_of(self.ws, self.model)
+        if self.canary_weight is not None and rollout is not None and rollout.mode == "canary":
+            rollout = Rollout("canary", self.canary_weight) if self.canary_weight > 0 else None
+        return routing_for(self.ws.registry.aliases(self.model), rollout, main_alias=self.alias)
 
     def sync(self) -> bool:
         """One pass of :func:`loopml.serving.reconcile.reconcile`: load what the aliases name, route to it,
@@ -134,10 +138,12 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
         view = ws.config.pipeline.features.view
         core.feature_lookup = lambda ids: ws.feature_store.online_features(view, ids)
 
-    policy = policy_of(ws)
     if canary_weight is None:
-        canary_weight = options.canary_weight if options.canary_weight is not None else policy.canary_weight
-    follower = RegistryFollower(ws, core, name, alias, canary_weight=canary_weight, mode=policy.mode,
+        canary_weight = options.canary_weight
+    if canary_weight is not None and not 0 <= canary_weight < 1:
+        raise ConfigError(f"canary weight {canary_weight}: give a share from 0 (no canary traffic) up to, "
+                          "not including, 1")
+    follower = RegistryFollower(ws, core, name, alias, canary_weight=canary_weight,
                                 poll_seconds=options.poll_seconds if poll_seconds is None else poll_seconds)
     follower.sync()  # load before accepting: the first request already finds the model
     tasks: list[asyncio.Task[None]] = []

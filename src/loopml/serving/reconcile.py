@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from loopml.config import RolloutConfig
+from loopml.records import Rollout
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -22,22 +23,33 @@ CANARY = "canary"
 PRODUCTION = "production"
 
 
-def routing_for(aliases: Mapping[str, int], *, main_alias: str = PRODUCTION, mode: str = "canary",
-                canary_weight: float = 0.1) -> tuple[dict[int, float], int | None]:
+def routing_for(aliases: Mapping[str, int], rollout: Rollout | None = None, *,
+                main_alias: str = PRODUCTION) -> tuple[dict[int, float], int | None]:
     """(traffic weights, shadow version) the aliases call for. The version under ``canary`` (when it
-    differs from ``main_alias``) gets ``canary_weight`` of traffic, or in shadow mode a copy of
-    every request. Every server that follows the registry routes by this one rule."""
+    differs from ``main_alias``) gets ``rollout.share`` of traffic, or in shadow mode a copy of every
+    request; with no rollout it gets nothing. Every server that follows the registry routes by this
+    one rule."""
     main = aliases.get(main_alias)
     if main is None:
         return {}, None
     cand = aliases.get(CANARY)
-    if cand is None or cand == main:
+    if cand is None or cand == main or rollout is None:
         return {main: 1.0}, None
-    if mode == "shadow":
+    if rollout.mode == "shadow":
         return {main: 1.0}, cand
-    if mode == "canary" and canary_weight > 0:
-        return {main: 1.0 - canary_weight, cand: canary_weight}, None
-    return {main: 1.0}, None
+    return {main: 1.0 - rollout.share, cand: rollout.share}, None
+
+
+def policy_rollout(policy: RolloutConfig) -> Rollout:
+    """The rollout a new canary gets from the project's policy (``direct`` promotes without a
+    canary; a ``canary`` alias set by hand then takes ``canary_weight`` of traffic)."""
+    return Rollout("shadow" if policy.mode == "shadow" else "canary", policy.canary_weight)
+
+
+def rollout_of(ws: Workspace, name: str) -> Rollout:
+    """How traffic follows ``name``'s canary: as the registry recorded it when the alias was set
+    (every replica reads the same), else (an alias set before rollouts were recorded) the policy."""
+    return ws.registry.rollout(name, CANARY) or policy_rollout(policy_of(ws))
 
 
 def policy_of(ws: Workspace) -> RolloutConfig:
@@ -61,13 +73,9 @@ class Routable(Protocol):
         """Unload ``version``; it takes no traffic any more."""
 
 
-def desired_routing(ws: Workspace, name: str, *, main_alias: str = PRODUCTION,
-                    canary_weight: float | None = None) -> tuple[dict[int, float], int | None]:
-    """(traffic weights, shadow version) the registry's aliases call for, with the project's
-    rollout policy (``canary_weight`` overrides its share)."""
-    policy = policy_of(ws)
-    weight = policy.canary_weight if canary_weight is None else canary_weight
-    return routing_for(ws.registry.aliases(name), main_alias=main_alias, mode=policy.mode, canary_weight=weight)
+def desired_routing(ws: Workspace, name: str, *, main_alias: str = PRODUCTION) -> tuple[dict[int, float], int | None]:
+    """(traffic weights, shadow version) the registry's aliases and recorded rollout call for."""
+    return routing_for(ws.registry.aliases(name), rollout_of(ws, name), main_alias=main_alias)
 
 
 def reconcile(target: Routable, weights: Mapping[int, float], shadow: int | None) -> bool:

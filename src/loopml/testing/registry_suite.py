@@ -13,6 +13,7 @@ from loopml.errors import (
     RegistryError,
     StaleAliasError,
 )
+from loopml.records import Rollout
 
 
 class RegistrySuite:
@@ -91,6 +92,21 @@ class RegistrySuite:
         back = registry.rollback("churn", "production", expected=2, actor="oncall", reason="bad")
         assert registry.aliases("churn") == {"production": 1}  # v3 was judged against v2: it goes too
         assert [(c.alias, c.from_version) for c in back.cleared] == [("canary", 3)]
+
+    def test_the_rollout_travels_with_the_canary_alias(self, registry: Any) -> None:
+        for _ in range(3):
+            self._register(registry)
+        registry.set_alias("churn", "production", 1, expected=None, actor="a", reason="r")
+        assert registry.rollout("churn") is None  # no canary: nothing to follow
+        registry.set_alias("churn", "canary", 2, expected=None, actor="a", reason="shadow",
+                           rollout=Rollout("shadow", 0.1))
+        assert registry.rollout("churn") == Rollout("shadow", 0.1)  # every replica reads this
+        registry.set_alias("churn", "canary", 3, expected=2, actor="a", reason="canary",
+                           rollout=Rollout("canary", 0.25))
+        assert registry.rollout("churn") == Rollout("canary", 0.25)  # replaced with the alias
+        assert registry.rollout("churn", "production") is None
+        registry.clear_alias("churn", "canary", expected=3, actor="judge", reason="rejected")
+        assert registry.rollout("churn") is None  # gone with the alias
 
     def test_rollback_returns_to_the_previous_version(self, registry: Any) -> None:
         for _ in range(2):
