@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from loopml.artifacts import Predictor
 from loopml.errors import ConfigError, ModelNotFoundError
 from loopml.predlog import PredictionLogWriter
+from loopml.records import Rollout
 from loopml.serving.app import build_app
 from loopml.serving.artifact_cache import artifact_file
 from loopml.serving.builtin import BuiltinServingOptions
 from loopml.serving.core import ServingCore
-from loopml.records import Rollout
 from loopml.serving.reconcile import reconcile, rollout_of, routing_for
 from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
 
