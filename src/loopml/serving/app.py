@@ -30,6 +30,8 @@ import hmac
 import itertools
 import json
 import logging
+import re
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,9 +39,17 @@ from typing import Any
 from loopml import __version__
 from loopml.serving.core import ServingCore
 from loopml.serving.oip import oip_model_metadata, oip_outputs, oip_rows
-from loopml.serving.requests import DRAIN_LIMIT, REQUEST_ID_PATTERN, RequestError, ServerLimits, parse_json
+from loopml.serving.requests import (
+    DRAIN_LIMIT,
+    REQUEST_ID_PATTERN,
+    VERSION_PATTERN,
+    RequestError,
+    ServerLimits,
+    parse_json,
+)
 
 log = logging.getLogger(__name__)
+CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 
 
 async def read_body(request: Any, limits: ServerLimits) -> bytes:
@@ -49,7 +59,7 @@ async def read_body(request: Any, limits: ServerLimits) -> bytes:
     if raw_length is None and not chunked:
         raise RequestError(411, "Content-Length header is required")
     if raw_length is not None:
-        if not raw_length.isdigit():
+        if not CONTENT_LENGTH.fullmatch(raw_length):
             raise RequestError(400, f"Content-Length {raw_length[:20]!r} is not a non-negative integer")
         if int(raw_length) > limits.max_body_bytes:
             # Decided from the header, before reading. What the client is already sending is
@@ -134,7 +144,7 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
             finally:
                 if scoring:
                     core.active -= 1
-            core.count_request(route, response.status_code)
+            core.count_request(route, response.status_code, response.headers.get("x-model-version", ""))
             return response
 
         return endpoint
@@ -166,7 +176,7 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
         raw = request.path_params.get("version")
         if raw is None:
             return None
-        if not raw.isdigit() or int(raw) not in core.routing.predictors:
+        if not VERSION_PATTERN.fullmatch(raw) or int(raw) not in core.routing.predictors:
             raise RequestError(404, f"version {raw[:20]!r} of {name!r} is not served; "
                                     f"served: {sorted(core.routing.predictors)}")
         return int(raw)
@@ -266,4 +276,29 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
                 if asyncio.iscoroutine(result):
                     await result
 
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    return timed(app, core)
+
+
+def timed(app: Any, core: ServingCore) -> Any:
+    """The app, timing each answered prediction from its first byte in (the protocol stamps it) to
+    its last byte out: reading, parsing, checks, scoring and writing, by the version that answered."""
+
+    async def timed_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = scope.get("loopml.started") or time.perf_counter()
+        version = ""
+
+        async def send_timed(message: Any) -> None:
+            nonlocal version
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                version = next((v.decode() for k, v in message.get("headers", ()) if k == b"x-model-version"), "")
+            await send(message)
+            if version and message["type"] == "http.response.body" and not message.get("more_body", False):
+                core.observe_request(version, time.perf_counter() - started)
+
+        await app(scope, receive, send_timed)
+
+    return timed_app

@@ -16,7 +16,7 @@ from loopml import prediction_records
 from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
 from loopml.serving.metrics import ServerMetrics
-from loopml.serving.requests import RequestError, ServerLimits, short, validate_rows
+from loopml.serving.requests import INT64, RequestError, ServerLimits, short, validate_rows
 from loopml.serving.routing import Routing
 
 
@@ -43,7 +43,8 @@ class ServingCore:
         self.requests_served = 0
         self._rng = random.Random(0)
         self._children: dict[int, tuple[Any, Any, Any]] = {}
-        self._request_children: dict[tuple[str, int], Any] = {}
+        self._request_children: dict[tuple[str, int, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         self._dropped = self.metrics.log_dropped.labels(model_name)
         self._inflight = 0
         self.active = 0  # prediction requests received and not yet answered (batching decisions)
@@ -105,12 +106,20 @@ class ServingCore:
         state = self.server_state
         return len(state.tasks) if state is not None else self.active
 
-    def count_request(self, route: str, status: int) -> None:
-        child = self._request_children.get((route, status))
+    def count_request(self, route: str, status: int, version: str = "") -> None:
+        key = (route, status, version)
+        child = self._request_children.get(key)
         if child is None:
-            child = self.metrics.requests.labels(self.model_name, route, str(status))
-            self._request_children[(route, status)] = child
+            child = self.metrics.requests.labels(self.model_name, route, str(status), version)
+            self._request_children[key] = child
         child.inc()
+
+    def observe_request(self, version: str, seconds: float) -> None:
+        """A prediction answered by ``version``, timed from first byte in to last byte out."""
+        child = self._latency_children.get(version)
+        if child is None:
+            child = self._latency_children[version] = self.metrics.latency.labels(self.model_name, version)
+        child.observe(seconds)
 
     # ------------------------------------------------------------ scoring
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
@@ -183,8 +192,9 @@ class ServingCore:
                                     f"served: {sorted(routing.predictors)}")
         predictor = routing.predictors[version]
         extra = (self.entity,) if self.entity else ()
-        if self.feature_lookup is not None:
-            payload = await asyncio.to_thread(self._fill_online_features, payload, predictor.signature)
+        lookups = self._entity_rows(payload) if self.feature_lookup is not None else []
+        if lookups:  # only rows that carry just the entity id need the online store (off the event loop)
+            payload = await asyncio.to_thread(self._fill_online_features, payload, lookups, predictor.signature)
         rows = validate_rows(payload, predictor.signature, max_rows=self.limits.max_rows, extra_allowed=extra,
                              max_string_chars=self.limits.max_string_chars)
         self._bind_loop()
@@ -243,7 +253,7 @@ class ServingCore:
         m = self.metrics
         children = self._children.get(version)
         if children is None:  # label lookups take a lock: do them once per version
-            children = (m.latency.labels(self.model_name, v), m.rows.labels(self.model_name, v),
+            children = (m.model_latency.labels(self.model_name, v), m.rows.labels(self.model_name, v),
                         m.values.labels(self.model_name, v))
             self._children[version] = children
         latency, counted, values = children
@@ -269,18 +279,32 @@ class ServingCore:
             answer=answer, latency_ms=elapsed * 1000 / len(rows), entity=self.entity, unknown=unknown_per_row))
         self._dropped.set(getattr(self.log_writer, "dropped", 0))
 
-    def _fill_online_features(self, payload: Any, sig: Signature) -> Any:
+    def _entity_rows(self, payload: Any) -> list[int]:
+        """Indices of the rows that carry only the entity id (checked: an id the store can hold)."""
+        if not self.entity or not isinstance(payload, dict) or not isinstance(payload.get("rows"), list):
+            return []
+        rows = payload["rows"]
+        if len(rows) > self.limits.max_rows:
+            return []  # refused by validate_rows, naming the limit
+        by_id = [i for i, r in enumerate(rows) if isinstance(r, dict) and len(r) == 1 and self.entity in r]
+        for i in by_id:
+            value = rows[i][self.entity]
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise RequestError(422, f"rows[{i}].{self.entity}: expected an id (integer or string), "
+                                        f"got {short(value)}")
+            if isinstance(value, int) and not -INT64 <= value < INT64:
+                raise RequestError(422, f"rows[{i}].{self.entity}: {short(value)} is outside the 64-bit "
+                                        "integer range of ids")
+            if isinstance(value, str) and not 0 < len(value) <= self.limits.max_string_chars:
+                raise RequestError(422, f"rows[{i}].{self.entity}: an id of 1 to "
+                                        f"{self.limits.max_string_chars} characters is required")
+        return by_id
+
+    def _fill_online_features(self, payload: dict[str, Any], by_id: list[int], sig: Signature) -> Any:
         """Rows that carry only the entity id get their features from the online store."""
-        if self.feature_lookup is None or not self.entity or not isinstance(payload, dict):
-            return payload
-        rows = payload.get("rows")
-        if not isinstance(rows, list):
-            return payload
+        assert self.feature_lookup is not None
+        rows = payload["rows"]
         wanted = set(sig.features)
-        by_id = [i for i, r in enumerate(rows) if isinstance(r, dict) and set(r) == {self.entity}
-                 and isinstance(r[self.entity], int | str) and not isinstance(r[self.entity], bool)]
-        if not by_id:
-            return payload
         found = self.feature_lookup([rows[i][self.entity] for i in by_id])
         filled = list(rows)
         for i, record in zip(by_id, found.to_dict("records"), strict=True):

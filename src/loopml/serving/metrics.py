@@ -11,11 +11,17 @@ class ServerMetrics:
 
         self.model = model
         self.registry = CollectorRegistry()
-        self.requests = Counter("loopml_requests", "HTTP requests by route and status",
-                                ["model", "route", "status"], registry=self.registry)
-        self.latency = Histogram("loopml_request_latency_seconds", "Time to answer a prediction request",
+        self.requests = Counter("loopml_requests", "HTTP requests by route, status and the version that "
+                                "answered (empty when none did); 'unrouted': answered before any route ran",
+                                ["model", "route", "status", "version"], registry=self.registry)
+        self.latency = Histogram("loopml_request_latency_seconds", "Answered prediction requests, from the "
+                                 "first byte in to the last byte out (read, parse, check, score, write)",
                                  ["model", "version"], registry=self.registry,
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.model_latency = Histogram("loopml_model_latency_seconds", "The model's share of a prediction "
+                                       "request (waiting for its batch and scoring)", ["model", "version"],
+                                       registry=self.registry,
+                                       buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.rows = Counter("loopml_prediction_rows", "Rows scored", ["model", "version"], registry=self.registry)
         self.values = Histogram("loopml_prediction_value", "Predicted score or value (binary, regression)",
                                 ["model", "version"], registry=self.registry,

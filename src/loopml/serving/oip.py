@@ -32,6 +32,9 @@ def oip_rows(body: Any, sig: Signature, max_rows: int) -> tuple[list[dict[str, A
         if math.prod(shape) != len(data) or (len(shape) > 1 and any(s != 1 for s in shape[1:])):
             raise RequestError(422, f"inputs[{i}] ({name}): shape {shape} does not fit {len(data)} values; "
                                     "use [n] or [n, 1]")
+        if not isinstance(dtype, str):
+            raise RequestError(422, f"inputs[{i}] ({name}).datatype must be a string such as "
+                                    f"{'FP32' if name in sig.numeric else 'BYTES'}, got {short(dtype)}")
         wants_number = name in sig.numeric
         if wants_number and dtype not in _OIP_NUMERIC:
             raise RequestError(422, f"inputs[{i}] ({name}).datatype {short(dtype)}: a numeric type is required")

@@ -16,6 +16,8 @@ from loopml.artifacts import Signature
 FLOAT32_MAX = 3.4028234663852886e38
 DRAIN_LIMIT = 16 << 20
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+VERSION_PATTERN = re.compile(r"[0-9]{1,9}")  # ASCII only: isdigit() takes "²" too
+INT64 = 1 << 63
 _STRIP_STRINGS = re.compile(rb'"(?:\\.|[^"\\])*"')
 _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\x02\x02")
 
@@ -40,6 +42,9 @@ class ServerLimits:
     body_timeout: float = 10.0
     keep_alive_timeout: float = 5.0
     max_connections: int = 512
+    max_headers: int = 100
+    max_header_bytes: int = 32 << 10
+    max_url_bytes: int = 8 << 10
     token: str | None = field(default=None, repr=False)
 
 
