@@ -277,6 +277,7 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
                     await result
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.router.redirect_slashes = False  # an API answers /predict/ with a 404 naming the routes, not a 307
     return timed(app, core)
 
 

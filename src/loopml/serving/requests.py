@@ -107,6 +107,8 @@ def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed:
                 raise RequestError(422, f"rows[{i}].{name}: expected a string, got {short(value)}")
             if len(value) > max_string_chars:
                 raise RequestError(422, f"rows[{i}].{name}: {len(value)} characters; at most {max_string_chars}")
+            if not value.isascii() and not _is_unicode(value):
+                raise RequestError(422, f"rows[{i}].{name}: not valid Unicode (a lone surrogate escape?)")
         unknown = [k for k in row if k not in allowed]
         if unknown:
             first = str(sorted(unknown)[0])
@@ -119,6 +121,14 @@ def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed:
                                       or len(str(value)) > max_string_chars):
                 raise RequestError(422, f"rows[{i}].{name}: expected an id (integer or short string)")
     return rows
+
+
+def _is_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def short(value: Any, limit: int = 40) -> str:

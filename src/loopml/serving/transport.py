@@ -78,9 +78,14 @@ def guarded_protocol(limits: ServerLimits, core: ServingCore | None = None) -> t
             self.loop.call_later(min(limits.body_timeout, 2.0), self.transport.close)
 
         def _refuse(self, status: str, message: str) -> None:
-            """Answer a request the server will not process; requests before it are answered first."""
-            in_flight = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
-            if in_flight:
+            """Answer a request the server will not process; requests before it are answered first.
+            An error inside the body of the request being read is that request's: answered now."""
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body and not cycle.response_complete and not self.pipeline:
+                cycle.disconnected = True  # its handler sees the client gone; what it answers is dropped
+                cycle.message_event.set()
+                self._answer_and_close(status, message)
+            elif self.pipeline or (cycle is not None and not cycle.response_complete):
                 self._deferred = (status, message)
                 self._disarm()
                 self.flow.pause_reading()
