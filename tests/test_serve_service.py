@@ -93,26 +93,78 @@ def test_promotion_and_rollback_reach_a_running_server_with_no_failed_request(pr
     assert sum(c.failed for c in clients) == 0, [c.errors[:2] for c in clients]
 
 
-def test_sigterm_drains_a_request_in_flight(served) -> None:
-    url, proc, _ = served
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"rows": [GOOD]}).encode()
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-    time.sleep(0.5)  # the request is in flight: headers read, body incomplete
-    os.killpg(proc.pid, signal.SIGTERM)
-    time.sleep(0.5)
-    sock.sendall(body[10:])
+def http_exchange(sock: socket.socket, raw: bytes) -> bytes:
+    """Send one request on an open connection, read its whole answer (headers and JSON body)."""
+    sock.sendall(raw)
     answer = b""
     while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
         chunk = sock.recv(65536)
         if not chunk:
             break
         answer += chunk
-    sock.close()
+    return answer
+
+
+def test_sigterm_drains_keep_alive_clients_and_requests_in_flight(served) -> None:
+    """SIGTERM: a request in flight finishes; for the drain period every answer says
+    ``Connection: close`` (a keep-alive client is told, not reset) and readiness is 503; then the
+    server exits."""
+    url, proc, _ = served
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"rows": [GOOD]}).encode()
+    raw = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    keep_alive = socket.create_connection((host, int(port)), timeout=30)
+    first = http_exchange(keep_alive, raw)
+    assert first.startswith(b"HTTP/1.1 200") and b"connection: close" not in first.lower()
+    in_flight = socket.create_connection((host, int(port)), timeout=30)
+    in_flight.sendall(raw[:-len(body) + 10])
+    time.sleep(0.5)  # the request is in flight: headers read, body incomplete
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    in_flight.sendall(body[10:])
+    answer = http_exchange(in_flight, b"")
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    again = http_exchange(keep_alive, raw)  # the same keep-alive connection, while draining
+    assert again.startswith(b"HTTP/1.1 200") and b"connection: close" in again.lower(), again[:300]
+    assert keep_alive.recv(1) == b""  # then closed by the server, cleanly
+    probe = socket.create_connection((host, int(port)), timeout=30)
+    ready = http_exchange(probe, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert ready.startswith(b"HTTP/1.1 503") and b'"draining":true' in ready, ready[:300]
+    for sock in (keep_alive, in_flight, probe):
+        sock.close()
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after draining
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["nosuch@production", "--port", "0"], {}, "registered models: churn"),
+    (["churn@staging", "--port", "0"], {}, "churn has versions, none under 'staging'"),
+    (["churn@production", "--port", "0"], {"LOOPML_SERVE_TOKEN": ""}, "LOOPML_SERVE_TOKEN is set but empty"),
+    (["churn@production", "--port", "0", "--host", "0.0.0.0"], {}, "--insecure"),
+], ids=["unknown model", "unset alias", "empty token", "exposed without a token"])
+def test_serve_refuses_what_it_cannot_serve_safely_with_exit_2(project: Path, args, env, says) -> None:
+    """Before: an unknown model waited forever, an empty token silently meant no authentication,
+    0.0.0.0 without a token was a warning."""
+    clean = {k: v for k, v in os.environ.items() if k != "LOOPML_SERVE_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "loopml.cli", "serve", *args, "--config", str(project)],
+                            capture_output=True, text=True, timeout=120, env={**clean, **env})
+    assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
+    assert says in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_serve_defaults_to_port_8080_and_opens_beyond_loopback_only_when_asked(project: Path) -> None:
+    from loopml.serving.follower import build_service
+
+    ws = Workspace.open(project)
+    _, _, sock = build_service(ws, "churn@production")
+    try:
+        assert sock.getsockname()[:2] == ("127.0.0.1", 8080)
+    finally:
+        sock.close()
+    _, _, sock = build_service(ws, "churn@production", host="0.0.0.0", port=0, insecure=True)
+    sock.close()
+    _, _, sock = build_service(ws, "churn@production", host="0.0.0.0", port=0, token="s3cret")
+    sock.close()
 
 
 def test_open_inference_protocol_with_tritons_http_client(served) -> None:

@@ -260,11 +260,17 @@ def test_bearer_token_is_required_and_never_echoed(predictor, caplog, capfd) -> 
 
 
 @pytest.mark.server
-def test_binding_beyond_loopback_warns(predictor, caplog) -> None:
+def test_binding_beyond_loopback_needs_a_token_or_an_explicit_opt_out(predictor, caplog) -> None:
+    from loopml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--insecure"):
+        ModelServer("churn", host="0.0.0.0")
     with caplog.at_level(logging.WARNING, logger="loopml.serving"):
-        srv = ModelServer("churn", host="0.0.0.0").start()
+        srv = ModelServer("churn", host="0.0.0.0", insecure=True).start()
         srv.stop()
-    assert "reachable from other machines" in caplog.text
+    assert "WITHOUT a token" in caplog.text
+    srv = ModelServer("churn", host="0.0.0.0", limits=ServerLimits(token="t0ken")).start()
+    srv.stop()
 
 
 @pytest.mark.server

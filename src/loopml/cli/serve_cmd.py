@@ -19,10 +19,15 @@ from loopml.cli.common import (
 def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. churn@production.")],
           host: Annotated[str | None, typer.Option(help="Bind address (default [serving.options] host, "
                                                         "127.0.0.1).")] = None,
-          port: Annotated[int | None, typer.Option(help="Port (default [serving.options] port; 0: free).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (default [serving.options] port, else 8080; "
+                                                        "0: a free one).")] = None,
           canary_weight: Annotated[float | None, typer.Option(help="Share for the version under alias "
                                                                    "'canary'.")] = None,
           poll_seconds: Annotated[float | None, typer.Option(help="How often to read the registry.")] = None,
+          insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a "
+                                                 "token (something in front must authenticate).")] = False,
+          wait: Annotated[bool, typer.Option("--wait", help="Start even if the alias names no version yet; "
+                                             "serve the first one it gets (default: exit 2).")] = False,
           config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Serve a model alias until stopped, following promotions and rollbacks (POST /predict, OIP v2, /metrics).
 
@@ -31,4 +36,4 @@ def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. 
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     follower.serve(workspace(config, profile), target, host=host, port=port, canary_weight=canary_weight,
-                  poll_seconds=poll_seconds)
+                   poll_seconds=poll_seconds, insecure=insecure, wait=wait)

@@ -145,6 +145,8 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
                 if scoring:
                     core.active -= 1
             core.count_request(route, response.status_code, response.headers.get("x-model-version", ""))
+            if core.draining:
+                response.headers["connection"] = "close"
             return response
 
         return endpoint
@@ -207,15 +209,16 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
 
     async def model_ready(request: Request) -> Response:
         model_version(request)
-        ready = bool(core.routing.predictors)
+        ready = bool(core.routing.predictors) and not core.draining
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        ok = bool(core.routing.predictors)
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        ok = bool(core.routing.predictors) and not core.draining
+        body = {"ready": ok, "draining": True} if core.draining else {"ready": ok}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse({"name": "loopml", "version": __version__, "extensions": []})
@@ -260,7 +263,8 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
         else:
             message = str(exc.detail)
         core.count_request("unrouted", status)
-        return error(status, message, getattr(exc, "headers", None))
+        headers = {**(getattr(exc, "headers", None) or {}), **({"connection": "close"} if core.draining else {})}
+        return error(status, message, headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:

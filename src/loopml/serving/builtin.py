@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from loopml.artifacts import Predictor, Signature
-from loopml.errors import LoopmlError
+from loopml.errors import ConfigError, LoopmlError
 from loopml.records import ModelVersion
 from loopml.serving.requests import ServerLimits, validate_rows
 from loopml.serving.runtime import ModelServer
@@ -30,7 +30,13 @@ MAX_ROWS = 1000
 class BuiltinServingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str = "127.0.0.1"
-    port: int = 0  # 0: any free port
+    port: int | None = Field(default=None, ge=0, le=65535, description="`loopml serve`: default 8080; the "
+                             "loop's in-process server: default 0, a free port")
+    insecure: bool = Field(default=False, description="allow binding beyond loopback without a token (put "
+                                                      "authentication in front of it yourself)")
+    drain_seconds: float = Field(default=5.0, ge=0, description="`loopml serve` on SIGTERM: keep answering "
+                                 "this long, every answer closing its connection and readiness 503, before "
+                                 "shutting down (keep-alive clients are told, not reset)")
     log_dir: Path | None = None  # default: <home>/predictions
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
     max_rows: int = Field(default=MAX_ROWS, ge=1)
@@ -56,10 +62,25 @@ class BuiltinServingOptions(BaseModel):
         return 60.0 if self.log_to_store else 3600.0
 
     def limits(self) -> ServerLimits:
-        token = self.token.get_secret_value() if self.token else os.environ.get("LOOPML_SERVE_TOKEN") or None
+        token = serving_token(self.token)
         return ServerLimits(max_body_bytes=self.max_body_bytes, max_rows=self.max_rows,
                             max_string_chars=self.max_string_chars, header_timeout=self.header_timeout,
                             body_timeout=self.body_timeout, max_connections=self.max_connections, token=token)
+
+
+def serving_token(configured: SecretStr | None) -> str | None:
+    """The bearer token clients must send: ``[serving.options] token``, else $LOOPML_SERVE_TOKEN,
+    else none. A token that is set but empty is an error, never "no authentication"."""
+    if configured is not None:
+        token, source = configured.get_secret_value(), "[serving.options] token"
+    elif "LOOPML_SERVE_TOKEN" in os.environ:
+        token, source = os.environ["LOOPML_SERVE_TOKEN"], "LOOPML_SERVE_TOKEN"
+    else:
+        return None
+    if not token.strip():
+        raise ConfigError(f"{source} is set but empty: give it a token, or unset it to serve without one "
+                          "(loopback only)")
+    return token
 
 
 def post_json(url: str, body: Any, timeout: float = 10.0, token: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -124,7 +145,8 @@ class BuiltinServing:
         predictor = Predictor.from_bytes(Path(artifact_path).read_bytes())
         if self.server is None:
             self.prediction_log_dir.mkdir(parents=True, exist_ok=True)
-            self.server = ModelServer(model.name, host=self.options.host, port=self.options.port,
+            self.server = ModelServer(model.name, host=self.options.host, port=self.options.port or 0,
+                                      insecure=self.options.insecure,
                                       log_dir=self.prediction_log_dir, entity=model.lineage.get("entity"),
                                       limits=self.options.limits(), log_sink=self.log_sink,
                                       segment_seconds=self.options.segment_seconds()).start()

@@ -48,6 +48,7 @@ class ServingCore:
         self._dropped = self.metrics.log_dropped.labels(model_name)
         self._inflight = 0
         self.active = 0  # prediction requests received and not yet answered (batching decisions)
+        self.draining = False  # shutting down: answers close their connection, readiness is 503
         self.server_state: Any = None  # uvicorn's, set by the protocol: its request tasks tell concurrency
         self._queue: asyncio.Queue[_Pending] | None = None
         self._batcher: asyncio.Task[None] | None = None

@@ -29,7 +29,7 @@ from loopml.serving.artifact_cache import artifact_file
 from loopml.serving.builtin import BuiltinServingOptions
 from loopml.serving.core import ServingCore
 from loopml.serving.reconcile import reconcile, rollout_of, routing_for
-from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
+from loopml.serving.transport import bind, check_exposure, draining_server, uvicorn_config
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -110,29 +110,43 @@ def parse_target(target: str) -> tuple[str, str]:
     return name, alias or "production"
 
 
+DEFAULT_PORT = 8080
+
+
 def build_service(ws: Workspace, target: str, *, host: str | None = None, port: int | None = None,
                   token: str | None = None, canary_weight: float | None = None,
-                  poll_seconds: float | None = None) -> tuple[Any, RegistryFollower, Any]:
-    """(uvicorn server, follower, bound socket) for ``target``, defaults from ``[serving.options]``."""
-    import uvicorn
+                  poll_seconds: float | None = None, insecure: bool = False,
+                  wait: bool = False) -> tuple[Any, RegistryFollower, Any]:
+    """(uvicorn server, follower, bound socket) for ``target``, defaults from ``[serving.options]``.
 
+    A model or alias that does not exist is an error (``wait``: start anyway, serve the first
+    version that gets the alias), as are an empty token and a non-loopback bind without a token
+    (unless ``insecure``)."""
     name, alias = parse_target(target)
     options = ws.selected["serving"].options  # type: ignore[union-attr]
     if not isinstance(options, BuiltinServingOptions):
         options = BuiltinServingOptions()
     limits = options.limits()
-    if token:
+    if token is not None:
+        if not token.strip():
+            raise ConfigError("the token is empty: give one, or none to serve without one (loopback only)")
         limits = dataclasses.replace(limits, token=token)
     host = host or options.host
-    warn_if_exposed(host)
+    check_exposure(host, limits.token, insecure=insecure or options.insecure)
     log_dir = ws.context.resolve(options.log_dir, "predictions")
     writer = PredictionLogWriter(log_dir, name, sink=ws.store if options.log_to_store else None, threaded=False,
                                  segment_seconds=options.segment_seconds())
     entity = None
     try:
         entity = ws.registry.get(name, alias=alias).lineage.get("entity")
-    except ModelNotFoundError:
-        log.warning("%s has no version under alias %r yet; the server waits for one", name, alias)
+    except ModelNotFoundError as exc:
+        known = sorted({v.name for v in ws.registry.list_versions()})
+        if not wait:
+            where = (f"{name} has versions, none under {alias!r}: see `loopml models list {name}`" if name in known
+                     else f"registered models: {', '.join(known) or 'none yet'}")
+            raise ModelNotFoundError(f"nothing to serve for {target}: {exc} ({where}); pass --wait to start "
+                                     f"anyway and serve the first version that gets alias {alias!r}") from None
+        log.warning("%s has no version under alias %r yet; the server waits for one (--wait)", name, alias)
     core = ServingCore(name, entity=entity, limits=limits, log_writer=writer)
     if ws.config.pipeline is not None and entity:
         view = ws.config.pipeline.features.view
@@ -157,8 +171,8 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
         writer.close()
 
     app = build_app(core, on_startup=[start_following], on_shutdown=[stop])
-    sock = bind(host, options.port if port is None else port)
-    server = uvicorn.Server(uvicorn_config(app, limits, core))
+    sock = bind(host, port if port is not None else options.port if options.port is not None else DEFAULT_PORT)
+    server = draining_server(uvicorn_config(app, limits, core), core, options.drain_seconds)
     return server, follower, sock
 
 

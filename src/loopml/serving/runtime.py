@@ -15,7 +15,7 @@ from loopml.serving.app import build_app
 from loopml.serving.core import ServingCore
 from loopml.serving.requests import ServerLimits
 from loopml.serving.routing import Routing
-from loopml.serving.transport import bind, uvicorn_config, warn_if_exposed
+from loopml.serving.transport import bind, check_exposure, uvicorn_config
 
 
 class ModelServer:
@@ -23,10 +23,10 @@ class ModelServer:
 
     def __init__(self, model_name: str, *, host: str = "127.0.0.1", port: int = 0, log_dir: Path | None = None,
                  entity: str | None = None, limits: ServerLimits | None = None, log_sink: Any = None,
-                 segment_seconds: float = 3600.0) -> None:
+                 segment_seconds: float = 3600.0, insecure: bool = False) -> None:
         import uvicorn
 
-        warn_if_exposed(host)
+        check_exposure(host, (limits or ServerLimits()).token, insecure=insecure)
         writer = (PredictionLogWriter(log_dir, model_name, sink=log_sink, threaded=False,
                                       segment_seconds=segment_seconds) if log_dir is not None else None)
         self.core = ServingCore(model_name, entity=entity, limits=limits, log_writer=writer)

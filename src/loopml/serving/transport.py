@@ -10,6 +10,7 @@ import socket
 import time
 from typing import Any
 
+from loopml.errors import ConfigError
 from loopml.serving.core import ServingCore
 from loopml.serving.requests import ServerLimits
 
@@ -211,6 +212,32 @@ def uvicorn_config(app: Any, limits: ServerLimits, core: ServingCore | None = No
                           **kwargs)
 
 
+def draining_server(config: Any, core: ServingCore, drain_seconds: float) -> Any:
+    """A uvicorn server that, on the first SIGTERM/SIGINT, drains before it stops: for
+    ``drain_seconds`` it keeps answering, every answer saying ``Connection: close`` and readiness
+    saying 503, so load balancers take it out and keep-alive clients move on without a reset; then
+    the usual graceful shutdown (requests in flight finish). A second signal stops at once."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        drain_deadline: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if drain_seconds > 0 and self.drain_deadline is None:
+                core.draining = True
+                self.drain_deadline = time.monotonic() + drain_seconds
+                log.warning("draining for %g s before shutting down (readiness now 503)", drain_seconds)
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: a free one), so the URL is known before the server starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -225,7 +252,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def warn_if_exposed(host: str) -> None:
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
-        log.warning("binding %s: the server is reachable from other machines; set a token "
-                    "(LOOPML_SERVE_TOKEN) and put TLS in front of it", host)
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_exposure(host: str, token: str | None, *, insecure: bool = False) -> None:
+    """A server reachable from other machines needs a token, unless the operator opts out."""
+    if is_loopback(host):
+        return
+    if token is None and not insecure:
+        raise ConfigError(f"binding {host} without a token would let anyone on the network use the model: "
+                          "set LOOPML_SERVE_TOKEN (or [serving.options] token), or pass --insecure "
+                          "([serving.options] insecure = true) if something in front authenticates")
+    log.warning("binding %s: the server is reachable from other machines%s; put TLS in front of it", host,
+                " WITHOUT a token (--insecure)" if token is None else "")
