@@ -1,6 +1,9 @@
 # loopml serve as a container. No Docker engine runs on loopml's CI machines: the tests validate
 # this file's structure and the Kubernetes manifests offline; build it where Docker runs:
-#   docker build -t loopml:0.1.0 . && docker run -p 8080:8080 -v $PWD/my-project:/project loopml:0.1.0 churn@production
+#   docker build -t loopml:0.1.0 .
+#   docker run -p 8080:8080 -e LOOPML_SERVE_TOKEN=<token> -v $PWD/my-project:/project loopml:0.1.0 churn@production
+# The container binds 0.0.0.0, so a token is required (or --insecure); the mounted project folder
+# must be writable by uid 10001 (its .loopml/ home), e.g. `chown -R 10001 my-project/.loopml`.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -19,5 +22,5 @@ WORKDIR /project
 ENV PATH=/opt/loopml/bin:$PATH PYTHONUNBUFFERED=1
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2)" || exit 1
-ENTRYPOINT ["loopml", "serve"]
-CMD ["churn@production", "--host", "0.0.0.0", "--port", "8080"]
+ENTRYPOINT ["loopml", "serve", "--host", "0.0.0.0"]
+CMD ["churn@production"]

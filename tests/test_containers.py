@@ -53,7 +53,7 @@ def test_kserve_mlflow_variant_points_at_loopmls_export_layout() -> None:
 def test_dockerfile_entrypoint_is_loopml_serve_as_a_non_root_user() -> None:
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    assert 'ENTRYPOINT ["loopml", "serve"]' in lines
+    assert 'ENTRYPOINT ["loopml", "serve", "--host", "0.0.0.0"]' in lines  # port: the default, 8080
     assert any(line.startswith("USER ") and line != "USER root" for line in lines)
     assert any('"torch==2.13.0"' in line for line in lines)
     assert any(line.startswith("EXPOSE 8080") for line in lines)

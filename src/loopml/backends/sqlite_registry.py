@@ -8,12 +8,14 @@ with ``BEGIN IMMEDIATE``, so one writer at a time holds the file and the others 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from loopml.backends.sql_registry import SqlRegistry
+from loopml.errors import RegistryError
 
 
 class SqliteRegistryOptions(BaseModel):
@@ -26,10 +28,22 @@ class SqliteRegistry(SqlRegistry):
     """Model registry over SQLite (WAL mode, immediate write transactions)."""
 
     def __init__(self, path: Path | str, *, timeout: float = 30.0) -> None:
+        from sqlalchemy.exc import OperationalError
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        super().__init__(sqlite_engine(self.path, timeout))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            super().__init__(sqlite_engine(self.path, timeout))
+        except (OperationalError, PermissionError) as exc:
+            if self.path.parent.is_dir() and os.access(self.path.parent, os.W_OK) and \
+                    (not self.path.exists() or os.access(self.path, os.W_OK)):
+                raise
+            raise RegistryError(f"cannot open the registry {self.path}: {self.path.parent} is not writable by "
+                                f"uid {os.getuid()} (SQLite writes the file and its journal there); make the "
+                                "folder writable for this user (e.g. chown it to uid 10001 for loopml's image), "
+                                "mount a writable volume there, or use a shared registry "
+                                "([registry] backend = \"postgres\")") from None
 
 
 def sqlite_engine(path: Path, timeout: float) -> Any:

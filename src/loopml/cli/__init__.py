@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     except LoopmlError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
+    except PermissionError as exc:  # a folder or file this user may not write: say which, not a traceback
+        err.print(Text.assemble(("error: ", "bold red"), f"permission denied: {exc.filename or exc} (running as "
+                                f"uid {os.getuid()}): make it writable for this user or mount a writable volume "
+                                "there"), soft_wrap=True)
+        return 2
     except typer.Abort:
         err.print("aborted")
         return 130

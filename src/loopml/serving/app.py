@@ -282,19 +282,27 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.router.redirect_slashes = False  # an API answers /predict/ with a 404 naming the routes, not a 307
-    return timed(app, core)
+    return TimedApp(app, core)
 
 
-def timed(app: Any, core: ServingCore) -> Any:
+class TimedApp:
     """The app, timing each answered prediction from its first byte in (the protocol stamps it) to
     its last byte out: reading, parsing, checks, scoring and writing, by the version that answered."""
 
-    async def timed_app(scope: Any, receive: Any, send: Any) -> None:
+    def __init__(self, app: Any, core: ServingCore) -> None:
+        self.app, self.core = app, core
+
+    @property
+    def routes(self) -> list[Any]:
+        return list(self.app.routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         started = scope.get("loopml.started") or time.perf_counter()
         version = ""
+        core = self.core
 
         async def send_timed(message: Any) -> None:
             nonlocal version
@@ -304,6 +312,4 @@ def timed(app: Any, core: ServingCore) -> Any:
             if version and message["type"] == "http.response.body" and not message.get("more_body", False):
                 core.observe_request(version, time.perf_counter() - started)
 
-        await app(scope, receive, send_timed)
-
-    return timed_app
+        await self.app(scope, receive, send_timed)
