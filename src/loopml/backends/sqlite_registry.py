@@ -35,7 +35,7 @@ class SqliteRegistry(SqlRegistry):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             super().__init__(sqlite_engine(self.path, timeout))
-        except (OperationalError, PermissionError) as exc:
+        except (OperationalError, PermissionError):
             if self.path.parent.is_dir() and os.access(self.path.parent, os.W_OK) and \
                     (not self.path.exists() or os.access(self.path, os.W_OK)):
                 raise
