@@ -9,7 +9,8 @@ ENTRYPOINT followed by the manifest's ``args``. The registry is a real PostgreSQ
 real S3 endpoint (moto_server), as the manifests require of every replica.
 
 Two deviations, both forced by running on a shared host: the image's ``/opt/loopml`` is this
-checkout's virtualenv (on ``PATH`` instead, with the Python it runs on mounted read-only), and ``--port`` is appended with a free port (the
+checkout's virtualenv (on ``PATH`` instead, with the Python it runs on mounted read-only), and
+``--port`` is appended with a free port (the
 manifests use the default, 8080, which another process here may hold).
 """
 

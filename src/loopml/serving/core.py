@@ -27,6 +27,17 @@ class _Pending:
     future: asyncio.Future[np.ndarray]
 
 
+def _refreeze() -> None:
+    """Collect, then freeze what is left. A loaded program is tens of thousands of long-lived
+    objects; freezing them keeps the cyclic GC from rescanning them in full collections (seen as
+    ~100 ms answer stalls). Frozen objects are never collected, so everything is thawed first:
+    the cycles of a version that was dropped are freed instead of held for the process's life
+    (seen as +0.2 MB per hot swap)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ServingCore:
     """What is served and how: routing, batching, logging, metrics. Transport-independent."""
 
@@ -57,10 +68,7 @@ class ServingCore:
 
     # ------------------------------------------------------------ versions and traffic
     def add_version(self, version: int, predictor: Predictor) -> None:
-        # A loaded program is tens of thousands of long-lived objects; freezing them keeps the
-        # cyclic GC from rescanning them in full collections (seen as ~100 ms answer stalls).
-        gc.collect()
-        gc.freeze()
+        _refreeze()
         current = self.routing
         weights = dict(current.weights) if current.weights else {version: 1.0}
         self.routing = Routing({**current.predictors, version: predictor}, weights, current.shadow)
@@ -93,6 +101,7 @@ class ServingCore:
                                {v: w for v, w in current.weights.items() if v != version},
                                None if current.shadow == version else current.shadow)
         self._export_traffic()
+        _refreeze()  # the dropped version's objects were frozen too: thaw them so they can be freed
 
     def _export_traffic(self) -> None:
         total = sum(self.routing.weights.values()) or 1.0
