@@ -25,10 +25,17 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="ap
 
 @needs_promtool
 @pytest.mark.external
-def test_shipped_rules_and_configs_pass_promtool() -> None:
+def test_shipped_rules_and_configs_pass_promtool(tmp_path: Path) -> None:
+    shipped = tmp_path / "prometheus"
+    shutil.copytree(RULES, shipped)
+    # promtool checks that the scrape token file exists: the one the config names, here in tmp_path
+    config = shipped / "prometheus.yml"
+    assert "/etc/prometheus/secrets/loopml-serve-token" in config.read_text()
+    (tmp_path / "token").write_text("t\n")
+    config.write_text(config.read_text().replace("/etc/prometheus/secrets/loopml-serve-token", str(tmp_path / "token")))
     for args in (["check", "rules", "loopml-alerts.yml"], ["test", "rules", "loopml-alerts.test.yml"],
                  ["check", "config", "prometheus.yml"]):
-        out = subprocess.run(["promtool", *args], cwd=RULES, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(["promtool", *args], cwd=shipped, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
     assert "6 rules found" in subprocess.run(["promtool", "check", "rules", "loopml-alerts.yml"], cwd=RULES,
                                              capture_output=True, text=True).stdout

@@ -149,3 +149,81 @@ def test_the_segment_cursor_stays_small_and_knows_late_uploads() -> None:
     back.add(key("2026-11-20", "old-1-1", 0))
     back.forget_before("2026-11-22")
     assert set(back.to_value()["writers"]) == {"predictions/churn/host-1-77"}
+
+
+class FlakyReads:
+    """The store, whose next ``failures`` reads of a log segment fail as S3 does when unreachable."""
+
+    def __init__(self, store, failures: int) -> None:
+        self.store, self.failures = store, failures
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def get(self, key: str) -> bytes:
+        if self.failures and key.startswith("predictions/"):
+            self.failures -= 1
+            raise ConnectionError("S3 read failed (injected)")
+        return self.store.get(key)
+
+
+def upload_rows(store, n: int, tmp_path: Path) -> set[str]:
+    writer = PredictionLogWriter(tmp_path / "log", "churn", sink=store, threaded=False, segment_seconds=0.0)
+    ids = set()
+    for batch in range(4):  # four segments: each tick closes (and uploads) the one it wrote
+        rows = [{"ts": time.time(), "request_id": f"r{batch}-{i}", "version": 1, "inputs": {"x": float(i)},
+                 "output": 0.5} for i in range(n // 4)]
+        writer.write(rows)
+        writer.tick()
+        ids |= {r["request_id"] for r in rows}
+    writer.close()
+    return ids
+
+
+@pytest.mark.parametrize("fails_at", ["read", "drift check", "report", "event"])
+def test_a_monitor_run_that_fails_anywhere_leaves_its_rows_for_the_next(s3, tmp_path, fails_at: str) -> None:
+    """Exactly once: rows count as read only when the run's last step succeeded. Before, the shared
+    cursor moved before the segments were read, and the next monitor read 0 of 400 rows."""
+    from types import SimpleNamespace
+
+    from loopml.stages import monitoring
+    from loopml_s3 import S3ArtifactStore, S3StoreOptions
+
+    store = S3ArtifactStore(S3StoreOptions(uri=f"s3://state/exactly-once-{fails_at.replace(' ', '-')}",
+                                           endpoint_url=s3, region="us-east-1", access_key_id="AKIATEST",
+                                           secret_access_key="x"))
+    sent = upload_rows(store, 400, tmp_path)
+    flaky = SimpleNamespace(store=FlakyReads(store, failures=1 if fails_at == "read" else 0))
+    claim = monitoring.StoreClaim(flaky, "churn")  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError if fails_at == "read" else RuntimeError):
+        records = claim.take()
+        assert {r["request_id"] for r in records} == sent  # read while claimed; then a later step fails
+        try:
+            raise RuntimeError(f"{fails_at} failed (injected)")
+        except RuntimeError:
+            claim.release()
+            raise
+    racing = monitoring.StoreClaim(SimpleNamespace(store=store), "churn")  # type: ignore[arg-type]
+    assert {r["request_id"] for r in racing.take()} == sent  # the next run gets all 400
+    other = monitoring.StoreClaim(SimpleNamespace(store=store), "churn")  # type: ignore[arg-type]
+    assert other.take() == []  # while claimed, nobody else reads them
+    racing.commit()
+    assert monitoring.StoreClaim(SimpleNamespace(store=store), "churn").take() == []  # type: ignore[arg-type]
+
+
+def test_a_claim_whose_monitor_died_expires(s3, tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from loopml.stages import monitoring
+    from loopml_s3 import S3ArtifactStore, S3StoreOptions
+
+    store = S3ArtifactStore(S3StoreOptions(uri="s3://state/expiring-claim", endpoint_url=s3, region="us-east-1",
+                                           access_key_id="AKIATEST", secret_access_key="x"))
+    sent = upload_rows(store, 40, tmp_path)
+    ws = SimpleNamespace(store=store)
+    assert len(monitoring.StoreClaim(ws, "churn").take()) == 40  # type: ignore[arg-type]  # then killed -9
+    assert monitoring.StoreClaim(ws, "churn").take() == []  # type: ignore[arg-type]  # the lease holds
+    monkeypatch.setattr(monitoring, "CLAIM_SECONDS", 0.0)
+    later = monitoring.StoreClaim(ws, "churn")  # type: ignore[arg-type]
+    monkeypatch.setattr(monitoring.time, "time", lambda: time.monotonic() + 1e10)  # far past the lease
+    assert {r["request_id"] for r in later.take()} == sent

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -300,6 +300,7 @@ class SegmentCursor:
 
     writers: dict[str, dict[str, Any]] = field(default_factory=dict)
     others: set[str] = field(default_factory=set)
+    claims: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {"owner", "until"}: being read
 
     @staticmethod
     def _parse(key: str) -> tuple[str, int] | None:
@@ -330,10 +331,34 @@ class SegmentCursor:
     def forget_before(self, day: str) -> None:
         self.writers = {w: st for w, st in self.writers.items() if st["day"] >= day}
         self.others = {k for k in self.others if segment_day(k) >= day}
+        self.claims = {k: c for k, c in self.claims.items() if segment_day(k) >= day}
+
+    # A monitor first claims the segments it will read (a lease: ``until``), and only when its run
+    # succeeded commits them as read; on failure it releases them, and a claim whose owner died
+    # expires. So a failed read, drift check or report leaves the rows for the next run.
+    def claimable(self, key: str, now: float) -> bool:
+        claim = self.claims.get(key)
+        return key not in self and (claim is None or claim["until"] < now)
+
+    def claim(self, keys: Sequence[str], owner: str, until: float) -> None:
+        for key in keys:
+            self.claims[key] = {"owner": owner, "until": until}
+
+    def release(self, keys: Sequence[str], owner: str) -> None:
+        for key in keys:
+            if self.claims.get(key, {}).get("owner") == owner:
+                del self.claims[key]
+
+    def commit(self, keys: Sequence[str], owner: str) -> None:
+        """Mark ``keys`` read (whatever became of the claim: the rows were processed once, here)."""
+        self.release(keys, owner)
+        for key in keys:
+            self.add(key)
 
     def to_value(self) -> dict[str, Any]:
-        return {"writers": self.writers, "others": sorted(self.others)}
+        return {"writers": self.writers, "others": sorted(self.others), "claims": self.claims}
 
     @classmethod
     def from_value(cls, value: Mapping[str, Any]) -> SegmentCursor:
-        return cls({w: dict(st) for w, st in value.get("writers", {}).items()}, set(value.get("others", [])))
+        return cls({w: dict(st) for w, st in value.get("writers", {}).items()}, set(value.get("others", [])),
+                   {k: dict(c) for k, c in value.get("claims", {}).items()})

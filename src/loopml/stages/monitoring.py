@@ -7,7 +7,13 @@ through a compare-and-set cursor in the store, so two monitors never read a segm
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,28 +54,54 @@ class PredictionWindow:
 
 
 def prediction_window(ws: Workspace, model_name: str, since: float | None = None) -> PredictionWindow:
-    """Rows the configured serving backend logged since ``since`` (unix seconds).
+    """Rows the configured serving backend logged since ``since`` (unix seconds); with ``since=None``
+    the rows no monitor has read yet, marked read at once (:func:`claimed_window` marks them only
+    once the caller's work succeeded: use it for a monitor run)."""
+    with claimed_window(ws, model_name, since) as window:
+        return window
 
-    With ``since=None`` the window is everything logged after the previous such call: a cursor of
-    byte offsets per log segment is kept in ``<home>/monitoring/<model>.log-cursor.json``, so a
-    scheduled monitor reads only new rows. A torn last line is left for the next read.
+
+@contextlib.contextmanager
+def claimed_window(ws: Workspace, model_name: str, since: float | None = None) -> Iterator[PredictionWindow]:
+    """The window of a monitor run, read exactly once across runs and machines.
+
+    With ``since=None`` the window is everything logged after what earlier runs consumed. The rows
+    are consumed only when the ``with`` block ends without an error: a failed read, drift check,
+    report or event leaves them for the next run. On local disk the cursor of byte offsets
+    (``<home>/monitoring/<model>.log-cursor.json``) is written at that point; with replicas sharing
+    state through the store, the segments are first *claimed* in the shared cursor (a lease of
+    ``CLAIM_SECONDS``, so two monitors never read the same segment) and committed as read, or
+    released, by compare-and-set. A monitor killed mid-run leaves a claim that expires.
     """
     flushing = ws.ability(ws.serving, LogFlushingServing)
     if flushing is not None:  # an in-process server writes its log from a background thread
         flushing.flush_log()
-    root = Path(ws.serving.prediction_log_dir)
-    cursor_file = ws.context.home / "monitoring" / f"{model_name}.log-cursor.json"
-    if shares_state(ws):
-        records = _records_from_store(ws, model_name, since)
-    elif since is None:
+    if since is not None:
+        if shares_state(ws):
+            records = read_store_segments(ws.store, store_segments(ws.store, model_name), since=since)
+        else:
+            records, _ = read_since(Path(ws.serving.prediction_log_dir), model_name, since=since)
+        yield _window(model_name, records)
+    elif shares_state(ws):
+        claim = StoreClaim(ws, model_name)
+        try:
+            yield _window(model_name, claim.take())
+        except BaseException:
+            claim.release()
+            raise
+        claim.commit()
+    else:
+        cursor_file = ws.context.home / "monitoring" / f"{model_name}.log-cursor.json"
         cursor = LogCursor.from_json(cursor_file.read_text()) if cursor_file.is_file() else LogCursor()
-        records, moved = read_since(root, model_name, cursor)
+        records, moved = read_since(Path(ws.serving.prediction_log_dir), model_name, cursor)
+        yield _window(model_name, records)
         cursor_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cursor_file.with_suffix(".tmp")
         tmp.write_text(moved.to_json())
         tmp.replace(cursor_file)
-    else:
-        records, _ = read_since(root, model_name, since=since)
+
+
+def _window(model_name: str, records: list[dict[str, Any]]) -> PredictionWindow:
     # What clients were answered: not the shadow copies, not the rows a model failed on; and only
     # records with the fields a window needs (a foreign or hand-edited line is skipped, not fatal).
     answered = [r for r in records if not r.get("shadow") and "error" not in r]
@@ -85,31 +117,67 @@ def prediction_window(ws: Workspace, model_name: str, since: float | None = None
 
 
 LOG_HORIZON_DAYS = 7  # uploaded segments older than this are neither read nor remembered by the cursor
+CLAIM_SECONDS = 900.0  # a monitor run that holds segments longer than this loses them to the next run
 
 
-def _records_from_store(ws: Workspace, model_name: str, since: float | None) -> list[dict[str, Any]]:
-    """Records of uploaded log segments. Without ``since``: the segments no monitor has read yet,
-    claimed through a shared cursor in the store (compare-and-set), so two monitors on two machines
-    never read the same segment twice and neither misses one."""
-    if since is not None:
-        return read_store_segments(ws.store, store_segments(ws.store, model_name), since=since)
-    horizon = (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
-    state = SharedState(ws.store, f"monitoring/{model_name}/log-cursor")
-    for _ in range(20):
-        current = state.read()
-        cursor = SegmentCursor.from_value(current.value)
-        cursor.forget_before(horizon)
-        new = [k for k in store_segments(ws.store, model_name) if k not in cursor and segment_day(k) >= horizon]
-        if not new:
+class StoreClaim:
+    """Uploaded log segments one monitor run holds: claimed, then committed as read or released, each
+    a compare-and-set on the shared cursor in the store (``state/monitoring/<model>/log-cursor``)."""
+
+    def __init__(self, ws: Workspace, model_name: str) -> None:
+        self.ws, self.model_name = ws, model_name
+        self.state = SharedState(ws.store, f"monitoring/{model_name}/log-cursor")
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.keys: list[str] = []
+
+    def _update(self, change: Callable[[SegmentCursor], bool]) -> None:
+        horizon = (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
+        for _ in range(20):
+            current = self.state.read()
+            cursor = SegmentCursor.from_value(current.value)
+            cursor.forget_before(horizon)
+            if not change(cursor):
+                return
+            try:
+                self.state.write(current.version, cursor.to_value())
+                return
+            except StateConflictError:  # another monitor moved the cursor: look again
+                continue
+        raise StateConflictError(f"could not update the prediction log cursor of {self.model_name}: "
+                                 "it kept moving")
+
+    def take(self) -> list[dict[str, Any]]:
+        """Claim the segments nobody has read or holds, and read them (released if reading fails)."""
+        horizon = (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
+
+        def claim(cursor: SegmentCursor) -> bool:
+            now = time.time()
+            self.keys = [k for k in store_segments(self.ws.store, self.model_name)
+                         if segment_day(k) >= horizon and cursor.claimable(k, now)]
+            cursor.claim(self.keys, self.owner, now + CLAIM_SECONDS)
+            return bool(self.keys)
+
+        self._update(claim)
+        if not self.keys:
             return []
-        for key in new:
-            cursor.add(key)
         try:
-            state.write(current.version, cursor.to_value())
-        except StateConflictError:  # another monitor claimed segments first: look again
-            continue
-        return read_store_segments(ws.store, new)
-    raise StateConflictError(f"could not claim prediction log segments of {model_name}: the cursor kept moving")
+            return read_store_segments(self.ws.store, self.keys)
+        except BaseException:
+            self.release()
+            raise
+
+    def commit(self) -> None:
+        if self.keys:
+            self._update(lambda cursor: (cursor.commit(self.keys, self.owner), True)[1])
+
+    def release(self) -> None:
+        if self.keys:
+            try:
+                self._update(lambda cursor: (cursor.release(self.keys, self.owner), True)[1])
+            except Exception as exc:  # the claim then expires after CLAIM_SECONDS
+                log.warning("could not release %d claimed log segment(s) of %s (%s); they are read again "
+                            "after %.0f s", len(self.keys), self.model_name, exc, CLAIM_SECONDS)
+            self.keys = []
 
 
 def observe(ws: Workspace, model_name: str, window: PredictionWindow) -> None:
