@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,6 +120,9 @@ def http_service(cmd: list[str], log: Path, health_url: str, env: dict[str, str]
         stop(proc)
 
 
+POSTGRES_CONTROL: dict[str, Callable[[str], None]] = {}  # URL -> stop/start of that test cluster
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A real PostgreSQL 15 on 127.0.0.1 in a temp cluster; yields a SQLAlchemy URL of database ``loopml``.
@@ -144,11 +147,20 @@ def postgres_server() -> Iterator[str]:
     subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
                     "-t", "120", "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
                     "start"], check=True, capture_output=True, timeout=180)
+    def control(action: str) -> None:  # "stop" (fast: connections are cut, as in an outage) or "start"
+        mode = ["-m", "fast"] if action == "stop" else ["-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 "
+                                                             "-c fsync=off", "-l", str(folder / "server.log")]
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), *mode, "-w", "-t", "120", action],
+                       check=True, capture_output=True, timeout=180)
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/loopml"
+    POSTGRES_CONTROL[url] = control
     try:
         subprocess.run([*as_user, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                         "loopml"], check=True, capture_output=True, timeout=60)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/loopml"
+        yield url
     finally:
+        POSTGRES_CONTROL.pop(url, None)
         subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)

@@ -74,6 +74,10 @@ class RegistryError(LoopmlError):
     """A model registry operation failed."""
 
 
+class RegistryUnavailableError(RegistryError):
+    """The registry's database cannot be reached (down, failing over, refusing connections)."""
+
+
 class ModelNotFoundError(RegistryError, KeyError):
     """No model version matches the name, version or alias."""
 

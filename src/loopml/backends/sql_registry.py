@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loopml.errors import ModelNotFoundError, RegistryError, StaleAliasError
+from loopml.errors import ModelNotFoundError, RegistryError, RegistryUnavailableError, StaleAliasError
 from loopml.records import HistoryEntry, ModelStatus, ModelVersion, PromotionEvent, Rollout
 
 MIGRATIONS = Path(__file__).parent / "registry_migrations"
@@ -78,9 +79,32 @@ def upgrade_schema(conn: Any) -> None:
     command.upgrade(config, "head")
 
 
+def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the database being unreachable into one typed error that says so, naming the database
+    (password hidden) and the driver's first line, instead of a driver traceback."""
+
+    @functools.wraps(method)
+    def call(self: SqlRegistry, *args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
+        try:
+            return method(self, *args, **kwargs)
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and \
+                    not exc.connection_invalidated:
+                raise
+            first = str(exc.orig or exc).strip().splitlines()[0][:300] if str(exc.orig or exc).strip() else ""
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise RegistryUnavailableError(f"the registry database is unreachable ({where}): {first}; "
+                                           "nothing was changed, retry when it is back") from None
+
+    return call
+
+
 class SqlRegistry:
     """The registry over a SQLAlchemy engine; subclasses say how a write transaction locks."""
 
+    @_reachable
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         with self.engine.connect() as conn:
@@ -114,6 +138,7 @@ class SqlRegistry:
         return conn.execute(text(sql), params)
 
     # ---------------------------------------------------------------- writes
+    @_reachable
     def register(self, name: str, *, artifact_key: str, artifact_sha256: str, status: ModelStatus = "candidate",
                  actor: str, reason: str = "", **lineage: Any) -> ModelVersion:
         unknown = set(lineage) - set(LINEAGE_FIELDS)
@@ -143,6 +168,7 @@ class SqlRegistry:
                          None, now)
         return self.get(name, version)
 
+    @_reachable
     def set_status(self, name: str, version: int, status: ModelStatus, *, actor: str, reason: str) -> ModelVersion:
         if status not in STATUSES:
             raise RegistryError(f"status {status!r} is invalid; choose one of: {', '.join(STATUSES)}")
@@ -153,6 +179,7 @@ class SqlRegistry:
             self._append(conn, name, "status", status, None, version, actor, reason, None, _now())
         return self.get(name, version)
 
+    @_reachable
     def set_alias(self, name: str, alias: str, version: int, *, expected: int | None, actor: str, reason: str,
                   evidence_sha256: str | None = None, action: str = "promote",
                   clear: Mapping[str, int] | None = None, rollout: Rollout | None = None) -> PromotionEvent:
@@ -168,6 +195,7 @@ class SqlRegistry:
                        for other, at in (clear or {}).items()]
         return dataclasses.replace(event, cleared=tuple(e for e in cleared if e is not None))
 
+    @_reachable
     def clear_alias(self, name: str, alias: str, *, expected: int, actor: str, reason: str) -> PromotionEvent:
         """Remove ``alias`` if it points at ``expected`` (compare-and-set); history records it."""
         check_alias(alias)
@@ -210,6 +238,7 @@ class SqlRegistry:
         self._append(conn, name, action, alias, actual, version, actor, reason, evidence_sha256, now)
         return PromotionEvent(name, alias, actual, version, action, actor, reason)  # type: ignore[arg-type]
 
+    @_reachable
     def rollback(self, name: str, alias: str, *, actor: str, reason: str,
                  expected: int | None = None) -> PromotionEvent:
         check_alias(alias)
@@ -251,6 +280,7 @@ class SqlRegistry:
             raise ModelNotFoundError(f"model {name!r} has no version {version}; see `loopml models list {name}`")
         return row
 
+    @_reachable
     def get(self, name: str, version: int | None = None, *, alias: str | None = None) -> ModelVersion:
         with self.engine.connect() as conn:
             if alias is not None:
@@ -264,6 +294,7 @@ class SqlRegistry:
                 version = int(latest)
             return _to_version(self._version_row(conn, name, version))
 
+    @_reachable
     def list_versions(self, name: str | None = None) -> list[ModelVersion]:
         with self.engine.connect() as conn:
             if name is None:
@@ -272,11 +303,13 @@ class SqlRegistry:
                 rows = self._q(conn, "SELECT * FROM versions WHERE name = :n ORDER BY version", n=name).mappings().all()
         return [_to_version(r) for r in rows]
 
+    @_reachable
     def aliases(self, name: str) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = self._q(conn, "SELECT alias, version FROM aliases WHERE name = :n ORDER BY alias", n=name).all()
         return {r[0]: int(r[1]) for r in rows}
 
+    @_reachable
     def rollout(self, name: str, alias: str = CANARY) -> Rollout | None:
         """How traffic follows ``alias`` (``canary``), as recorded when it was set; None if the alias
         is unset or was set without one."""
@@ -287,6 +320,7 @@ class SqlRegistry:
         stored = json.loads(row[0])
         return Rollout(stored["mode"], float(stored["share"]))
 
+    @_reachable
     def history(self, name: str) -> list[HistoryEntry]:
         with self.engine.connect() as conn:
             rows = self._q(conn, "SELECT * FROM history WHERE name = :n ORDER BY id", n=name).mappings().all()

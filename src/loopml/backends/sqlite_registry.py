@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from loopml.backends.sql_registry import SqlRegistry
-from loopml.errors import RegistryError
+from loopml.errors import RegistryError, RegistryUnavailableError
 
 
 class SqliteRegistryOptions(BaseModel):
@@ -35,15 +35,15 @@ class SqliteRegistry(SqlRegistry):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             super().__init__(sqlite_engine(self.path, timeout))
-        except (OperationalError, PermissionError):
+        except (OperationalError, PermissionError, RegistryUnavailableError):
             if self.path.parent.is_dir() and os.access(self.path.parent, os.W_OK) and \
                     (not self.path.exists() or os.access(self.path, os.W_OK)):
                 raise
-            raise RegistryError(f"cannot open the registry {self.path}: {self.path.parent} is not writable by "
-                                f"uid {os.getuid()} (SQLite writes the file and its journal there); make the "
-                                "folder writable for this user (e.g. chown it to uid 10001 for loopml's image), "
-                                "mount a writable volume there, or use a shared registry "
-                                "([registry] backend = \"postgres\")") from None
+            raise RegistryError(f"cannot open the registry {self.path}: {self.path.parent} cannot be created or "
+                                f"written by uid {os.getuid()} (SQLite writes the file and its journal "
+                                "there); make the folder writable for this user (e.g. chown it to uid 10001 "
+                                "for loopml's image), mount a writable volume there, or use a shared "
+                                "registry ([registry] backend = \"postgres\")") from None
 
 
 def sqlite_engine(path: Path, timeout: float) -> Any:

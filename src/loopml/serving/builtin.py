@@ -49,7 +49,11 @@ class BuiltinServingOptions(BaseModel):
     canary_weight: float | None = Field(default=None, ge=0, lt=1, description="`loopml serve`: share of traffic "
                                         "for the version under alias 'canary', overriding the share recorded "
                                         "with the alias in the registry (0: none); default: the recorded one")
-    poll_seconds: float = Field(default=2.0, gt=0, description="`loopml serve`: how often the registry is read")
+    poll_seconds: float = Field(default=2.0, gt=0, description="`loopml serve`: how often the registry is read "
+                                "(backing off to once a minute while it is unreachable)")
+    registry_wait_seconds: float = Field(default=60.0, ge=0, description="`loopml serve` starting while the "
+                                         "registry is unreachable, with no last known good version on this "
+                                         "machine: retry this long, then exit 2 saying why")
     log_to_store: bool = Field(default=False, description="upload closed prediction-log segments to the "
                                                           "artifact store; monitors then read the log and keep "
                                                           "their state there (replicas and monitors share no disk)")

@@ -13,15 +13,18 @@ requests in flight finish, then flush the prediction log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopml.artifacts import Predictor
-from loopml.errors import ConfigError, ModelNotFoundError
+from loopml.errors import ConfigError, ModelNotFoundError, RegistryUnavailableError
 from loopml.predlog import PredictionLogWriter
 from loopml.records import Rollout
 from loopml.serving.app import build_app
@@ -49,6 +52,13 @@ class RegistryFollower:
     canary_weight: float | None = None  # overrides the share the registry recorded (0: no canary traffic)
     poll_seconds: float = 2.0
     swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
+    files: dict[int, str] = field(default_factory=dict)  # version -> the local artifact file it was loaded from
+    failures: int = 0  # registry reads that failed in a row
+
+    @property
+    def known_good_file(self) -> Path:
+        """What this machine served last, so it can start serving it while the registry is down."""
+        return self.ws.context.home / "serving" / f"{self.model}@{self.alias}.json"
 
     def desired(self) -> tuple[dict[int, float], int | None]:
         """(traffic weights, shadow version) the aliases and the canary's recorded rollout call for
@@ -62,21 +72,83 @@ class RegistryFollower:
         """One pass of :func:`loopml.serving.reconcile.reconcile`: load what the aliases name, route to it,
         drop the rest. True if anything moved."""
         wanted, shadow = self.desired()
-        if not reconcile(_CoreTarget(self), wanted, shadow):
+        moved = reconcile(_CoreTarget(self), wanted, shadow)
+        if moved or (self.core.routing.predictors and not self.known_good_file.is_file()):
+            self._remember()
+        if not moved:
             return False
         self.swaps.append((time.time(), wanted))
         log.warning("serving %s: %s%s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()),
                     f"; shadow v{shadow}" if shadow is not None else "")
         return True
 
+    def _remember(self) -> None:
+        routing = self.core.routing
+        body = {"weights": {str(v): w for v, w in routing.weights.items()}, "shadow": routing.shadow,
+                "files": {str(v): self.files[v] for v in routing.predictors if v in self.files},
+                "entity": self.core.entity, "at": time.time()}
+        self.known_good_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.known_good_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body))
+        tmp.replace(self.known_good_file)
+
+    def serve_known_good(self) -> bool:
+        """Load what this machine served last (registry unreachable at start). False if it has none."""
+        try:
+            known = json.loads(self.known_good_file.read_text())
+            files = {int(v): Path(p) for v, p in known["files"].items()}
+            weights = {int(v): float(w) for v, w in known["weights"].items()}
+        except (OSError, ValueError, KeyError):
+            return False
+        if not weights or not all(path.is_file() for path in files.values()) or set(weights) - set(files):
+            return False
+        for version, path in files.items():
+            self.core.add_version(version, Predictor.from_bytes(path.read_bytes()))
+            self.files[version] = str(path)
+        self.core.set_traffic(weights)
+        self.core.set_shadow(known.get("shadow"))
+        age = time.time() - float(known.get("at", time.time()))
+        log.warning("the registry is unreachable: serving %s as this machine last did %.0f s ago (%s) until it "
+                    "is back", self.model, age, ", ".join(f"v{v} {w:.0%}" for v, w in weights.items()))
+        return True
+
+    def backoff(self) -> float:
+        """Seconds to the next registry read: the poll interval, doubling per failure up to a minute."""
+        return self.poll_seconds if not self.failures else min(60.0, self.poll_seconds * 2 ** min(self.failures, 8))
+
+    def wait_for_registry(self, limit: float, first: Exception) -> None:
+        """Retry the first sync with back-off for up to ``limit`` seconds, then give up saying why."""
+        started = time.monotonic()
+        while True:
+            self.failures += 1
+            delay = self.backoff()
+            if time.monotonic() - started + delay > limit:
+                raise RegistryUnavailableError(f"{first}; gave up after {time.monotonic() - started:.0f} s "
+                                               f"(registry_wait_seconds = {limit:g}): this machine has no last "
+                                               f"known good version of {self.model}@{self.alias} to serve meanwhile")
+            log.warning("the registry is unreachable (%s); retrying in %.0f s", first, delay)
+            time.sleep(delay)
+            try:
+                self.sync()
+            except RegistryUnavailableError:
+                continue
+            self.failures = 0
+            return
+
     async def run(self) -> None:
         while True:
             try:
                 await asyncio.to_thread(self.sync)
-            except Exception as exc:  # keep serving what is loaded; try again next poll
-                log.warning("could not follow the registry for %s (still serving %s): %s", self.model,
-                            sorted(self.core.routing.predictors), exc)
-            await asyncio.sleep(self.poll_seconds)
+                if self.failures:
+                    log.warning("the registry is reachable again for %s after %d failed read(s)", self.model,
+                                self.failures)
+                self.failures = 0
+            except Exception as exc:  # keep serving what is loaded; back off and try again
+                self.failures += 1
+                if self.failures == 1 or self.failures % 10 == 0:
+                    log.warning("could not follow the registry for %s (still serving %s; next try in %.0f s): %s",
+                                self.model, sorted(self.core.routing.predictors), self.backoff(), exc)
+            await asyncio.sleep(self.backoff())
 
 
 class _CoreTarget:
@@ -92,7 +164,9 @@ class _CoreTarget:
 
     def load(self, version: int) -> None:
         model = self.follower.ws.registry.get(self.follower.model, version)
-        self.core.add_version(version, Predictor.from_bytes(artifact_file(self.follower.ws, model).read_bytes()))
+        path = artifact_file(self.follower.ws, model)
+        self.core.add_version(version, Predictor.from_bytes(path.read_bytes()))
+        self.follower.files[version] = str(path)
 
     def route(self, weights: Mapping[int, float], shadow: int | None) -> None:
         self.core.set_traffic(weights)
@@ -100,6 +174,7 @@ class _CoreTarget:
 
     def drop(self, version: int) -> None:
         self.core.remove_version(version)
+        self.follower.files.pop(version, None)
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -136,9 +211,13 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     log_dir = ws.context.resolve(options.log_dir, "predictions")
     writer = PredictionLogWriter(log_dir, name, sink=ws.store if options.log_to_store else None, threaded=False,
                                  segment_seconds=options.segment_seconds())
-    entity = None
+    entity, outage = None, None
     try:
         entity = ws.registry.get(name, alias=alias).lineage.get("entity")
+    except RegistryUnavailableError as exc:  # serve what this machine served last, or wait a while
+        outage = exc
+        with contextlib.suppress(OSError, ValueError):
+            entity = json.loads((ws.context.home / "serving" / f"{name}@{alias}.json").read_text()).get("entity")
     except ModelNotFoundError as exc:
         known = sorted({v.name for v in ws.registry.list_versions()})
         if not wait:
@@ -159,7 +238,10 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
                           "not including, 1")
     follower = RegistryFollower(ws, core, name, alias, canary_weight=canary_weight,
                                 poll_seconds=options.poll_seconds if poll_seconds is None else poll_seconds)
-    follower.sync()  # load before accepting: the first request already finds the model
+    if outage is None:
+        follower.sync()  # load before accepting: the first request already finds the model
+    elif not follower.serve_known_good():
+        follower.wait_for_registry(options.registry_wait_seconds, outage)
     tasks: list[asyncio.Task[None]] = []
 
     def start_following() -> None:
