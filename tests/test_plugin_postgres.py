@@ -84,3 +84,51 @@ def test_parallel_promoters_on_postgres_keep_one_winner_per_round(postgres, tmp_
     for before, after in itertools.pairwise(promotions):  # linearizable: no lost update
         assert after.from_version == before.to_version
     assert registry.get("churn", alias="production").version == promotions[-1].to_version
+
+
+def schema_at(url: str, revision: str) -> None:
+    """Make the database's registry schema the one of ``revision`` (what an older loopml left)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from loopml.backends.sql_registry import MIGRATIONS
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+        conn.exec_driver_sql("INSERT INTO versions VALUES ('churn', 1, 'approved', 'k', '" + "0" * 64 + "', NULL, "
+                             "NULL, NULL, '{}', '{}', '{}', '{}', '', '2026-01-01T00:00:00+00:00', 'old')")
+    engine.dispose()
+
+
+def test_an_older_schema_is_upgraded_only_by_the_explicit_command(postgres, tmp_path: Path) -> None:
+    """Opening no longer migrates a shared database behind every replica's back: commands refuse
+    with one line naming `loopml registry upgrade`, which upgrades it once."""
+    import subprocess
+    import sys
+
+    from loopml.errors import RegistrySchemaError
+    from loopml_postgres import PostgresRegistry
+
+    url = fresh_database(postgres)
+    schema_at(url, "0001")
+    with pytest.raises(RegistrySchemaError, match="loopml registry upgrade"):
+        PostgresRegistry(url).list_versions()
+    config = tmp_path / "loopml.toml"
+    config.write_text(f'project = "p"\n[registry]\nbackend = "postgres"\n[registry.options]\nurl = "{url}"\n')
+
+    def loopml(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "loopml.cli", *args, "--config", str(config)],
+                              capture_output=True, text=True, timeout=120)
+
+    listed = loopml("models", "list")
+    assert listed.returncode == 2 and "loopml registry upgrade" in listed.stderr, listed.stderr[-2000:]
+    assert "0001" in loopml("registry", "status").stdout
+    upgraded = loopml("registry", "upgrade")
+    assert upgraded.returncode == 0 and "0001 -> 0002" in upgraded.stdout, upgraded.stderr[-2000:]
+    assert "already at 0002" in loopml("registry", "upgrade").stdout  # safe to repeat
+    assert [v.created_by for v in PostgresRegistry(url).list_versions()] == ["old"]  # kept

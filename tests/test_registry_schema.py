@@ -56,3 +56,24 @@ def test_an_up_to_date_registry_opens_without_running_alembic(tmp_path: Path, mo
 
     monkeypatch.setattr(sql_registry, "upgrade_schema", no_migration)
     assert SqliteRegistry(tmp_path / "registry.db").list_versions() == []
+
+
+def test_the_embedded_registry_upgrades_itself_keeping_a_copy(tmp_path: Path) -> None:
+    """SQLite is one file on one machine: a new loopml upgrades it when it opens it, and keeps the
+    file as it was next to it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    db = tmp_path / "registry.db"
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(sql_registry.MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    engine.dispose()
+    registry = SqliteRegistry(db)
+    assert registry.schema_status() == (sql_registry.HEAD, sql_registry.HEAD)
+    assert (tmp_path / f"registry.db.before-{sql_registry.HEAD}").is_file()
+    assert registry.list_versions() == []

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from loopml.protocols import ArtifactStore, QueryableTracker, ServingBackend, Tracker, Trainer
+from loopml.protocols import ArtifactStore, ModelRegistry, QueryableTracker, ServingBackend, Tracker, Trainer
 
 if TYPE_CHECKING:
     from loopml.records import GcResult
@@ -97,6 +97,18 @@ class TokenServing(ServingBackend, Protocol):
     def inference_token(self) -> str | None: ...
 
 
+# ---------------------------------------------------------------------------- registries
+@runtime_checkable
+class MigratingRegistry(ModelRegistry, Protocol):
+    """Has a schema that a new loopml may need upgraded, explicitly (``loopml registry upgrade``)."""
+
+    def schema_status(self) -> tuple[str | None, str]:
+        """(the database's revision, the revision this loopml needs)."""
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to this loopml's revision; (revision before, after)."""
+
+
 # ---------------------------------------------------------------------------- trainers
 @runtime_checkable
 class DescribedTrainer(Trainer, Protocol):
@@ -110,6 +122,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "tracker": (QueryableTracker, ModelLoggingTracker, FlushingTracker, LinkingTracker),
     "serving": (ShadowServing, EntityServing, LogFlushingServing, StoreLoggingServing, TokenServing),
     "trainer": (DescribedTrainer,),
+    "registry": (MigratingRegistry,),
 }
 """The optional abilities looked for in each kind of backend."""
 

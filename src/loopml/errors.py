@@ -78,6 +78,10 @@ class RegistryUnavailableError(RegistryError):
     """The registry's database cannot be reached (down, failing over, refusing connections)."""
 
 
+class RegistrySchemaError(RegistryError):
+    """The registry's schema is not the one this loopml reads: upgrade it (or loopml) explicitly."""
+
+
 class ModelNotFoundError(RegistryError, KeyError):
     """No model version matches the name, version or alias."""
 

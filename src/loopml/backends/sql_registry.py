@@ -24,11 +24,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loopml.errors import ModelNotFoundError, RegistryError, RegistryUnavailableError, StaleAliasError
+from loopml.errors import (
+    ModelNotFoundError,
+    RegistryError,
+    RegistrySchemaError,
+    RegistryUnavailableError,
+    StaleAliasError,
+)
 from loopml.records import HistoryEntry, ModelStatus, ModelVersion, PromotionEvent, Rollout
 
 MIGRATIONS = Path(__file__).parent / "registry_migrations"
-HEAD = "0002"
+REVISIONS = ("0001", "0002")  # the migrations in registry_migrations/versions, in order
+HEAD = REVISIONS[-1]
 VERSION_TABLE = "loopml_alembic_version"
 PRODUCTION, CANARY = "production", "canary"
 STATUSES: tuple[str, ...] = ("candidate", "approved", "rejected", "archived")
@@ -81,12 +88,15 @@ def upgrade_schema(conn: Any) -> None:
 
 def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the database being unreachable into one typed error that says so, naming the database
-    (password hidden) and the driver's first line, instead of a driver traceback."""
+    (password hidden) and the driver's first line, instead of a driver traceback; and refuse to
+    read or write a schema this loopml does not know."""
 
     @functools.wraps(method)
     def call(self: SqlRegistry, *args: Any, **kwargs: Any) -> Any:
         from sqlalchemy.exc import DBAPIError, OperationalError
 
+        if getattr(self, "schema_problem", None):
+            raise RegistrySchemaError(self.schema_problem)
         try:
             return method(self, *args, **kwargs)
         except (OperationalError, DBAPIError) as exc:
@@ -104,13 +114,52 @@ def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
 class SqlRegistry:
     """The registry over a SQLAlchemy engine; subclasses say how a write transaction locks."""
 
+    upgrades_in_place = False  # the embedded SQLite registry upgrades itself (keeping a copy); others wait
+    schema_problem: str | None = None  # why this registry refuses to read or write (a schema to upgrade)
+
     @_reachable
     def __init__(self, engine: Any) -> None:
+        """Open the registry: one cheap read of the schema revision. A new database gets the schema;
+        an older schema is upgraded only by :meth:`upgrade` (``loopml registry upgrade``), except the
+        embedded SQLite file (:attr:`upgrades_in_place`); a newer one is refused."""
+        from sqlalchemy import inspect
+
         self.engine = engine
         with self.engine.connect() as conn:
             current = schema_revision(conn)
-        if current != HEAD:
+            fresh = current is None and not inspect(conn).has_table("versions")
+        if current == HEAD:
+            return
+        if fresh:
             self._migrate()
+        elif current is not None and current not in REVISIONS:
+            self.schema_problem = (f"the registry schema is at revision {current}, newer than this loopml knows "
+                                   f"({HEAD}): upgrade loopml on this machine")
+        elif self.upgrades_in_place:
+            self._before_upgrade(current)
+            self._migrate()
+        else:
+            self.schema_problem = (f"the registry schema is at revision {current or 'none (made before migrations)'}"
+                                   f"; this loopml needs {HEAD}: back the database up, then run `loopml registry "
+                                   "upgrade` once; until then loopml neither reads nor writes it")
+
+    def _before_upgrade(self, current: str | None) -> None:
+        """Called before an in-place upgrade (the SQLite registry keeps a copy of its file)."""
+
+    def schema_status(self) -> tuple[str | None, str]:
+        with self.engine.connect() as conn:
+            return schema_revision(conn), HEAD
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to this loopml's revision (an explicit step: ``loopml registry upgrade``)."""
+        before, _ = self.schema_status()
+        if before is not None and before not in REVISIONS:
+            raise RegistrySchemaError(f"the registry schema is at revision {before}, newer than this loopml "
+                                      f"knows ({HEAD}): upgrade loopml, not the registry")
+        if before != HEAD:
+            self._migrate()
+        self.schema_problem = None
+        return before, HEAD
 
     def _migrate(self) -> None:
         with self._tx("") as conn:

@@ -8,14 +8,17 @@ with ``BEGIN IMMEDIATE``, so one writer at a time holds the file and the others 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from loopml.backends.sql_registry import SqlRegistry
+from loopml.backends.sql_registry import HEAD, SqlRegistry
 from loopml.errors import RegistryError, RegistryUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 class SqliteRegistryOptions(BaseModel):
@@ -26,6 +29,17 @@ class SqliteRegistryOptions(BaseModel):
 
 class SqliteRegistry(SqlRegistry):
     """Model registry over SQLite (WAL mode, immediate write transactions)."""
+
+    upgrades_in_place = True  # one file on one machine: upgraded when a new loopml opens it, a copy kept
+
+    def _before_upgrade(self, current: str | None) -> None:
+        import sqlite3
+
+        backup = self.path.with_name(f"{self.path.name}.before-{HEAD}")
+        with sqlite3.connect(self.path) as source, sqlite3.connect(backup) as target:
+            source.backup(target)
+        log.warning("upgrading the registry %s from schema %s to %s (a copy of it before: %s)", self.path,
+                    current or "none", HEAD, backup)
 
     def __init__(self, path: Path | str, *, timeout: float = 30.0) -> None:
         from sqlalchemy.exc import OperationalError

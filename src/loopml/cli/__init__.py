@@ -11,7 +11,15 @@ import sys
 import typer
 from rich.text import Text
 
-from loopml.cli import data_cmd, models_cmd, plugins_cmd, project_cmd, runs_cmd, serve_cmd  # noqa: F401 - registers commands
+from loopml.cli import (  # noqa: F401 - registers commands
+    data_cmd,
+    models_cmd,
+    plugins_cmd,
+    project_cmd,
+    registry_cmd,
+    runs_cmd,
+    serve_cmd,
+)
 from loopml.cli.common import app, err
 from loopml.errors import LoopmlError
 

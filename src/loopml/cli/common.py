@@ -24,11 +24,13 @@ data_app = typer.Typer(no_args_is_help=True, help="Ingest and inspect dataset ve
 models_app = typer.Typer(no_args_is_help=True, help="Registered models: list, show, promote, roll back.")
 runs_app = typer.Typer(no_args_is_help=True, help="Tracked training runs.")
 store_app = typer.Typer(no_args_is_help=True, help="The artifact store: maintenance.")
+registry_app = typer.Typer(no_args_is_help=True, help="The registry's database: schema status and upgrade.")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
 app.add_typer(store_app, name="store")
+app.add_typer(registry_app, name="registry")
 
 out = Console()
 err = Console(stderr=True)
