@@ -95,6 +95,8 @@ class PredictionLogWriter:
         self._part = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        if sink is not None:
+            self._adopt_orphans()
         if threaded:
             self._thread = threading.Thread(target=self._run, name=f"loopml-predlog-{model}", daemon=True)
             self._thread.start()
@@ -171,7 +173,49 @@ class PredictionLogWriter:
             except Exception as exc:  # the segment stays on local disk, and is tried again
                 log.warning("could not upload prediction log segment %s (retried at the next close): %s", key, exc)
                 still.append((key, path))
+                continue
+            self._mark_uploaded(path)
         self._unsent = still
+
+    # A segment is uploaded when it closes; one still open when its process died (kill -9, OOM) is
+    # an orphan. Each writer lists what it uploaded next to its segments, so the next writer on this
+    # machine and folder (a restart; on Kubernetes, the container restarted in the same pod with the
+    # same emptyDir) uploads what a dead writer left, once.
+    def _uploaded_list(self, writer_id: str) -> Path:
+        return self.root / self.model / ".uploaded" / f"{writer_id}.txt"
+
+    def _mark_uploaded(self, path: Path) -> None:
+        writer_id = path.name.rsplit("-", 1)[0]
+        listing = self._uploaded_list(writer_id)
+        try:
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            with listing.open("a") as out:
+                out.write(path.name + "\n")
+        except OSError as exc:  # worst case the segment is uploaded again later: same key, same bytes
+            log.warning("could not record the upload of %s: %s", path.name, exc)
+
+    def _adopt_orphans(self) -> None:
+        folder = self.root / self.model
+        if not folder.is_dir():
+            return
+        by_writer: dict[str, list[Path]] = {}
+        for path in folder.glob("*/*/*.jsonl"):
+            writer_id = path.name.rsplit("-", 1)[0]
+            if writer_id != self.writer_id:
+                by_writer.setdefault(writer_id, []).append(path)
+        for writer_id, paths in by_writer.items():
+            if writer_alive(writer_id):
+                continue
+            listing = self._uploaded_list(writer_id)
+            done = set(listing.read_text().split()) if listing.is_file() else set()
+            orphans = sorted(p for p in paths if p.name not in done)
+            for path in orphans:
+                self._unsent.append(("predictions/" + path.relative_to(self.root).as_posix(), path))
+            if orphans:
+                log.warning("uploading %d prediction log segment(s) left by %s, which is no longer running",
+                            len(orphans), writer_id)
+        if self._unsent:
+            self._upload()
 
     def _drain(self) -> None:
         with self._lock:
@@ -204,6 +248,34 @@ class PredictionLogWriter:
                     self._drain_locked()
                     self._close_segment()
                 return
+
+
+def writer_alive(writer_id: str) -> bool:
+    """Whether the log writer ``<host>-<pid>-<start ms>`` may still be running. A writer of another
+    machine is presumed alive (not ours to judge); on this one, its pid must be running a process
+    that started before the writer did (a pid is reused, and a container's process has the same pid
+    after every restart)."""
+    host, _, rest = writer_id.rpartition("-")
+    host, _, pid_text = host.rpartition("-")
+    if not (pid_text.isdigit() and rest.isdigit()) or host != socket.gethostname():
+        return True
+    pid, started = int(pid_text), int(rest) / 1000
+    if pid == os.getpid():
+        return False  # this process is its successor
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as machine:
+            boot = next(int(line.split()[1]) for line in machine if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    return boot + ticks / os.sysconf("SC_CLK_TCK") <= started + 1
 
 
 # ---------------------------------------------------------------------------- reading
