@@ -73,6 +73,7 @@ for mount in sorted(spec["mounts"], key=lambda m: m["path"].count("/")):
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode=1777,gid={spec['fsGroup']}", "tmpfs", target],
                        check=True)
 EOF
+for p in $LATE_BINDS; do mkdir -p "$R$p"; mount --rbind "$p" "$R$p"; mount -o remount,bind,ro "$R$p"; done
 mount -o remount,ro "$R"
 exec chroot "$R" setpriv --reuid "$UID_" --regid "$UID_" --clear-groups --inh-caps=-all --bounding-set=-all \
   --no-new-privs env -i "$@"
@@ -165,7 +166,8 @@ def test_the_manifest_starts_as_written_and_reaches_ready(shared: Path, tmp_path
     (tmp_path / "rootfs").mkdir()
     log = tmp_path / "container.log"
     env = {**os.environ, "ROOTFS_DIRS": " ".join(ROOTFS_DIRS), "UID_": str(spec["uid"]), "PY": sys.executable,
-           "BIND_PATHS": sys.base_prefix}  # the Python the virtualenv runs on (wherever it is installed)
+           "BIND_PATHS": sys.base_prefix,  # the Python the virtualenv runs on (wherever it is installed)
+           "LATE_BINDS": str(ROOT)}  # the checkout and its virtualenv, after the volumes (it may be under /tmp)
     with log.open("wb") as out:
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", CONTAINER, "container",
                                  str(tmp_path / "rootfs"), str(shared), str(tmp_path / "spec.json"),

@@ -180,6 +180,7 @@ def upload_rows(store, n: int, tmp_path: Path) -> set[str]:
     return ids
 
 
+@pytest.mark.subprocess  # moto_server
 @pytest.mark.parametrize("fails_at", ["read", "drift check", "report", "event"])
 def test_a_monitor_run_that_fails_anywhere_leaves_its_rows_for_the_next(s3, tmp_path, fails_at: str) -> None:
     """Exactly once: rows count as read only when the run's last step succeeded. Before, the shared
@@ -211,6 +212,7 @@ def test_a_monitor_run_that_fails_anywhere_leaves_its_rows_for_the_next(s3, tmp_
     assert monitoring.StoreClaim(SimpleNamespace(store=store), "churn").take() == []  # type: ignore[arg-type]
 
 
+@pytest.mark.subprocess  # moto_server
 def test_a_claim_whose_monitor_died_expires(s3, tmp_path, monkeypatch) -> None:
     from types import SimpleNamespace
 

@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +31,7 @@ from loopml.backends.content_store import ContentAddressedStore, Staged, chunks_
 from loopml.errors import ConfigError, StorageError
 from loopml.keys import content_type, validate_key
 from loopml.plugins import hookimpl
+from loopml.records import GcResult
 from loopml.specs import BackendSpec
 
 CHUNK = 8 << 20
@@ -49,6 +51,7 @@ class S3StoreOptions(BaseModel):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     multipart_threshold_mb: int = 16
+    gc_grace_seconds: float = 3600.0  # `loopml store gc` sweeps only blobs no writer touched for this long
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 5
@@ -74,6 +77,7 @@ class S3Blobs:
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
+        self.options = options
         self.uri = options.uri.rstrip("/")
         self.bucket, self.prefix = parse_uri(options.uri)
         secret = (lambda s: s.get_secret_value() if s else None)  # noqa: E731
@@ -128,8 +132,15 @@ class S3Blobs:
         finally:
             os.unlink(name)
 
+    def touch(self, sha: str) -> str:
+        return self.full("touched", sha[:2], sha)
+
     def keep_blob(self, staged: Staged, content_type: str) -> None:
         if self._blob_ok(staged.sha256):  # already there, and the bytes loopml uploaded
+            # A writer about to name an existing blob says so first, so that a gc that found it
+            # unreferenced leaves it alone for the grace period (see S3ArtifactStore.gc).
+            with self.calling(f"touch of blob {staged.sha256[:12]}"):
+                self.client.put_object(Bucket=self.bucket, Key=self.touch(staged.sha256), Body=b"")
             return
         with self.calling(f"upload of blob {staged.sha256[:12]}"):
             self.client.upload_file(str(staged.path), self.bucket, self.blob(staged.sha256), Config=self.transfer,
@@ -153,13 +164,31 @@ class S3Blobs:
                 return None
             raise
 
+    def quarantined(self, sha: str) -> str:
+        return self.full("quarantine", sha[:2], sha)
+
+    def restore(self, sha: str) -> bool:
+        """Put a quarantined blob back (a key names it after all); False if there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self.blob(sha),
+                                    CopySource={"Bucket": self.bucket, "Key": self.quarantined(sha)})
+        except ClientError:
+            return False
+        with contextlib.suppress(ClientError):
+            self.client.delete_object(Bucket=self.bucket, Key=self.quarantined(sha))
+        return True
+
     def read_blob(self, sha256: str) -> Iterator[bytes]:
         from botocore.exceptions import ClientError
 
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.blob(sha256))["Body"]
         except ClientError as exc:
-            raise FileNotFoundError(self.blob(sha256)) from exc
+            if not self.restore(sha256):  # a gc quarantined it while a writer named it: put it back
+                raise FileNotFoundError(self.blob(sha256)) from exc
+            body = self.client.get_object(Bucket=self.bucket, Key=self.blob(sha256))["Body"]
         yield from iter(lambda: body.read(CHUNK), b"")
 
     def create_ref(self, key: str, body: bytes, content_type: str) -> bool:
@@ -198,6 +227,12 @@ class S3Blobs:
         with self.calling(f"delete of {key!r}"):
             self.client.delete_object(Bucket=self.bucket, Key=self.ref(key))
         return True
+
+    def objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object under the full ``prefix`` (key, size, last modified)."""
+        with self.calling(f"listing of {prefix!r}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
 
     def ref_keys(self, prefix: str) -> Iterator[str]:
         refs = self.full("refs") + "/"
@@ -239,6 +274,52 @@ class S3ArtifactStore(ContentAddressedStore):
             Params={"Bucket": self.bucket, "Key": self.s3.blob(info.sha256),
                     "ResponseContentType": content_type(key, dict(info.metadata)),
                     "ResponseContentDisposition": "inline"})
+
+    def gc(self, grace_seconds: float | None = None) -> GcResult:
+        """Remove blobs no key names, safe beside writers on other machines.
+
+        In two passes, so that no race between a sweep and a writer can lose bytes a key names:
+
+        1. A blob no ref names, that neither changed nor was touched (a writer reusing an existing
+           blob touches it before writing its ref) for ``grace_seconds`` (``gc_grace_seconds``,
+           default an hour), is moved to ``quarantine/``, not deleted.
+        2. At a later gc, a quarantined blob that a ref now names (a writer won the race) is put
+           back; one still unnamed after the grace period is deleted for good.
+
+        Meanwhile a reader that finds a blob missing restores it from quarantine, and a writer
+        never reuses a quarantined blob (it uploads the bytes again)."""
+        grace = self.s3.options.gc_grace_seconds if grace_seconds is None else grace_seconds
+        live = {info.sha256 for info in self.list()}
+        now = datetime.now(UTC)
+
+        def old(when: datetime) -> bool:
+            return (now - when).total_seconds() >= grace
+
+        blobs = freed = 0
+        for obj in self.s3.objects(self.s3.full("quarantine") + "/"):  # pass 2
+            sha = obj["Key"].rsplit("/", 1)[-1]
+            if sha in live:
+                self.s3.restore(sha)
+            elif old(obj["LastModified"]):
+                with self.s3.calling(f"delete of quarantined blob {sha[:12]}"):
+                    self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+                blobs += 1
+                freed += int(obj.get("Size", 0))
+        touched = {obj["Key"].rsplit("/", 1)[-1]: obj["LastModified"]
+                   for obj in self.s3.objects(self.s3.full("touched") + "/")}
+        for obj in self.s3.objects(self.s3.full("objects") + "/"):  # pass 1
+            sha = obj["Key"].rsplit("/", 1)[-1]
+            if sha in live or not old(obj["LastModified"]) or not old(touched.get(sha, obj["LastModified"])):
+                continue
+            with self.s3.calling(f"quarantine of blob {sha[:12]}"):
+                self.client.copy_object(Bucket=self.bucket, Key=self.s3.quarantined(sha),
+                                        CopySource={"Bucket": self.bucket, "Key": obj["Key"]})
+                self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+        for sha, last in touched.items():  # markers of blobs named again or gone
+            if old(last):
+                with self.s3.calling(f"delete of touch marker {sha[:12]}"):
+                    self.client.delete_object(Bucket=self.bucket, Key=self.s3.touch(sha))
+        return GcResult(blobs, 0, freed)
 
     def __repr__(self) -> str:
         return f"S3ArtifactStore({self.uri!r})"

@@ -278,6 +278,9 @@ def writer_alive(writer_id: str) -> bool:
     return boot + ticks / os.sysconf("SC_CLK_TCK") <= started + 1
 
 
+LOG_HORIZON_DAYS = 7  # uploaded segments older than this are neither read nor remembered by a monitor's cursor
+
+
 # ---------------------------------------------------------------------------- reading
 @dataclass
 class LogCursor:

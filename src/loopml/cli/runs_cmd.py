@@ -65,12 +65,25 @@ def runs_show(run_id: Annotated[str, typer.Argument()], config: ConfigOpt = None
 
 
 @store_app.command("gc")
-def store_gc(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
-    """Remove blobs no key refers to and temp files of killed writers (safe while writers run)."""
+def store_gc(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+             keep_predictions_days: Annotated[int | None, typer.Option(
+                 help="First remove prediction-log segments older than this many days (at least 7).")] = None,
+             keep_reports_days: Annotated[int | None, typer.Option(
+                 help="First remove reports older than this many days.")] = None,
+             grace_seconds: Annotated[float | None, typer.Option(
+                 help="S3: sweep only blobs no writer touched for this long (default gc_grace_seconds, "
+                      "an hour).")] = None) -> None:
+    """Remove blobs no key refers to and temp files of killed writers (safe while writers run, here
+    and, on S3, on other machines); with --keep-*-days, expire old log segments and reports first."""
+    from loopml.maintenance import expire
+
     ws = workspace(config, profile)
-    result = collect_garbage(ws)
+    expired = expire(ws, predictions_days=keep_predictions_days, reports_days=keep_reports_days)
+    result = collect_garbage(ws, grace_seconds)
     if as_json:
-        print_json(result)
+        print_json({"expired_segments": expired.segments, "expired_reports": expired.reports,
+                    "blobs": result.blobs, "temp_files": result.temp_files, "bytes_freed": result.bytes_freed})
         return
-    out.print(f"{ws.store.uri}: removed {result.blobs} unreferenced blobs and {result.temp_files} "
-              f"temp files, {result.bytes_freed / 1e6:.1f} MB freed", soft_wrap=True)
+    out.print(f"{ws.store.uri}: expired {expired.segments} log segments and {expired.reports} reports; removed "
+              f"{result.blobs} unreferenced blobs and {result.temp_files} temp files, "
+              f"{result.bytes_freed / 1e6:.1f} MB freed", soft_wrap=True)

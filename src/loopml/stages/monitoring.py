@@ -25,7 +25,15 @@ import pandas as pd
 from loopml import prediction_records
 from loopml.capabilities import LogFlushingServing
 from loopml.context import shares_state
-from loopml.predlog import LogCursor, SegmentCursor, read_since, read_store_segments, segment_day, store_segments
+from loopml.predlog import (
+    LOG_HORIZON_DAYS,
+    LogCursor,
+    SegmentCursor,
+    read_since,
+    read_store_segments,
+    segment_day,
+    store_segments,
+)
 from loopml.shared_state import SharedState, StateConflictError
 from loopml.stages.project import safely
 
@@ -116,7 +124,6 @@ def _window(model_name: str, records: list[dict[str, Any]]) -> PredictionWindow:
                             tuple(int(r["version"]) for r in records), tuple(records))
 
 
-LOG_HORIZON_DAYS = 7  # uploaded segments older than this are neither read nor remembered by the cursor
 CLAIM_SECONDS = 900.0  # a monitor run that holds segments longer than this loses them to the next run
 
 
