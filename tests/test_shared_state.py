@@ -229,3 +229,32 @@ def test_a_claim_whose_monitor_died_expires(s3, tmp_path, monkeypatch) -> None:
     later = monitoring.StoreClaim(ws, "churn")  # type: ignore[arg-type]
     monkeypatch.setattr(monitoring.time, "time", lambda: time.monotonic() + 1e10)  # far past the lease
     assert {r["request_id"] for r in later.take()} == sent
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["through the store", "on local disk"])
+def test_a_monitor_window_is_consumed_only_when_the_run_succeeds(tmp_path, shared: bool) -> None:
+    """The window the monitor flow reads (``claimed_window``): a run that fails after reading leaves
+    every row for the next run, which consumes them; the one after that finds none."""
+    from loopml.context import Workspace
+    from loopml.examples import churn
+    from loopml.stages.monitoring import claimed_window
+
+    config = churn.init_project(tmp_path / "p", n_customers=100, seed=1)
+    if shared:
+        config.write_text(config.read_text() + '\n[serving]\nbackend = "builtin"\n[serving.options]\n'
+                          'log_to_store = true\n')
+    ws = Workspace.open(config)
+    writer = PredictionLogWriter(Path(ws.serving.prediction_log_dir), "churn", sink=ws.store if shared else None,
+                                 threaded=False, segment_seconds=0.0)
+    rows = [{"ts": time.time(), "request_id": f"r{i}", "version": 1, "inputs": {"x": float(i)}, "output": 0.5}
+            for i in range(50)]
+    writer.write(rows)
+    writer.tick()
+    writer.close()
+    with pytest.raises(RuntimeError, match="report"), claimed_window(ws, "churn") as window:
+        assert len(window.records) == 50
+        raise RuntimeError("saving the report failed (injected)")
+    with claimed_window(ws, "churn") as window:
+        assert len(window.records) == 50
+    with claimed_window(ws, "churn") as window:
+        assert window.records == ()
