@@ -16,26 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from churn_models import GOOD, register_versions, wait_for
 from servers import start, stop
 
 from loopml.context import Workspace
 from loopml.examples import churn
-from loopml.features import FeatureView, point_in_time_join
 from loopml.predlog import read_store_segments, store_segments
-from loopml.trainers import train_model
 
 pytestmark = pytest.mark.slow
-VIEW = FeatureView("activity", "customer_id", "event_timestamp",
-                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
-GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
 FLUSH_SECONDS = 0.25  # PredictionLogWriter's default: answers buffered in memory at most this long
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.05)
 
 
 def serve(config: Path, log: Path) -> tuple[subprocess.Popen, str]:
@@ -52,12 +41,7 @@ def test_a_killed_replica_loses_only_the_answers_of_its_last_moments(tmp_path: P
     config.write_text(config.read_text() + '\n[serving]\nbackend = "builtin"\n[serving.options]\n'
                       'log_to_store = true\nlog_segment_seconds = 3600\n')
     ws = Workspace.open(config)
-    data = churn.generate(600, seed=5)
-    frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
-    trained = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=2, seed=1)
-    info = ws.store.put("models/churn/crash-1/model.pt2", trained.artifact)
-    ws.registry.register("churn", artifact_key=info.key, artifact_sha256=info.sha256, status="approved", actor="t")
-    ws.registry.set_alias("churn", "production", 1, expected=None, actor="t", reason="first")
+    register_versions(ws, prefix="crash")
 
     proc, url = serve(config, tmp_path / "first.log")
     answered: list[tuple[float, str]] = []

@@ -16,7 +16,6 @@ manifests use the default, 8080, which another process here may hold).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -32,19 +31,15 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from churn_models import GOOD, register_versions
 from servers import free_port, moto_server, postgres_server
 
 from loopml.context import Workspace
 from loopml.examples import churn
-from loopml.features import FeatureView, point_in_time_join
 from loopml.serving.builtin import post_json
-from loopml.trainers import train_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 ROOT = Path(__file__).resolve().parents[1]
-VIEW = FeatureView("activity", "customer_id", "event_timestamp",
-                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
-GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
 TOKEN = "manifest-token-7d2e"
 ROOTFS_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt", "work")
 
@@ -131,17 +126,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory):
                  'region = "us-east-1"\naccess_key_id = "AKIATEST"\nsecret_access_key = "x"\n'
                  f'\n[registry]\nbackend = "postgres"\n[registry.options]\nurl = "{database}"\n')
         config.write_text(text)
-        ws = Workspace.open(config)
-        data = churn.generate(600, seed=5)
-        frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
-        trained = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=2, seed=1)
-        info = ws.store.put("models/churn/k8s-1/model.pt2", trained.artifact)
-        buf = io.BytesIO()
-        frame[[*VIEW.numeric, *VIEW.categorical]].to_parquet(buf)
-        ws.store.put("models/churn/k8s-1/reference.parquet", buf.getvalue())
-        ws.registry.register("churn", artifact_key=info.key, artifact_sha256=info.sha256, status="approved",
-                             actor="test")
-        ws.registry.set_alias("churn", "production", 1, expected=None, actor="test", reason="first")
+        register_versions(Workspace.open(config), prefix="k8s", reference=True)
         configmap = root / "configmap"
         configmap.mkdir()
         (configmap / "loopml.toml").write_text(text)

@@ -9,31 +9,19 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from churn_models import GOOD, register_versions, wait_for
 from servers import POSTGRES_CONTROL, postgres_server, start, stop
 
 from loopml.context import Workspace
 from loopml.examples import churn
-from loopml.features import FeatureView, point_in_time_join
 from loopml.serving.builtin import post_json
 from loopml.traffic import TrafficGenerator
-from loopml.trainers import train_model
 
 pytestmark = pytest.mark.slow
-VIEW = FeatureView("activity", "customer_id", "event_timestamp",
-                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
-GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.1)
 
 
 def project(folder: Path, database: str) -> Path:
@@ -50,15 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     root = tmp_path_factory.mktemp("outage")
     with postgres_server() as database:
         config = project(root / "replica-a", database)
-        ws = Workspace.open(config)
-        data = churn.generate(600, seed=5)
-        frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
-        for seed in (1, 2):
-            trained = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=2, seed=seed)
-            info = ws.store.put(f"models/churn/outage-{seed}/model.pt2", trained.artifact)
-            ws.registry.register("churn", artifact_key=info.key, artifact_sha256=info.sha256, status="approved",
-                                 actor="test")
-        ws.registry.set_alias("churn", "production", 1, expected=None, actor="test", reason="first")
+        register_versions(Workspace.open(config), (1, 2), prefix="outage")
         yield config, database
 
 

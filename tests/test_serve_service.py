@@ -14,18 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from churn_models import GOOD, register_versions
 from servers import start, stop
 
 from loopml.context import Workspace
 from loopml.examples import churn
-from loopml.features import FeatureView, point_in_time_join
 from loopml.traffic import TrafficGenerator
-from loopml.trainers import train_model
 
 pytestmark = pytest.mark.slow
-VIEW = FeatureView("activity", "customer_id", "event_timestamp",
-                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
-GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> float:
@@ -43,15 +39,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project whose registry holds churn v1 (production) and v2 (approved)."""
     folder = tmp_path_factory.mktemp("served")
     config = churn.init_project(folder, n_customers=300, seed=3)
-    ws = Workspace.open(config)
-    data = churn.generate(600, seed=5)
-    frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
-    for seed in (1, 2):
-        trained = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=2, seed=seed)
-        info = ws.store.put(f"models/churn/test-{seed}/model.pt2", trained.artifact)
-        ws.registry.register("churn", artifact_key=info.key, artifact_sha256=info.sha256, status="approved",
-                             actor="test", lineage={"entity": "customer_id"})
-    ws.registry.set_alias("churn", "production", 1, expected=None, actor="test", reason="first")
+    register_versions(Workspace.open(config), (1, 2), lineage={"entity": "customer_id"})
     return config
 
 
@@ -222,8 +210,8 @@ def test_every_replica_follows_the_rollout_recorded_with_the_canary(project: Pat
     production = ws.registry.aliases("churn")["production"]
     canary = 2 if production == 1 else 1
     follower.sync()
-    ws.registry.set_alias("churn", "canary", canary, expected=None, actor="test", reason="shadow it",
-                          rollout=Rollout("shadow"))
+    ws.registry.set_alias("churn", "canary", canary, expected=ws.registry.aliases("churn").get("canary"),
+                          actor="test", reason="shadow it", rollout=Rollout("shadow"))
     assert follower.sync()
     assert dict(core.routing.weights) == {production: 1.0} and core.health()["shadow"] == canary
     active = canaries.active(ws, "churn")

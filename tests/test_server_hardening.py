@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from malformed_requests import battery
+from malformed_requests import GOOD, battery, request, rows
 
 from loopml.artifacts import Predictor
 from loopml.examples import churn
@@ -23,7 +23,6 @@ from loopml.trainers import train_model
 
 VIEW = FeatureView("activity", "customer_id", "event_timestamp",
                    ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
-GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
 LIMITS = ServerLimits(header_timeout=1.0, body_timeout=1.0, max_connections=64)
 
 
@@ -78,16 +77,6 @@ def exchange(server: ModelServer, raw: bytes, timeout: float = 15.0) -> tuple[in
         return 0, {}
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), json.loads(body or b"{}")
-
-
-def request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
-    headers = {"Host": "x", "Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
-    return (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + "\r\n").encode() + body
-
-
-def rows(*items: dict) -> bytes:
-    return json.dumps({"rows": list(items)}).encode()
 
 
 BATTERY = [

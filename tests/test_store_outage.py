@@ -4,38 +4,25 @@ commands that need the store say so in one line and exit 2."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
+from churn_models import GOOD, register_versions, wait_for
 from servers import TcpProxy, moto_server, start, stop
 
 from loopml.context import Workspace
 from loopml.examples import churn
-from loopml.features import FeatureView, point_in_time_join
 from loopml.predlog import read_store_segments, store_segments
-from loopml.trainers import train_model
 
 pytestmark = pytest.mark.slow
-VIEW = FeatureView("activity", "customer_id", "event_timestamp",
-                   ("tenure_months", "monthly_charges", "support_calls"), ("contract", "region"))
-GOOD = {"tenure_months": 12, "monthly_charges": 70.5, "support_calls": 1, "contract": "month", "region": "north"}
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.1)
 
 
 def test_an_s3_outage_under_load_loses_no_row_and_says_so_in_one_line(tmp_path: Path) -> None:
@@ -52,16 +39,7 @@ def test_an_s3_outage_under_load_loses_no_row_and_says_so_in_one_line(tmp_path: 
                           '\n[serving]\nbackend = "builtin"\n[serving.options]\nlog_to_store = true\n'
                           'log_segment_seconds = 0.5\n')
         ws = Workspace.open(config)
-        data = churn.generate(600, seed=5)
-        frame = point_in_time_join(data.labels, "label_timestamp", data.activity, VIEW).dropna()
-        trained = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=2, seed=1)
-        info = ws.store.put("models/churn/s3-1/model.pt2", trained.artifact)
-        buf = io.BytesIO()
-        frame[[*VIEW.numeric, *VIEW.categorical]].to_parquet(buf)
-        ws.store.put("models/churn/s3-1/reference.parquet", buf.getvalue())
-        ws.registry.register("churn", artifact_key=info.key, artifact_sha256=info.sha256, status="approved",
-                             actor="t")
-        ws.registry.set_alias("churn", "production", 1, expected=None, actor="t", reason="first")
+        register_versions(ws, prefix="s3", reference=True)
 
         log = tmp_path / "serve.log"
         proc = start([sys.executable, "-m", "loopml.cli", "serve", "churn@production", "--port", "0",
