@@ -182,7 +182,8 @@ def test_store_gc_removes_unreferenced_blobs_and_dead_writers_temp_files(project
     store.delete("drop/me")
     (store.root / "tmp" / ".part-killed").write_bytes(b"y" * 500_000)  # a writer killed mid-write
     code, out, _ = run(capsys, "store", "gc", "--json")
-    assert code == 0 and json.loads(out) == {"blobs": 1, "temp_files": 1, "bytes_freed": 1_500_000}
+    assert code == 0 and json.loads(out) == {"expired_segments": 0, "expired_reports": 0, "blobs": 1,
+                                             "temp_files": 1, "bytes_freed": 1_500_000}
     assert store.get("keep/me") == b"still referenced"
     code, out, _ = run(capsys, "store", "gc")
     assert code == 0 and "removed 0 unreferenced blobs and 0 temp files" in out

@@ -129,7 +129,7 @@ def test_segments_reach_the_store_on_age_without_traffic_and_a_failed_upload_is_
 
 
 def test_the_segment_cursor_stays_small_and_knows_late_uploads() -> None:
-    from loopml.predlog import SegmentCursor
+    from loopml.segment_cursor import SegmentCursor
 
     def key(day: str, writer: str, part: int) -> str:
         return f"predictions/churn/{day}/10/{writer}-{part:04d}.jsonl"

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from loopml.backends.content_store import ContentAddressedStore, Staged, chunks_of, write_hashed
 from loopml.errors import ConfigError, StorageError
@@ -51,7 +51,9 @@ class S3StoreOptions(BaseModel):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     multipart_threshold_mb: int = 16
-    gc_grace_seconds: float = 3600.0  # `loopml store gc` sweeps only blobs no writer touched for this long
+    gc_grace_seconds: float = Field(default=3600.0, ge=0, description="`loopml store gc`: a blob no key names is "
+                                    "quarantined only once no writer touched it for this long, and deleted "
+                                    "only this long after that")
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 5

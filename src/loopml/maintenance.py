@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from loopml.capabilities import CollectableStore
 from loopml.errors import ConfigError, LoopmlError
-from loopml.predlog import LOG_HORIZON_DAYS, segment_day
+from loopml.segment_cursor import LOG_HORIZON_DAYS, segment_day
 
 if TYPE_CHECKING:
     from loopml.context import Workspace

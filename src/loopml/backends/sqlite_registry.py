@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,6 @@ class SqliteRegistry(SqlRegistry):
     upgrades_in_place = True  # one file on one machine: upgraded when a new loopml opens it, a copy kept
 
     def _before_upgrade(self, current: str | None) -> None:
-        import sqlite3
-
         backup = self.path.with_name(f"{self.path.name}.before-{HEAD}")
         with sqlite3.connect(self.path) as source, sqlite3.connect(backup) as target:
             source.backup(target)

@@ -25,15 +25,8 @@ import pandas as pd
 from loopml import prediction_records
 from loopml.capabilities import LogFlushingServing
 from loopml.context import shares_state
-from loopml.predlog import (
-    LOG_HORIZON_DAYS,
-    LogCursor,
-    SegmentCursor,
-    read_since,
-    read_store_segments,
-    segment_day,
-    store_segments,
-)
+from loopml.predlog import LogCursor, read_since, read_store_segments, store_segments
+from loopml.segment_cursor import LOG_HORIZON_DAYS, SegmentCursor, segment_day
 from loopml.shared_state import SharedState, StateConflictError
 from loopml.stages.project import safely
 
