@@ -345,6 +345,7 @@ def test_oversized_headers_are_refused_without_holding_memory(server) -> None:
     assert answers.count(431) >= 25, answers  # a client may see its reset before the answer, never a 200
     assert 200 not in answers
     assert rss_mb() - before < 100, f"RSS grew from {before:.0f} to {rss_mb():.0f} MB"
+    print(f"30 x 8 MB of headers: {answers.count(431)} answered 431, RSS {before:.0f} -> {rss_mb():.0f} MB")
     text = urllib_get(server.url + "/metrics")
     assert 'route="unrouted",status="431"' in text
 
