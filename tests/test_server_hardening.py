@@ -49,7 +49,7 @@ def online_store(tmp_path_factory):
 @pytest.fixture
 def server(predictor, online_store, tmp_path):
     srv = ModelServer("churn", log_dir=tmp_path / "log", limits=LIMITS, entity="customer_id").start()
-    srv.feature_lookup = lambda ids: online_store.online_features(VIEW.name, ids)
+    srv.feature_lookup = lambda ids: online_store.online_rows(VIEW.name, ids)
     srv.add_version(1, predictor)
     yield srv
     srv.stop()

@@ -149,12 +149,10 @@ def test_health_and_metadata(server) -> None:
 
 @pytest.mark.server
 def test_rows_with_only_the_entity_id_use_online_features(server) -> None:
-    import pandas as pd
-
     online = {7: GOOD}
 
-    def lookup(ids):
-        return pd.DataFrame([{"customer_id": i, **online.get(i, dict.fromkeys(GOOD))} for i in ids])
+    def lookup(ids):  # the server's lookup contract: one row of features per id, None where unknown
+        return [{"customer_id": i, **online.get(i, dict.fromkeys(GOOD))} for i in ids]
 
     server.feature_lookup = lookup
     status, body = post_json(server.url + "/predict", {"rows": [{"customer_id": 7}, GOOD]})

@@ -6,11 +6,19 @@ and listed by ``loopml config``; call sites ask the workspace, never the backend
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from loopml.protocols import ArtifactStore, ModelRegistry, QueryableTracker, ServingBackend, Tracker, Trainer
+from loopml.protocols import (
+    ArtifactStore,
+    FeatureStore,
+    ModelRegistry,
+    QueryableTracker,
+    ServingBackend,
+    Tracker,
+    Trainer,
+)
 
 if TYPE_CHECKING:
     from loopml.records import GcResult
@@ -97,6 +105,14 @@ class TokenServing(ServingBackend, Protocol):
     def inference_token(self) -> str | None: ...
 
 
+# ---------------------------------------------------------------------------- feature stores
+@runtime_checkable
+class RowFeatureStore(FeatureStore, Protocol):
+    """Looks online features up as plain rows, cheaply enough for every request of a server."""
+
+    def online_rows(self, view_name: str, entity_ids: Sequence[Any]) -> list[dict[str, Any]]: ...
+
+
 # ---------------------------------------------------------------------------- registries
 @runtime_checkable
 class MigratingRegistry(ModelRegistry, Protocol):
@@ -123,6 +139,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "serving": (ShadowServing, EntityServing, LogFlushingServing, StoreLoggingServing, TokenServing),
     "trainer": (DescribedTrainer,),
     "registry": (MigratingRegistry,),
+    "feature_store": (RowFeatureStore,),
 }
 """The optional abilities looked for in each kind of backend."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -36,13 +37,26 @@ class LocalFeatureStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.online_path = self.root / "online.db"
+        self._reader: sqlite3.Connection | None = None  # kept for online_rows (a server's hot path)
+        self._reader_lock = threading.Lock()
+        self._views: dict[str, tuple[float, FeatureView]] = {}
 
     def _view(self, name: str) -> FeatureView:
         path = self.root / f"{name}.view.json"
-        if not path.is_file():
-            raise DataValidationError(f"feature view {name!r} is not applied; run the features flow")
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            raise DataValidationError(f"feature view {name!r} is not applied; run the features flow") from None
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
         raw = json.loads(path.read_text())
+        view = self._parse_view(raw)
+        self._views[name] = (mtime, view)
+        return view
 
+    @staticmethod
+    def _parse_view(raw: dict[str, Any]) -> FeatureView:
         return FeatureView(raw["name"], raw["entity"], raw["timestamp"], tuple(raw["numeric"]),
                            tuple(raw["categorical"]),
                            timedelta(seconds=raw["ttl"]) if raw["ttl"] is not None else None)
@@ -88,22 +102,33 @@ class LocalFeatureStore:
             db.executemany(f'INSERT INTO "{view.name}" VALUES (?,?,?)', rows)
         return len(rows)
 
+    def online_rows(self, view_name: str, entity_ids: Sequence[Any]) -> list[dict[str, Any]]:
+        """The latest materialized features of each entity, as rows (None for one never
+        materialized): what a model server looks up per request, from a connection kept open and
+        with no DataFrame. ``materialize`` replaces the table in one transaction, so a reader sees
+        the old rows or the new ones."""
+        view = self._view(view_name)
+        empty = dict.fromkeys(view.features)
+        found: dict[str, dict[str, Any]] = {}
+        if self.online_path.is_file():
+            keys = [str(e) for e in entity_ids]
+            with self._reader_lock:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(f"file:{self.online_path}?mode=ro", uri=True,
+                                                   check_same_thread=False)
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i:i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for entity, features in self._reader.execute(
+                            f'SELECT entity, features FROM "{view.name}" WHERE entity IN ({marks})', chunk):
+                        found[entity] = json.loads(features)
+        return [{view.entity: e, **found.get(str(e), empty)} for e in entity_ids]
+
     def online_features(self, view_name: str, entity_ids: Sequence[Any]) -> pd.DataFrame:
         import pandas as pd
 
         view = self._view(view_name)
-        found: dict[str, dict[str, Any]] = {}
-        if self.online_path.is_file():
-            with sqlite3.connect(self.online_path) as db:
-                keys = [str(e) for e in entity_ids]
-                for i in range(0, len(keys), 500):
-                    chunk = keys[i:i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    for entity, features in db.execute(
-                            f'SELECT entity, features FROM "{view.name}" WHERE entity IN ({marks})', chunk):
-                        found[entity] = json.loads(features)
-        rows = [{view.entity: e, **found.get(str(e), dict.fromkeys(view.features))} for e in entity_ids]
-        return pd.DataFrame(rows, columns=[view.entity, *view.features])
+        return pd.DataFrame(self.online_rows(view_name, entity_ids), columns=[view.entity, *view.features])
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,7 @@ from loopml import prediction_records
 from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
 from loopml.serving.metrics import ServerMetrics
+from loopml.serving.online import LocalLookup
 from loopml.serving.requests import INT64, RequestError, ServerLimits, short, validate_rows
 from loopml.serving.routing import Routing
 
@@ -203,7 +204,9 @@ class ServingCore:
         predictor = routing.predictors[version]
         extra = (self.entity,) if self.entity else ()
         lookups = self._entity_rows(payload) if self.feature_lookup is not None else []
-        if lookups:  # only rows that carry just the entity id need the online store (off the event loop)
+        if lookups and isinstance(self.feature_lookup, LocalLookup):  # microseconds: a thread hop costs more
+            payload = self._fill_online_features(payload, lookups, predictor.signature)
+        elif lookups:  # only rows that carry just the entity id need the online store (off the event loop)
             payload = await asyncio.to_thread(self._fill_online_features, payload, lookups, predictor.signature)
         rows = validate_rows(payload, predictor.signature, max_rows=self.limits.max_rows, extra_allowed=extra,
                              max_string_chars=self.limits.max_string_chars)
@@ -317,7 +320,7 @@ class ServingCore:
         wanted = set(sig.features)
         found = self.feature_lookup([rows[i][self.entity] for i in by_id])
         filled = list(rows)
-        for i, record in zip(by_id, found.to_dict("records"), strict=True):
+        for i, record in zip(by_id, found, strict=True):
             values = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items() if k in wanted}
             if any(v is None or v != v for v in values.values()):
                 raise RequestError(404, f"rows[{i}]: no online features for {self.entity}="

@@ -31,6 +31,7 @@ from loopml.serving.app import build_app
 from loopml.serving.artifact_cache import artifact_file
 from loopml.serving.builtin import BuiltinServingOptions
 from loopml.serving.core import ServingCore
+from loopml.serving.online import online_lookup
 from loopml.serving.reconcile import reconcile, rollout_of, routing_for
 from loopml.serving.transport import bind, check_exposure, draining_server, uvicorn_config
 
@@ -229,7 +230,7 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     core = ServingCore(name, entity=entity, limits=limits, log_writer=writer)
     if ws.config.pipeline is not None and entity:
         view = ws.config.pipeline.features.view
-        core.feature_lookup = lambda ids: ws.feature_store.online_features(view, ids)
+        core.feature_lookup = online_lookup(ws, view)
 
     if canary_weight is None:
         canary_weight = options.canary_weight

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from loopml.capabilities import EntityServing, ShadowServing
 from loopml.errors import ConfigError
 from loopml.serving.artifact_cache import artifact_file
+from loopml.serving.online import online_lookup
 from loopml.serving.reconcile import desired_routing, reconcile
 from loopml.stages.project import view_of
 
@@ -55,7 +56,7 @@ def sync_serving(ws: Workspace, name: str) -> str | None:
     by_entity = ws.ability(serving, EntityServing)
     if by_entity is not None:  # requests may name just the entity
         view = view_of(ws)
-        by_entity.use_online_features(lambda ids: ws.feature_store.online_features(view.name, ids))
+        by_entity.use_online_features(online_lookup(ws, view.name))
     weights, shadow = desired_routing(ws, name)
     if not weights:
         return None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from loopml.capabilities import RowFeatureStore
 from loopml.features import FeatureView
 
 
@@ -66,6 +67,20 @@ class FeatureStoreSuite:
         assert online["amount"].tolist()[:2] == [20.0, 90.0]
         assert online["plan"].tolist()[:2] == ["b", "z"]
         assert online["amount"].isna().tolist()[2]
+
+    def test_row_lookups_agree_with_online_features_and_see_a_new_materialization(self, feature_store: Any) -> None:
+        """A store that looks rows up for servers (``online_rows``) answers as ``online_features``
+        does, and a lookup after the next materialization sees its values (not applicable to a
+        store without row lookups)."""
+        if not isinstance(feature_store, RowFeatureStore):
+            pytest.skip("not applicable: this store has no row lookup")
+        feature_store.apply(self.view(), self.source())
+        feature_store.materialize("suite_view", datetime(2025, 1, 15, tzinfo=UTC))
+        rows = feature_store.online_rows("suite_view", [1, 2, 3])
+        assert [(r["entity_id"], r["amount"], r["plan"]) for r in rows] == [(1, 20.0, "b"), (2, 90.0, "z"),
+                                                                              (3, None, None)]
+        feature_store.materialize("suite_view", datetime(2025, 1, 25, tzinfo=UTC))  # a later one
+        assert feature_store.online_rows("suite_view", [1])[0]["amount"] == 30.0
 
 
 # ------------------------------------------------------------------------------------ serving
