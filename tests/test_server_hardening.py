@@ -57,22 +57,15 @@ def server(predictor, online_store, tmp_path):
 
 def exchange(server: ModelServer, raw: bytes, timeout: float = 15.0) -> tuple[int, dict]:
     """Send raw bytes, read one HTTP answer; (status, JSON body). (0, {}) if the server closed."""
+    def complete(data: bytes) -> bool:
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        return length is not None and len(body) >= length
+
     with socket.create_connection(server.address, timeout=timeout) as sock:
         sock.sendall(raw)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), None)
-            if length is not None and len(body) >= length:
-                break
+        data = read_all(sock, timeout, until=complete)
     if not data:
         return 0, {}
     head, _, body = data.partition(b"\r\n\r\n")
@@ -280,8 +273,8 @@ def test_json_depth_ignores_brackets_inside_strings() -> None:
     assert json_depth(b'{"a": "[[[[[[", "b": [1, {"c": 2}]}') == 3
 
 
-def read_all(sock: socket.socket, timeout: float = 60.0) -> bytes:
-    """Everything the server sends until it closes the connection (or ``timeout`` passes)."""
+def read_all(sock: socket.socket, timeout: float = 60.0, until=lambda data: False) -> bytes:  # type: ignore[no-untyped-def]
+    """What the server sends until ``until(data)``, or it closes the connection, or ``timeout`` passes."""
     sock.settimeout(timeout)
     data = b""
     deadline = time.monotonic() + timeout
@@ -293,6 +286,8 @@ def read_all(sock: socket.socket, timeout: float = 60.0) -> bytes:
         if not chunk:
             break
         data += chunk
+        if until(data):
+            break
     return data
 
 
