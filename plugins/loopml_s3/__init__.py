@@ -71,6 +71,12 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def _code(exc: StorageError) -> str | None:
+    """The S3 error code behind a StorageError raised by :meth:`S3Blobs.calling`, if any."""
+    response = getattr(exc.__cause__, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
 class S3Blobs:
     """An S3 bucket (and prefix) as a :class:`~loopml.backends.content_store.BlobSpace`."""
 
@@ -155,14 +161,11 @@ class S3Blobs:
         return head is not None and head.get("Metadata", {}).get("sha256") == sha
 
     def _head(self, full_key: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
-
         try:
             with self.calling(f"HEAD {full_key}"):
                 return self.client.head_object(Bucket=self.bucket, Key=full_key)
         except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING:
+            if _code(exc) in MISSING:
                 return None
             raise
 
@@ -194,29 +197,23 @@ class S3Blobs:
         yield from iter(lambda: body.read(CHUNK), b"")
 
     def create_ref(self, key: str, body: bytes, content_type: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
             with self.calling(f"write of {key!r}"):
                 self.client.put_object(Bucket=self.bucket, Key=self.ref(key), Body=body, IfNoneMatch="*",
                                        ContentType="application/json", ChecksumAlgorithm="SHA256",
                                        Metadata={"content-type": content_type})
         except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in EXISTS:
+            if _code(exc) in EXISTS:
                 return False
             raise
         return True
 
     def read_ref(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
         try:
             with self.calling(f"read of {key!r}"):
                 return self.client.get_object(Bucket=self.bucket, Key=self.ref(key))["Body"].read()
         except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in MISSING:
+            if _code(exc) in MISSING:
                 return None
             raise
 

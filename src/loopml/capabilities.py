@@ -36,7 +36,9 @@ class ExportingStore(ArtifactStore, Protocol):
 class CollectableStore(ArtifactStore, Protocol):
     """Removes blobs no key refers to, safely beside running writers (``loopml store gc``)."""
 
-    def gc(self) -> GcResult: ...
+    def gc(self, grace_seconds: float | None = None) -> GcResult:
+        """``grace_seconds``: how long a blob no key names must have been left alone by writers on
+        other machines before it goes (stores that lock out writers while they sweep ignore it)."""
 
 
 @runtime_checkable
@@ -108,7 +110,8 @@ class TokenServing(ServingBackend, Protocol):
 # ---------------------------------------------------------------------------- feature stores
 @runtime_checkable
 class RowFeatureStore(FeatureStore, Protocol):
-    """Looks online features up as plain rows, cheaply enough for every request of a server."""
+    """Looks online features up as plain rows from this machine's disk (no network round trip),
+    cheaply enough for a server to do on its event loop for every request."""
 
     def online_rows(self, view_name: str, entity_ids: Sequence[Any]) -> list[dict[str, Any]]: ...
 

@@ -58,4 +58,4 @@ def collect_garbage(ws: Workspace, grace_seconds: float | None = None) -> GcResu
     if store is None:
         raise LoopmlError(f"the artifact store {ws.store.uri} has no gc; expire its unreferenced "
                           "objects with the service's own lifecycle rules")
-    return store.gc() if grace_seconds is None else store.gc(grace_seconds)  # type: ignore[call-arg]
+    return store.gc(grace_seconds)

@@ -183,11 +183,12 @@ class LocalArtifactStore(ContentAddressedStore):
                 os.unlink(tmp)
         return target.as_uri()
 
-    def gc(self) -> GcResult:
+    def gc(self, grace_seconds: float | None = None) -> GcResult:
         """Remove blobs no key refers to and temp files of writers that died.
 
         Safe while other processes put: it waits for writes in flight and holds new ones back until
-        it is done (see the module docstring)."""
+        it is done (see the module docstring), so no grace period is needed (``grace_seconds`` is
+        ignored)."""
         blobs = temps = freed = 0
         with self.local.locked(exclusive=True):
             live = {info.sha256 for info in self.list()}

@@ -95,7 +95,7 @@ def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: SqlRegistry, *args: Any, **kwargs: Any) -> Any:
         from sqlalchemy.exc import DBAPIError, OperationalError
 
-        if getattr(self, "schema_problem", None):
+        if self.schema_problem:
             raise RegistrySchemaError(self.schema_problem)
         try:
             return method(self, *args, **kwargs)

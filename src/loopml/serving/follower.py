@@ -13,7 +13,6 @@ requests in flight finish, then flush the prediction log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -58,8 +57,7 @@ class RegistryFollower:
 
     @property
     def known_good_file(self) -> Path:
-        """What this machine served last, so it can start serving it while the registry is down."""
-        return self.ws.context.home / "serving" / f"{self.model}@{self.alias}.json"
+        return known_good_file(self.ws, self.model, self.alias)
 
     def desired(self) -> tuple[dict[int, float], int | None]:
         """(traffic weights, shadow version) the aliases and the canary's recorded rollout call for
@@ -74,7 +72,7 @@ class RegistryFollower:
         drop the rest. True if anything moved."""
         wanted, shadow = self.desired()
         moved = reconcile(_CoreTarget(self), wanted, shadow)
-        if moved or (self.core.routing.predictors and not self.known_good_file.is_file()):
+        if moved:
             self._remember()
         if not moved:
             return False
@@ -95,11 +93,11 @@ class RegistryFollower:
 
     def serve_known_good(self) -> bool:
         """Load what this machine served last (registry unreachable at start). False if it has none."""
+        known = read_known_good(self.known_good_file)
         try:
-            known = json.loads(self.known_good_file.read_text())
             files = {int(v): Path(p) for v, p in known["files"].items()}
             weights = {int(v): float(w) for v, w in known["weights"].items()}
-        except (OSError, ValueError, KeyError):
+        except (ValueError, KeyError):
             return False
         if not weights or not all(path.is_file() for path in files.values()) or set(weights) - set(files):
             return False
@@ -150,6 +148,20 @@ class RegistryFollower:
                     log.warning("could not follow the registry for %s (still serving %s; next try in %.0f s): %s",
                                 self.model, sorted(self.core.routing.predictors), self.backoff(), exc)
             await asyncio.sleep(self.backoff())
+
+
+def known_good_file(ws: Workspace, model: str, alias: str) -> Path:
+    """What this machine served last for ``model@alias``, so it can serve it while the registry is down."""
+    return ws.context.home / "serving" / f"{model}@{alias}.json"
+
+
+def read_known_good(path: Path) -> dict[str, Any]:
+    """The last known good routing written by :meth:`RegistryFollower.sync` ({} if none or unreadable)."""
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 class _CoreTarget:
@@ -217,8 +229,7 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
         entity = ws.registry.get(name, alias=alias).lineage.get("entity")
     except RegistryUnavailableError as exc:  # serve what this machine served last, or wait a while
         outage = exc
-        with contextlib.suppress(OSError, ValueError):
-            entity = json.loads((ws.context.home / "serving" / f"{name}@{alias}.json").read_text()).get("entity")
+        entity = read_known_good(known_good_file(ws, name, alias)).get("entity")
     except ModelNotFoundError as exc:
         known = sorted({v.name for v in ws.registry.list_versions()})
         if not wait:

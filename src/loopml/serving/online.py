@@ -28,7 +28,6 @@ def online_lookup(ws: Workspace, view_name: str) -> Callable[[list[Any]], list[d
     connection, no DataFrame), else its DataFrame as records."""
     rows = ws.ability(ws.feature_store, RowFeatureStore)
     if rows is not None:
-        lookup = lambda ids: rows.online_rows(view_name, ids)  # noqa: E731
-        return LocalLookup(lookup) if ws.config.feature_store.backend == "local" else lookup
+        return LocalLookup(lambda ids: rows.online_rows(view_name, ids))
     store = ws.feature_store
     return lambda ids: store.online_features(view_name, ids).to_dict("records")

@@ -120,6 +120,11 @@ def _window(model_name: str, records: list[dict[str, Any]]) -> PredictionWindow:
 CLAIM_SECONDS = 900.0  # a monitor run that holds segments longer than this loses them to the next run
 
 
+def _horizon() -> str:
+    """The oldest day of segments a monitor still reads (``YYYY-MM-DD``)."""
+    return (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
+
+
 class StoreClaim:
     """Uploaded log segments one monitor run holds: claimed, then committed as read or released, each
     a compare-and-set on the shared cursor in the store (``state/monitoring/<model>/log-cursor``)."""
@@ -131,11 +136,11 @@ class StoreClaim:
         self.keys: list[str] = []
 
     def _update(self, change: Callable[[SegmentCursor], bool]) -> None:
-        horizon = (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
+        """Apply ``change`` to the shared cursor by compare-and-set (``change`` returns False: write nothing)."""
         for _ in range(20):
             current = self.state.read()
             cursor = SegmentCursor.from_value(current.value)
-            cursor.forget_before(horizon)
+            cursor.forget_before(_horizon())
             if not change(cursor):
                 return
             try:
@@ -148,10 +153,9 @@ class StoreClaim:
 
     def take(self) -> list[dict[str, Any]]:
         """Claim the segments nobody has read or holds, and read them (released if reading fails)."""
-        horizon = (datetime.now(UTC) - timedelta(days=LOG_HORIZON_DAYS)).strftime("%Y-%m-%d")
 
         def claim(cursor: SegmentCursor) -> bool:
-            now = time.time()
+            now, horizon = time.time(), _horizon()
             self.keys = [k for k in store_segments(self.ws.store, self.model_name)
                          if segment_day(k) >= horizon and cursor.claimable(k, now)]
             cursor.claim(self.keys, self.owner, now + CLAIM_SECONDS)
@@ -167,13 +171,21 @@ class StoreClaim:
             raise
 
     def commit(self) -> None:
+        def mark_read(cursor: SegmentCursor) -> bool:
+            cursor.commit(self.keys, self.owner)
+            return True
+
         if self.keys:
-            self._update(lambda cursor: (cursor.commit(self.keys, self.owner), True)[1])
+            self._update(mark_read)
 
     def release(self) -> None:
+        def let_go(cursor: SegmentCursor) -> bool:
+            cursor.release(self.keys, self.owner)
+            return True
+
         if self.keys:
             try:
-                self._update(lambda cursor: (cursor.release(self.keys, self.owner), True)[1])
+                self._update(let_go)
             except Exception as exc:  # the claim then expires after CLAIM_SECONDS
                 log.warning("could not release %d claimed log segment(s) of %s (%s); they are read again "
                             "after %.0f s", len(self.keys), self.model_name, exc, CLAIM_SECONDS)
