@@ -249,3 +249,43 @@ def test_a_writer_reusing_an_old_unreferenced_blob_keeps_it_from_the_sweep(endpo
         assert store.gc(grace_seconds=1.0).blobs == 0  # gc runs between the writer's two steps
         store.put("b", b"shared bytes")  # the writer names it
     assert store.get("b") == b"shared bytes"
+
+
+def test_a_writer_slower_than_the_grace_period_still_names_a_blob_that_exists(endpoint: str) -> None:
+    """The writer saw the blob, then stalled past the grace period while two sweeps quarantined
+    and deleted it; when its ref lands it checks the blob and uploads the bytes again."""
+    bucket = f"gc-slow-{uuid.uuid4().hex[:8]}"
+    store = make_store(endpoint, bucket)
+    collector = make_store(endpoint, bucket)  # gc on another machine
+    store.put("old", b"shared bytes")
+    store.delete("old")
+    kept = store.s3.keep_blob
+
+    def stalled_keep_blob(staged, content_type: str) -> None:
+        kept(staged, content_type)  # the blob exists: the writer will only name it
+        collector.gc(grace_seconds=0)  # quarantined
+        collector.gc(grace_seconds=0)  # and deleted for good, before the ref is written
+        assert not store.s3._blob_ok(staged.sha256)
+
+    store.s3.keep_blob = stalled_keep_blob
+    store.put("new", b"shared bytes")
+    assert collector.get("new") == b"shared bytes"
+
+
+def test_two_readers_of_a_quarantined_blob_both_read_it(endpoint: str) -> None:
+    """Two readers find a named blob in quarantine at once; the one that restores it second finds
+    the quarantine empty and still reads the blob the first one put back."""
+    bucket = f"gc-readers-{uuid.uuid4().hex[:8]}"
+    first, second = make_store(endpoint, bucket), make_store(endpoint, bucket)
+    sha = first.put("k", b"named bytes").sha256
+    s3 = client(endpoint)
+    s3.copy_object(Bucket=bucket, Key=first.s3.quarantined(sha), CopySource={"Bucket": bucket, "Key": first._blob(sha)})
+    s3.delete_object(Bucket=bucket, Key=first._blob(sha))  # a sweep that listed refs before "k" was written
+    restore = second.s3.restore
+
+    def restored_first_by_the_other_reader(sha256: str) -> bool:
+        assert first.s3.restore(sha256)
+        return restore(sha256)  # finds nothing left in quarantine
+
+    second.s3.restore = restored_first_by_the_other_reader
+    assert second.get("k") == b"named bytes"

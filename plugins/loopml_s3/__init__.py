@@ -150,6 +150,17 @@ class S3Blobs:
             with self.calling(f"touch of blob {staged.sha256[:12]}"):
                 self.client.put_object(Bucket=self.bucket, Key=self.touch(staged.sha256), Body=b"")
             return
+        self._upload(staged, content_type)
+
+    def confirm_blob(self, staged: Staged, content_type: str) -> None:
+        """The ref is written; a gc that listed refs before it may have quarantined or deleted the
+        blob since ``keep_blob`` saw it. Put it back from quarantine, or upload the bytes again,
+        so that a put never returns a key naming a missing blob, however slow the writer was."""
+        if self._blob_ok(staged.sha256) or self.restore(staged.sha256):
+            return
+        self._upload(staged, content_type)
+
+    def _upload(self, staged: Staged, content_type: str) -> None:
         with self.calling(f"upload of blob {staged.sha256[:12]}"):
             self.client.upload_file(str(staged.path), self.bucket, self.blob(staged.sha256), Config=self.transfer,
                                     ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": content_type,
@@ -190,10 +201,14 @@ class S3Blobs:
 
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.blob(sha256))["Body"]
-        except ClientError as exc:
-            if not self.restore(sha256):  # a gc quarantined it while a writer named it: put it back
+        except ClientError:
+            # A gc quarantined it while a writer named it: put it back. Whether this reader or
+            # another one restored it first, the blob is read again from its place.
+            self.restore(sha256)
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self.blob(sha256))["Body"]
+            except ClientError as exc:
                 raise FileNotFoundError(self.blob(sha256)) from exc
-            body = self.client.get_object(Bucket=self.bucket, Key=self.blob(sha256))["Body"]
         yield from iter(lambda: body.read(CHUNK), b"")
 
     def create_ref(self, key: str, body: bytes, content_type: str) -> bool:
@@ -285,11 +300,13 @@ class S3ArtifactStore(ContentAddressedStore):
         2. At a later gc, a quarantined blob that a ref now names (a writer won the race) is put
            back; one still unnamed after the grace period is deleted for good.
 
-        Meanwhile a reader that finds a blob missing restores it from quarantine, and a writer
-        never reuses a quarantined blob (it uploads the bytes again)."""
+        Meanwhile a reader that finds a blob missing restores it from quarantine, a writer never
+        reuses a quarantined blob (it uploads the bytes again), and a writer checks its blob once
+        its ref exists (restoring or uploading it again), so that even a writer slower than the
+        grace period never leaves a key naming a missing blob."""
         grace = self.s3.options.gc_grace_seconds if grace_seconds is None else grace_seconds
+        now = datetime.now(UTC)  # before the refs are listed: a ref this listing misses came later
         live = {info.sha256 for info in self.list()}
-        now = datetime.now(UTC)
 
         def old(when: datetime) -> bool:
             return (now - when).total_seconds() >= grace

@@ -55,6 +55,10 @@ class BlobSpace(Protocol):
     def keep_blob(self, staged: Staged, content_type: str) -> None:
         """Make blob ``staged.sha256`` hold these bytes (replacing a damaged one)."""
 
+    def confirm_blob(self, staged: Staged, content_type: str) -> None:
+        """Called once a put's ref exists: make sure its blob is still there, keeping the staged
+        bytes again if a collector on another machine swept it between ``keep_blob`` and the ref."""
+
     def read_blob(self, sha256: str) -> Iterator[bytes]:
         """The blob's bytes in chunks; FileNotFoundError when it is missing."""
 
@@ -97,6 +101,7 @@ class ContentAddressedStore:
                 return existing
             info = ObjectInfo(key, staged.sha256, staged.size, datetime.now(UTC), meta)
             if self.blobs.create_ref(key, _ref_body(info), kind):
+                self.blobs.confirm_blob(staged, kind)
                 return info
             existing = self._info(key)  # another writer created the key first
             if existing is None:  # pragma: no cover - deleted between the two calls
