@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -164,10 +165,10 @@ def prefect_available() -> bool:
     """A Prefect API to send to: configured, or the flow run we are in."""
     if os.environ.get("PREFECT_API_URL"):
         return True
-    try:
-        from prefect.context import FlowRunContext
-    except ImportError:
-        return False
+    if "prefect" not in sys.modules:  # no flow runs in a process that never imported Prefect
+        return False  # (importing it only to find that out costs a CLI command a second)
+    from prefect.context import FlowRunContext
+
     return FlowRunContext.get() is not None
 
 
