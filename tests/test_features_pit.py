@@ -90,3 +90,27 @@ def test_online_features_equal_offline_features_for_the_same_time(tmp_path: Path
             offline[col].where(offline[col].notna(), None).tolist()
     missing = store.online_features(VIEW.name, [-1])
     assert missing["monthly_charges"].isna().all()
+
+
+def test_a_server_sees_a_view_re_applied_by_another_process(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serving process keeps its view and connection between requests, and still picks up a view
+    another process re-applied and re-materialized (within RECHECK_SECONDS)."""
+    from loopml.backends import local_features
+
+    data = churn.generate(200, seed=5)
+    end = data.activity["event_timestamp"].max().to_pydatetime()
+    serving = LocalFeatureStore(tmp_path)
+    other = LocalFeatureStore(tmp_path)  # the features flow, elsewhere
+    other.apply(VIEW, data.activity)
+    customer = int(data.activity["customer_id"].iloc[-1])
+    assert serving.online_rows(VIEW.name, [customer])[0]["tenure_months"] is None  # nothing materialized yet
+    other.materialize(VIEW.name, end)
+    assert serving.online_rows(VIEW.name, [customer])[0]["tenure_months"] is not None  # the first file is read at once
+    before = serving.online_rows(VIEW.name, [customer])[0]["tenure_months"]
+    narrower = FeatureView(VIEW.name, VIEW.entity, VIEW.timestamp, ("tenure_months",), (), ttl=VIEW.ttl)
+    other.apply(narrower, data.activity.assign(tenure_months=data.activity["tenure_months"] + 1000))
+    other.materialize(VIEW.name, end)
+    monkeypatch.setattr(local_features, "RECHECK_SECONDS", 0.0)  # (a second later, in production)
+    row = serving.online_rows(VIEW.name, [customer])[0]
+    assert set(row) == {"customer_id", "tenure_months"} and row["tenure_months"] == before + 1000

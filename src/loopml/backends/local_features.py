@@ -8,8 +8,10 @@ point-in-time join of :mod:`loopml.features`; ``materialize`` writes each entity
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -23,6 +25,13 @@ from loopml.features import FeatureView, point_in_time_join
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+#: How stale a server's idea of the view definition and the online file may be: ``online_rows``
+#: checks both files at most this often, not on every request (two stats cost more than the lookup).
+RECHECK_SECONDS = 1.0
+#: Online rows a process keeps in memory per view once read (then it starts over).
+MAX_CACHED_ROWS = 200_000
 
 
 class LocalFeatureStoreOptions(BaseModel):
@@ -40,6 +49,9 @@ class LocalFeatureStore:
         self._reader: sqlite3.Connection | None = None  # kept for online_rows (a server's hot path)
         self._reader_lock = threading.Lock()
         self._views: dict[str, tuple[float, FeatureView]] = {}
+        self._hot: dict[str, tuple[float, FeatureView]] = {}  # view name -> (when checked, view)
+        self._online_state: tuple[int, int, int] | None = None  # inode, mtime, size of the online file when read
+        self._rows: dict[str, dict[str, dict[str, Any] | None]] = {}  # view -> entity -> features (None: not there)
 
     def _view(self, name: str) -> FeatureView:
         path = self.root / f"{name}.view.json"
@@ -71,6 +83,9 @@ class LocalFeatureStore:
         tmp_def = self.root / f".{view.name}.view.json.tmp"
         tmp_def.write_text(json.dumps(body, indent=2))
         tmp_def.replace(self.root / f"{view.name}.view.json")
+        self._hot.pop(view.name, None)  # this process's lookups see the new definition at once
+        with self._reader_lock:
+            self._rows.pop(view.name, None)
 
     def _source(self, name: str) -> pd.DataFrame:
         import pandas as pd
@@ -100,29 +115,62 @@ class LocalFeatureStore:
                        "event_timestamp TEXT NOT NULL, features TEXT NOT NULL)")
             db.execute(f'DELETE FROM "{view.name}"')
             db.executemany(f'INSERT INTO "{view.name}" VALUES (?,?,?)', rows)
+        with self._reader_lock:
+            self._rows.pop(view.name, None)  # this process's lookups see the new rows at once
         return len(rows)
 
     def online_rows(self, view_name: str, entity_ids: Sequence[Any]) -> list[dict[str, Any]]:
         """The latest materialized features of each entity, as rows (None for one never
-        materialized): what a model server looks up per request, from a connection kept open and
-        with no DataFrame. ``materialize`` replaces the table in one transaction, so a reader sees
-        the old rows or the new ones."""
-        view = self._view(view_name)
-        empty = dict.fromkeys(view.features)
-        found: dict[str, dict[str, Any]] = {}
-        if self.online_path.is_file():
-            keys = [str(e) for e in entity_ids]
-            with self._reader_lock:
-                if self._reader is None:
-                    self._reader = sqlite3.connect(f"file:{self.online_path}?mode=ro", uri=True,
-                                                   check_same_thread=False)
-                for i in range(0, len(keys), 500):
-                    chunk = keys[i:i + 500]
+        materialized): what a model server looks up per request, with no DataFrame. Rows read once
+        are kept in memory (up to ``MAX_CACHED_ROWS``), from a connection kept open: a SQLite read
+        transaction per request cost more than the rest of the lookup. ``materialize`` replaces the
+        table in one transaction, so a reader sees the old rows or the new ones; a materialization
+        or re-applied view in another process is seen within ``RECHECK_SECONDS``, in this one at once."""
+        view = self._hot_view(view_name)
+        keys = [str(e) for e in entity_ids]
+        with self._reader_lock:
+            cached = self._rows.setdefault(view.name, {})
+            missing = [k for k in keys if k not in cached]
+            if missing and self._reader is not None:
+                if len(cached) + len(missing) > MAX_CACHED_ROWS:
+                    cached.clear()
+                for k in missing:
+                    cached[k] = None
+                for i in range(0, len(missing), 500):
+                    chunk = missing[i:i + 500]
                     marks = ",".join("?" * len(chunk))
                     for entity, features in self._reader.execute(
                             f'SELECT entity, features FROM "{view.name}" WHERE entity IN ({marks})', chunk):
-                        found[entity] = json.loads(features)
-        return [{view.entity: e, **found.get(str(e), empty)} for e in entity_ids]
+                        cached[entity] = json.loads(features)
+            found = [cached.get(k) for k in keys]
+        empty = dict.fromkeys(view.features)
+        return [{view.entity: e, **(row if row is not None else empty)} for e, row in zip(entity_ids, found, strict=True)]
+
+    def _hot_view(self, name: str) -> FeatureView:
+        """The view, and a reader on the online file, re-checked on disk at most every RECHECK_SECONDS."""
+        now = time.monotonic()
+        checked = self._hot.get(name)
+        if checked is not None and now - checked[0] < RECHECK_SECONDS and self._reader is not None:
+            return checked[1]  # (no online file yet: look again on every call until there is one)
+        view = self._view(name)  # raises for a view that is not applied
+        with self._reader_lock:
+            try:
+                stat = os.stat(self.online_path)
+                state: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            except FileNotFoundError:
+                state = None
+            if state != self._online_state:  # first call, or the file changed: forget the rows read
+                self._rows.clear()
+                if state is None or self._online_state is None or state[0] != self._online_state[0]:
+                    if self._reader is not None:  # (a file replaced, not changed in place: read the new one)
+                        self._reader.close()
+                    self._reader = (sqlite3.connect(f"file:{self.online_path}?mode=ro", uri=True,
+                                                    check_same_thread=False) if state is not None else None)
+                self._online_state = state
+            if checked is not None and checked[1] != view:
+                self._rows.pop(name, None)
+        self._hot[name] = (now, view)
+        return view
 
     def online_features(self, view_name: str, entity_ids: Sequence[Any]) -> pd.DataFrame:
         import pandas as pd
