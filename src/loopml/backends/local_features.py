@@ -144,7 +144,8 @@ class LocalFeatureStore:
                         cached[entity] = json.loads(features)
             found = [cached.get(k) for k in keys]
         empty = dict.fromkeys(view.features)
-        return [{view.entity: e, **(row if row is not None else empty)} for e, row in zip(entity_ids, found, strict=True)]
+        return [{view.entity: e, **(row if row is not None else empty)}
+                for e, row in zip(entity_ids, found, strict=True)]
 
     def _hot_view(self, name: str) -> FeatureView:
         """The view, and a reader on the online file, re-checked on disk at most every RECHECK_SECONDS."""
