@@ -58,9 +58,13 @@ def answered(*, ts: float, version: int, request_id: str | None, features: Seque
     """The records of rows a model answered (one per row). ``shadow`` marks a mirrored copy of a
     request that ``primary_version`` answered for the client (``primary_outputs``: what it said)."""
     records: list[PredictionRecord] = []
+    names = set(features)
     for i, (row, out) in enumerate(zip(rows, outputs_of(answer), strict=True)):
+        # A row of exactly the features (the common case: validated, nothing else sent) is logged as
+        # it is; the serving core never changes a row after answering it.
+        inputs = row if row.keys() == names else {k: row[k] for k in features}
         record: dict[str, Any] = {"ts": ts, "request_id": request_id, "version": version,
-                                  "inputs": {k: row[k] for k in features}, **out, "latency_ms": latency_ms}
+                                  "inputs": inputs, **out, "latency_ms": latency_ms}
         if entity and row.get(entity) is not None:
             record["entity"] = row[entity]
         if unknown and unknown[i]:
@@ -82,9 +86,12 @@ def failed(*, ts: float, version: int, request_id: str | None, rows: int, error:
     return [dict(record) for _ in range(rows)]  # type: ignore[misc]
 
 
+_LINE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options builds one per call
+
+
 def encode(records: Iterable[PredictionRecord]) -> bytes:
-    """Complete JSON lines, ready to append in one write."""
-    return "".join(json.dumps(r) + "\n" for r in records).encode()
+    """Complete compact JSON lines, ready to append in one write."""
+    return "".join([_LINE(r) + "\n" for r in records]).encode()
 
 
 def parse(value: Any) -> PredictionRecord | None:

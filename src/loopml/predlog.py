@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loopml import prediction_records
+
 log = logging.getLogger(__name__)
 
 
@@ -224,7 +226,7 @@ class PredictionLogWriter:
     def _drain_locked(self) -> None:
         records, self._buffer = self._buffer, []  # one swap; the serving thread appends to the new list
         if records:
-            data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+            data = prediction_records.encode(records)
             try:
                 out = self._segment(time.time())
                 out.write(data)
