@@ -190,3 +190,20 @@ def test_the_report_shows_names_and_values_as_text_never_as_markup() -> None:
     assert report.drift_detected and "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "p &lt; 0.01" in html  # the verdict's reason, escaped like every other text
+
+
+@pytest.mark.parametrize("shifted", [3, 15])
+def test_a_wide_report_draws_every_drifted_feature_and_the_most_moved_up_to_a_dozen(shifted: int) -> None:
+    from loopml.drift import MAX_PLOTS, render_html
+
+    rng = np.random.default_rng(13)
+    names = [f"f{i:02d}" for i in range(40)]
+    reference = pd.DataFrame({n: rng.normal(0, 1, 3000) for n in names})
+    current = pd.DataFrame({n: rng.normal(1.0 if i < shifted else 0, 1, 3000) for i, n in enumerate(names)})
+    report = detect_drift(reference, current, numeric=names, categorical=[], alpha=0.01, min_samples=200)
+    assert len(report.drifted_features) == shifted
+    html = render_html(report, reference, current)
+    assert html.count("<img") == max(MAX_PLOTS, shifted)
+    for feature in report.drifted_features:  # every drifted feature has its plot (the alt text names it)
+        assert f"alt='{feature}'" in html
+    assert "the table has all 40" in html

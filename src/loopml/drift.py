@@ -261,7 +261,11 @@ def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
                                    f"{window_text(report, rows_current)}"),
                 table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)", "verdict"], rows,
                       ["fail" if f.drifted else "pass" for f in report.features])]
-    for f in report.features:
+    plotted = plotted_features(report)
+    if len(plotted) < len(report.features):
+        sections.append(paragraph(f"Plots for the {len(plotted)} features that drifted or moved most; the table "
+                                  f"has all {len(report.features)}."))
+    for f in plotted:
         def draw(ax, f=f):
             if f.kind == "numeric" and sketched:
                 edges, ref_density, cur_density = _sketch_densities(reference.numeric[f.feature],  # type: ignore[union-attr]
@@ -296,6 +300,17 @@ def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
 
 
 PLOT_BINS = 40
+#: A drift report draws every drifted feature, then those with the largest statistics up to this
+#: many plots: fifty near-identical plots are a wall nobody reads, and 50 ms of matplotlib each.
+MAX_PLOTS = 12
+
+
+def plotted_features(report: DriftReport) -> list[FeatureDrift]:
+    """The features a report draws: every drifted one, then the most moved, up to MAX_PLOTS."""
+    drifted = [f for f in report.features if f.drifted]
+    rest = sorted((f for f in report.features if not f.drifted), key=lambda f: f.p_value)
+    chosen = {id(f) for f in drifted + rest[:max(0, MAX_PLOTS - len(drifted))]}
+    return [f for f in report.features if id(f) in chosen]
 
 
 def _sketch_densities(reference: NumericSketch, current: NumericSketch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
