@@ -18,7 +18,7 @@ def test_the_builtin_backends_declare_what_they_can_do(project: Path) -> None:
             for a in (*cap.OPTIONAL["artifact_store"], *cap.OPTIONAL["serving"], *cap.OPTIONAL["tracker"])
             if ws.ability(b, a) is not None}
     assert able == {"ExportingStore", "CollectableStore", "ShadowServing", "EntityServing", "LogFlushingServing",
-                    "StoreLoggingServing", "QueryableTracker"}
+                    "StoreLoggingServing", "InProcessServing", "QueryableTracker"}
     assert ws.ability(ws.store, cap.LinkingStore) is None  # a local path is no URL for another machine
     assert ws.ability(ws.trackers[0], QueryableTracker) is ws.trackers[0]
 

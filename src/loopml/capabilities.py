@@ -100,6 +100,14 @@ class StoreLoggingServing(ServingBackend, Protocol):
 
 
 @runtime_checkable
+class InProcessServing(ServingBackend, Protocol):
+    """Serves from the process that deploys to it (the built-in server): it stops when that process
+    exits, so a command-line run about to exit has nobody to serve there."""
+
+    def serves_in_process(self) -> bool: ...
+
+
+@runtime_checkable
 class TokenServing(ServingBackend, Protocol):
     """Requires a token of its own on inference calls (TorchServe's token authorization)."""
 
@@ -139,7 +147,8 @@ class DescribedTrainer(Trainer, Protocol):
 OPTIONAL: dict[str, tuple[type, ...]] = {
     "artifact_store": (ExportingStore, CollectableStore, LinkingStore),
     "tracker": (QueryableTracker, ModelLoggingTracker, FlushingTracker, LinkingTracker),
-    "serving": (ShadowServing, EntityServing, LogFlushingServing, StoreLoggingServing, TokenServing),
+    "serving": (ShadowServing, EntityServing, LogFlushingServing, StoreLoggingServing, TokenServing,
+                InProcessServing),
     "trainer": (DescribedTrainer,),
     "registry": (MigratingRegistry,),
     "feature_store": (RowFeatureStore,),

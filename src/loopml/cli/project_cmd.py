@@ -44,15 +44,25 @@ def init(folder: Annotated[Path, typer.Argument(help="Where to create the projec
 @app.command("run")
 def run(config: ConfigOpt = None, profile: ProfileOpt = None,
         no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Stop after registering.")] = False) -> None:
-    """Run the pipeline flow once: ingest, features, train, validate, register, deploy."""
+    """Run the pipeline flow once: ingest, features, train, validate, register, deploy.
+
+    With the built-in serving backend, whose server would live in this process and stop when it
+    exits, the run ends at the registry: `loopml serve NAME@production` serves what it says."""
     config = project_file(config)  # before a flow (and a temporary Prefect server) starts
     flows_importable()
     from flows.pipeline import pipeline
+    from loopml.capabilities import InProcessServing
 
+    ws = workspace(config, profile)
+    in_process = ws.ability(ws.serving, InProcessServing) is not None
     with progress_bar():
         result = pipeline(config=str(config) if config else None, profile=profile,
-                          deploy_model=not no_deploy)
+                          deploy_model=not no_deploy and not in_process)
     out.print(result)
+    if in_process and not no_deploy and ws.config.pipeline is not None:
+        name = ws.config.pipeline.model_name
+        out.print(f"serve it: loopml serve {name}@production (the built-in server follows promotions and "
+                  "rollbacks; a server started by this command would stop with it)")
 
 
 @app.command("demo")

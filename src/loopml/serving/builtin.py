@@ -139,6 +139,10 @@ class BuiltinServing:
         if self.server is not None:
             self.server.feature_lookup = lookup
 
+    def serves_in_process(self) -> bool:
+        """The server runs in this process (a thread): it stops when the process exits."""
+        return True
+
     @property
     def url(self) -> str:
         if self.server is None:
