@@ -1,15 +1,19 @@
-"""Ingest: a first ingest, and an unchanged re-ingest, against md5sum and pandas on the same file.
+"""Ingest through the CLI, as users run it, against md5sum and pandas, every contender a process.
 
     .venv/bin/python benchmarks/bench_ingest.py        # writes benchmarks/results/ingest.json
 
-One CSV of 10M rows x 8 columns (ints, floats, a timestamp, categories). Peers in the same run:
-``md5sum`` of the file (the floor for "did anything change"), and pandas ``read_csv`` +
-``to_parquet`` (the floor for a first ingest without validation). loopml's first ingest validates
-every value against the declared schema, profiles the columns and writes a canonical Parquet whose
-hash is the version id; its re-ingest of the unchanged file hashes the bytes once and writes nothing.
-Median of 3 runs each, interleaved; pandas and loopml's first ingest each run in a fresh process,
-whose peak memory above its imports (VmHWM - VmRSS after imports) is compared with the Parquet it
-wrote. 10M rows (713 MB) by default, the issue's case; ``LOOPML_BENCH_ROWS=1000000`` for a quick run.
+One CSV of 10M rows x 8 columns (ints, floats, a timestamp, categories) and a project whose
+loopml.toml declares its schema. Each contender runs as a process of its own under
+``/usr/bin/time`` (wall seconds from exec to exit, imports included, and peak RSS):
+
+- ``loopml data ingest`` of the file into a fresh project: every value validated against the
+  schema, the columns profiled, a canonical Parquet written and fsynced (the shipped default);
+- ``loopml data ingest`` of the same, unchanged file again: one sha256 pass, nothing written;
+- ``pandas read_csv + to_parquet`` in ``python -c`` (a first ingest without validation);
+- ``md5sum`` of the file (the floor for "did anything change").
+
+Median of 3, the contenders interleaved. 10M rows (713 MB) by default; ``LOOPML_BENCH_ROWS=1000000``
+for a quick run.
 """
 
 from __future__ import annotations
@@ -19,14 +23,32 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 ROWS, REPEATS = 10_000_000, 3
+BIN = Path(sys.executable).parent
+CONFIG = """project = "ingest-bench"
+home = ".loopml"
+[storage]
+uri = "artifacts"
+[datasets.orders]
+source = "{csv}"
+[datasets.orders.columns]
+id = {{ type = "int", nullable = false }}
+ts = {{ type = "timestamp", nullable = false }}
+amount = {{ type = "float", min = 0 }}
+count = {{ type = "int" }}
+score = {{ type = "float" }}
+plan = {{ type = "category", allowed = ["basic", "plus", "pro"] }}
+region = {{ type = "category" }}
+tenure = {{ type = "int" }}
+"""
+PANDAS = "import sys, pandas as pd; pd.read_csv(sys.argv[1]).to_parquet(sys.argv[2])"
 
 
 def make_csv(path: Path) -> None:
@@ -39,94 +61,54 @@ def make_csv(path: Path) -> None:
     }).to_csv(path, index=False)
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def memory_mib(field: str) -> float:
-    """VmHWM (peak) or VmRSS (now) of this process, in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def rules():
-    from loopml.dataset_rules import ColumnRule
-
-    return (ColumnRule("id", "int", nullable=False), ColumnRule("ts", "timestamp", nullable=False),
-            ColumnRule("amount", "float", min=0), ColumnRule("count", "int"), ColumnRule("score", "float"),
-            ColumnRule("plan", "category", allowed=("basic", "plus", "pro")), ColumnRule("region", "category"),
-            ColumnRule("tenure", "int"))
-
-
-def contender(name: str, csv: Path, out: Path) -> dict:
-    """One run in this fresh process: seconds, and peak memory above the imports."""
-    import pyarrow.csv  # (imports are not the work)
-    import pyarrow.parquet  # noqa: F401
-
-    from loopml.backends.local_store import LocalArtifactStore
-    from loopml.datasets import DatasetCatalog
-
-    baseline = memory_mib("VmRSS")
-    if name == "pandas read_csv + to_parquet":
-        seconds = timed(lambda: pd.read_csv(csv).to_parquet(out / "pandas.parquet"))
-        size = (out / "pandas.parquet").stat().st_size
-    else:
-        catalog = DatasetCatalog(LocalArtifactStore(out / "store", fsync=False))
-        seconds = timed(lambda: catalog.ingest("orders", csv, columns=rules()))
-        size = catalog.store.info(catalog.get("orders").data_key).size
-    return {"seconds": seconds, "peak_over_imports_mib": memory_mib("VmHWM") - baseline,
-            "peak_rss_mib": memory_mib("VmHWM"), "parquet_mib": size / 2**20}
-
-
-def in_fresh_process(name: str, csv: Path, out: Path) -> dict:
-    import sys
-
-    out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, __file__, "--contender", name, str(csv), str(out)],
-                          check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def timed_process(argv: list[str], cwd: Path | None = None) -> dict[str, float]:
+    """Wall seconds and peak RSS (MiB) of ``argv`` as a process, measured by /usr/bin/time."""
+    stats = Path(tempfile.mktemp(suffix=".time"))
+    subprocess.run(["/usr/bin/time", "-o", str(stats), "-f", "%e %M", *argv], check=True, cwd=cwd,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
+    seconds, kib = stats.read_text().split()[-2:]
+    stats.unlink()
+    return {"seconds": float(seconds), "peak_rss_mib": round(int(kib) / 1024, 1)}
 
 
 def main() -> None:
-    import sys
-
-    if len(sys.argv) > 1 and sys.argv[1] == "--contender":
-        print(json.dumps(contender(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
-        return
-    from loopml.backends.local_store import LocalArtifactStore
-    from loopml.datasets import DatasetCatalog
-
-    results: dict[str, list[float]] = {"md5sum": [], "pandas read_csv + to_parquet": [],
-                                       "loopml first ingest": [], "loopml unchanged re-ingest": []}
-    memory: dict[str, dict] = {}
+    contenders = ("md5sum", "pandas read_csv + to_parquet", "loopml data ingest", "loopml data ingest, unchanged")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         csv = root / "data.csv"
         make_csv(csv)
+        parquet_mib: dict[str, float] = {}
         for i in range(REPEATS):
-            results["md5sum"].append(timed(lambda: subprocess.run(["md5sum", str(csv)], check=True,
-                                                                  capture_output=True)))
-            for name in ("pandas read_csv + to_parquet", "loopml first ingest"):
-                run = in_fresh_process(name, csv, root / f"{name.split()[0]}{i}")
-                results[name].append(run["seconds"])
-                memory[name] = {k: round(v, 1) for k, v in run.items() if k != "seconds"}
-            catalog = DatasetCatalog(LocalArtifactStore(root / f"loopml{i}" / "store", fsync=False))
-            results["loopml unchanged re-ingest"].append(
-                timed(lambda c=catalog: c.ingest("orders", csv, columns=rules())))
+            order = contenders if i % 2 == 0 else (contenders[1], contenders[0], *contenders[2:])
+            project = root / f"project{i}"
+            project.mkdir()
+            (project / "loopml.toml").write_text(CONFIG.format(csv=csv))
+            for name in order:
+                if name == "md5sum":
+                    run = timed_process(["md5sum", str(csv)])
+                elif name.startswith("pandas"):
+                    out = root / f"pandas{i}.parquet"
+                    run = timed_process([sys.executable, "-c", PANDAS, str(csv), str(out)])
+                    parquet_mib[name] = round(out.stat().st_size / 2**20, 1)
+                    out.unlink()
+                else:  # the first ingest, then the unchanged one, into this round's project
+                    run = timed_process([str(BIN / "loopml"), "data", "ingest", str(csv), "--name", "orders"], project)
+                runs[name].append(run)
+                print(i, name, run, flush=True)
+            blobs = project / ".loopml" / "artifacts" / "objects"
+            parquet_mib["loopml data ingest"] = round(max(p.stat().st_size for p in blobs.rglob("*") if p.is_file())
+                                                      / 2**20, 1)
         size_mb = csv.stat().st_size / 1e6
-    summary = {name: round(statistics.median(v), 3) for name, v in results.items()}
-    out = {"seconds": summary, "memory_last_run": memory, "runs": results, "rows": ROWS,
-           "csv_mb": round(size_mb, 1), "python": platform.python_version(), "machine": platform.machine()}
+    summary = {name: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_rss_mib")}
+               for name, rs in runs.items()}
+    out = {"benchmark": "ingest", "summary": summary, "runs": runs, "parquet_mib": parquet_mib, "rows": ROWS,
+           "repeats": REPEATS, "csv_mb": round(size_mb, 1), "python": platform.python_version(),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     path = Path(__file__).parent / "results" / "ingest.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
-    for name, value in summary.items():
-        print(f"{name:32s} {value:8.3f} s")
-    print(json.dumps(memory, indent=2))
-    print(f"{size_mb:.0f} MB CSV; written to {path}")
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
