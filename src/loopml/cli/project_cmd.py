@@ -50,14 +50,15 @@ def run(config: ConfigOpt = None, profile: ProfileOpt = None,
     exits, the run ends at the registry: `loopml serve NAME@production` serves what it says."""
     config = project_file(config)  # before a flow (and a temporary Prefect server) starts
     flows_importable()
+    from flows.common import workspace as flow_workspace
     from flows.pipeline import pipeline
     from loopml.capabilities import InProcessServing
 
-    ws = workspace(config, profile)
+    config_arg = str(config) if config else None
+    ws = flow_workspace(config_arg, profile)  # the workspace the flow's stages will use: opened once
     in_process = ws.ability(ws.serving, InProcessServing) is not None
     with progress_bar():
-        result = pipeline(config=str(config) if config else None, profile=profile,
-                          deploy_model=not no_deploy and not in_process)
+        result = pipeline(config=config_arg, profile=profile, deploy_model=not no_deploy and not in_process)
     out.print(result)
     if in_process and not no_deploy and ws.config.pipeline is not None:
         name = ws.config.pipeline.model_name
