@@ -59,3 +59,28 @@ def collect_garbage(ws: Workspace, grace_seconds: float | None = None) -> GcResu
         raise LoopmlError(f"the artifact store {ws.store.uri} has no gc; expire its unreferenced "
                           "objects with the service's own lifecycle rules")
     return store.gc(grace_seconds)
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """What one cleaning of the store did (``loopml store gc`` and the ``loopml-store-gc`` flow)."""
+
+    expired: Expired
+    gc: GcResult
+
+    def to_dict(self) -> dict[str, int]:
+        return {"expired_segments": self.expired.segments, "expired_reports": self.expired.reports,
+                "blobs": self.gc.blobs, "temp_files": self.gc.temp_files, "bytes_freed": self.gc.bytes_freed}
+
+    def describe(self, uri: str) -> str:
+        return (f"{uri}: expired {self.expired.segments} log segments and {self.expired.reports} reports; removed "
+                f"{self.gc.blobs} unreferenced blobs and {self.gc.temp_files} temp files, "
+                f"{self.gc.bytes_freed / 1e6:.1f} MB freed")
+
+
+def clean_store(ws: Workspace, *, predictions_days: int | None = None, reports_days: int | None = None,
+                grace_seconds: float | None = None) -> Cleaned:
+    """Retention first (:func:`expire`), then :func:`collect_garbage`, which frees the blobs it left."""
+    expired = expire(ws, predictions_days=predictions_days, reports_days=reports_days)
+    return Cleaned(expired, collect_garbage(ws, grace_seconds))
+

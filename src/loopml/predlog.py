@@ -187,7 +187,7 @@ class PredictionLogWriter:
         return self.root / self.model / ".uploaded" / f"{writer_id}.txt"
 
     def _mark_uploaded(self, path: Path) -> None:
-        writer_id = path.name.rsplit("-", 1)[0]
+        writer_id = _writer_of(path)
         listing = self._uploaded_list(writer_id)
         try:
             listing.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,7 @@ class PredictionLogWriter:
             return
         by_writer: dict[str, list[Path]] = {}
         for path in folder.glob("*/*/*.jsonl"):
-            writer_id = path.name.rsplit("-", 1)[0]
+            writer_id = _writer_of(path)
             if writer_id != self.writer_id:
                 by_writer.setdefault(writer_id, []).append(path)
         for writer_id, paths in by_writer.items():
@@ -250,6 +250,11 @@ class PredictionLogWriter:
                     self._drain_locked()
                     self._close_segment()
                 return
+
+
+def _writer_of(segment: Path) -> str:
+    """The writer id of a segment file ``<writer>-<part>.jsonl``."""
+    return segment.name.rsplit("-", 1)[0]
 
 
 def writer_alive(writer_id: str) -> bool:

@@ -86,6 +86,16 @@ def upgrade_schema(conn: Any) -> None:
     command.upgrade(config, "head")
 
 
+def _newer(revision: str | None) -> bool:
+    """A revision this loopml does not know: written by a newer loopml."""
+    return revision is not None and revision not in REVISIONS
+
+
+def _newer_text(revision: str | None) -> str:
+    return (f"the registry schema is at revision {revision}, newer than this loopml knows ({HEAD}): upgrade "
+            "loopml on this machine, not the registry")
+
+
 def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the database being unreachable into one typed error that says so, naming the database
     (password hidden) and the driver's first line, instead of a driver traceback; and refuse to
@@ -132,9 +142,8 @@ class SqlRegistry:
             return
         if fresh:
             self._migrate()
-        elif current is not None and current not in REVISIONS:
-            self.schema_problem = (f"the registry schema is at revision {current}, newer than this loopml knows "
-                                   f"({HEAD}): upgrade loopml on this machine")
+        elif _newer(current):
+            self.schema_problem = _newer_text(current)
         elif self.upgrades_in_place:
             self._before_upgrade(current)
             self._migrate()
@@ -153,9 +162,8 @@ class SqlRegistry:
     def upgrade(self) -> tuple[str | None, str]:
         """Bring the schema to this loopml's revision (an explicit step: ``loopml registry upgrade``)."""
         before, _ = self.schema_status()
-        if before is not None and before not in REVISIONS:
-            raise RegistrySchemaError(f"the registry schema is at revision {before}, newer than this loopml "
-                                      f"knows ({HEAD}): upgrade loopml, not the registry")
+        if _newer(before):
+            raise RegistrySchemaError(_newer_text(before))
         if before != HEAD:
             self._migrate()
         self.schema_problem = None

@@ -19,7 +19,7 @@ from loopml.cli.common import (
     workspace,
 )
 from loopml.errors import LoopmlError
-from loopml.maintenance import collect_garbage
+from loopml.maintenance import clean_store
 from loopml.protocols import QueryableTracker
 
 
@@ -75,15 +75,10 @@ def store_gc(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: Json
                       "an hour).")] = None) -> None:
     """Remove blobs no key refers to and temp files of killed writers (safe while writers run, here
     and, on S3, on other machines); with --keep-*-days, expire old log segments and reports first."""
-    from loopml.maintenance import expire
-
     ws = workspace(config, profile)
-    expired = expire(ws, predictions_days=keep_predictions_days, reports_days=keep_reports_days)
-    result = collect_garbage(ws, grace_seconds)
+    cleaned = clean_store(ws, predictions_days=keep_predictions_days, reports_days=keep_reports_days,
+                          grace_seconds=grace_seconds)
     if as_json:
-        print_json({"expired_segments": expired.segments, "expired_reports": expired.reports,
-                    "blobs": result.blobs, "temp_files": result.temp_files, "bytes_freed": result.bytes_freed})
+        print_json(cleaned.to_dict())
         return
-    out.print(f"{ws.store.uri}: expired {expired.segments} log segments and {expired.reports} reports; removed "
-              f"{result.blobs} unreferenced blobs and {result.temp_files} temp files, "
-              f"{result.bytes_freed / 1e6:.1f} MB freed", soft_wrap=True)
+    out.print(cleaned.describe(ws.store.uri), soft_wrap=True)

@@ -71,11 +71,9 @@ class RegistryFollower:
         """One pass of :func:`loopml.serving.reconcile.reconcile`: load what the aliases name, route to it,
         drop the rest. True if anything moved."""
         wanted, shadow = self.desired()
-        moved = reconcile(_CoreTarget(self), wanted, shadow)
-        if moved:
-            self._remember()
-        if not moved:
+        if not reconcile(_CoreTarget(self), wanted, shadow):
             return False
+        self._remember()
         self.swaps.append((time.time(), wanted))
         log.warning("serving %s: %s%s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()),
                     f"; shadow v{shadow}" if shadow is not None else "")

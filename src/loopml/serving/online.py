@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 class LocalLookup:
-    """A lookup on this machine's disk (an indexed SQLite read, microseconds): the server runs it on
-    its event loop, where a thread hop would cost more than the lookup. Any other lookup (a network
+    """A lookup on this machine (rows kept in memory, else an indexed SQLite read: microseconds): the
+    server runs it on its event loop, where a thread hop would cost more than the lookup. Any other lookup (a network
     round trip to Redis, Feast's server) runs in a thread, off the loop."""
 
     def __init__(self, lookup: Callable[[list[Any]], list[dict[str, Any]]]) -> None:
@@ -24,8 +24,8 @@ class LocalLookup:
 
 
 def online_lookup(ws: Workspace, view_name: str) -> Callable[[list[Any]], list[dict[str, Any]]]:
-    """ids -> one row of features per id: the store's row lookup when it has one (a kept
-    connection, no DataFrame), else its DataFrame as records."""
+    """ids -> one row of features per id: the store's row lookup when it has one (no DataFrame),
+    else its DataFrame as records."""
     rows = ws.ability(ws.feature_store, RowFeatureStore)
     if rows is not None:
         return LocalLookup(lambda ids: rows.online_rows(view_name, ids))
