@@ -80,3 +80,15 @@ def test_rerun_with_unchanged_data_skips_training(demo) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training skipped: inputs unchanged" in result.stdout + result.stderr
     assert len(SqliteRegistry(folder / ".loopml" / "registry.db").list_versions("churn")) == 2
+
+
+def test_a_command_line_run_ends_at_the_registry_and_says_how_to_serve(demo) -> None:
+    """With the built-in backend, `loopml run` starts no server in a process about to exit (it
+    printed a URL that died with the command); it says how to serve instead."""
+    folder, _, env = demo
+    result = subprocess.run([sys.executable, "-m", "loopml.cli", "run", "--config", str(folder / "loopml.toml")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    assert "serve it: loopml serve churn@production" in said
+    assert "serving_url=None" in said and "'loopml-deploy'" not in said
