@@ -15,6 +15,7 @@ PyTorch-native option and the built-in server as the default.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -42,6 +43,20 @@ from loopml.records import ModelVersion
 from loopml.specs import BackendSpec
 
 HANDLER = Path(__file__).with_name("handler.py")
+
+
+
+def _wait_for_group_exit(pgid: int, timeout: float = 30.0) -> None:
+    """Return once no process of TorchServe's session is left (SIGKILL what outlives ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class TorchServeOptions(BaseModel):
@@ -208,6 +223,7 @@ class TorchServeBackend:
                 except subprocess.TimeoutExpired:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     self.process.wait()
+            _wait_for_group_exit(self.process.pid)  # the JVM and model workers can outlive the launcher
             self.process = None
             self.weights = {}
             self.shadow = None
