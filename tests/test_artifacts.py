@@ -104,3 +104,12 @@ def test_loopml_0_1_torchscript_artifacts_still_load(frame) -> None:
     expected = 1 / (1 + np.exp(-rows["tenure_months"].to_numpy() / 100.0))
     assert np.allclose(predictor.predict_frame(rows), expected, atol=1e-6)
     assert np.allclose(predictor.predict_rows(rows.to_dict("records")), expected, atol=1e-6)
+
+
+@pytest.mark.training
+def test_training_switches_deterministic_algorithms_on_for_the_fit_only(frame) -> None:
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    _train(frame, epochs=1, seed=1)
+    assert not torch.are_deterministic_algorithms_enabled()  # a caller's process is left as it was

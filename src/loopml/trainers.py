@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
-import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loopml import tasks
 from loopml.artifacts import Signature, export_artifact, sha256
+from loopml.code_refs import code_fingerprint, import_factory
 from loopml.errors import ConfigError, DataValidationError
 from loopml.protocols import Trainer
 
@@ -143,36 +141,6 @@ def _mlp_factory(hidden_units: int) -> Callable[[Signature], torch.nn.Module]:
     return build
 
 
-def import_factory(path: str, key: str = "pipeline.model.options.module") -> Callable[..., Any]:
-    """``'pkg.mod:attr'`` -> the object; a clear :class:`ConfigError` naming the key otherwise."""
-    if ":" not in path:
-        raise ConfigError(f"{key}: {path!r} must look like 'package.module:function'")
-    mod_name, attr = path.split(":", 1)
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise ConfigError(f"{key}: cannot import module {mod_name!r} ({type(exc).__name__}: {exc}); "
-                          "check the path and that the project folder or package is importable") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{key}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"{key}: {path!r} is a {type(obj).__name__}, not a callable factory")
-    return obj
-
-
-def code_fingerprint(obj: Any) -> str:
-    """sha256 of the source file that defines ``obj`` (its qualified name if there is none)."""
-    name = f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
-    try:
-        target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
-        source = Path(inspect.getsourcefile(target) or "").read_bytes()
-    except (TypeError, OSError):
-        source = b""
-    return hashlib.sha256(name.encode() + b"\n" + source).hexdigest()
-
-
 # ---------------------------------------------------------------------------- the loop
 def _program(net: torch.nn.Module, mean: np.ndarray, std: np.ndarray, task: TaskKind,
              y_mean: float, y_std: float) -> torch.nn.Module:
@@ -230,11 +198,25 @@ def _check_output(net: torch.nn.Module, sig: Signature, n_numeric: int, origin: 
 
 def fit_network(build: Callable[[Signature], torch.nn.Module], request: TrainRequest, options: LoopOptions,
                 origin: str = "trainer") -> TrainedModel:
-    """Train ``build(signature)`` deterministically on CPU and export it with its signature."""
+    """Train ``build(signature)`` deterministically on CPU and export it with its signature.
+
+    Deterministic algorithms are switched on for the fit only; the caller's setting is restored.
+    """
+    import torch
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _fit(build, request, options, origin)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _fit(build: Callable[[Signature], torch.nn.Module], request: TrainRequest, options: LoopOptions,
+         origin: str) -> TrainedModel:
     import torch
 
     torch.manual_seed(request.seed)
-    torch.use_deterministic_algorithms(True)
     sig = request.signature()
     loss_name = _LOSSES[sig.task] if options.loss == "auto" else options.loss
     if loss_name not in _ALLOWED_LOSSES[sig.task]:
