@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import temporary_settings
 from prefect.states import State
 
 from loopml.capabilities import LinkingStore, LinkingTracker
@@ -34,6 +39,41 @@ def label_run(ws: Workspace, name: str, **labels: object) -> None:
             client.update_flow_run(run_id, name=name, tags=sorted(set(current.tags or ()) | wanted))
     except Exception as exc:
         logging.getLogger(__name__).debug("could not label flow run %s: %s", run_id, exc)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+@contextlib.contextmanager
+def stages_share_the_heartbeat() -> Iterator[None]:
+    """Stage flows started inside this block send no heartbeats of their own.
+
+    A stage flow (``loopml-ingest`` inside ``loopml-pipeline``) runs in its parent's process and
+    thread, so the parent's heartbeat already tells Prefect the process is alive. Prefect (3.6, since
+    heartbeats default to every 180 s) ends every flow run by joining a heartbeat thread that sleeps
+    in one-second steps: about one second per stage, four to seven per loop, for nothing. Set
+    ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` explicitly and every stage sends heartbeats again.
+    """
+    if any(os.environ.get(name) for name in HEARTBEAT_VARIABLES):
+        yield
+        return
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
+
+
+def runs_stages(fn: Callable[P, R]) -> Callable[P, R]:
+    """For a flow whose body calls stage flows: the body runs inside :func:`stages_share_the_heartbeat`.
+
+    Put it under ``@flow``, so the parent's own run (and its heartbeat) has started when it applies."""
+
+    @functools.wraps(fn)
+    def body(*args: P.args, **kwargs: P.kwargs) -> R:
+        with stages_share_the_heartbeat():
+            return fn(*args, **kwargs)
+
+    return body
 
 
 def transient_io_error(task: object, task_run: object, state: State) -> bool:

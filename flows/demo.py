@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.common import workspace
+from flows.common import runs_stages, workspace
 from flows.monitor import monitor
 from flows.pipeline import pipeline
 from loopml.capabilities import TokenServing
@@ -36,6 +36,7 @@ class DemoSummary:
 
 
 @flow(name="loopml-demo", log_prints=True)
+@runs_stages
 def demo(folder: str = "loopml-demo", n_customers: int = 4000, requests: int = 400,
          profile: str | None = None, example: str = "churn") -> DemoSummary:
     """The whole loop on one of the example projects (churn, regression, multiclass, custom-model)."""

@@ -98,3 +98,55 @@ def test_a_task_that_fails_transiently_is_retried_by_prefect_and_the_flow_comple
     assert {"loopml", "project:churn-example"} <= set(run.tags)
     ws = Workspace.open(tmp_path / "loopml.toml", manager=get_plugin_manager())
     assert ws.datasets.get("labels@latest").row_count > 0
+
+
+def _heartbeats_and_completions(api: str, run_ids: list[str]) -> dict[str, set[str]]:
+    import httpx
+
+    body = {"filter": {"event": {"prefix": ["prefect.flow-run."]},
+                       "any_resource": {"id": [f"prefect.flow-run.{r}" for r in run_ids]}}, "limit": 50}
+    response = httpx.post(f"{api}/events/filter", json=body, timeout=30)
+    response.raise_for_status()
+    events = response.json()["events"]
+    seen: dict[str, set[str]] = {r: set() for r in run_ids}
+    for event in events:
+        run = event["resource"]["prefect.resource.id"].removeprefix("prefect.flow-run.")
+        if run in seen:
+            seen[run].add(event["event"])
+    return seen
+
+
+@pytest.mark.slow
+def test_stage_flows_inside_a_loop_leave_the_heartbeat_to_their_parent(prefect_api, prefect_settings,
+                                                                       monkeypatch) -> None:
+    """Prefect joins each flow run's heartbeat thread (one-second sleeps) as the run ends: ~1 s per stage."""
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    from flows.common import HEARTBEAT_VARIABLES, runs_stages
+    from churn_models import wait_for
+
+    for name in HEARTBEAT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    ids: dict[str, str] = {}
+
+    @flow(name="stage")
+    def stage() -> None:
+        ids["stage"] = flow_run.id
+
+    @flow(name="loop")
+    @runs_stages
+    def loop(x: int = 1) -> int:
+        """Docs stay."""
+        ids["loop"] = flow_run.id
+        stage()
+        return x
+
+    assert loop(x=3) == 3 and loop.__doc__ == "Docs stay." and "x" in loop.parameters.properties
+    api = prefect_api["PREFECT_API_URL"]
+    runs = [ids["loop"], ids["stage"]]
+    wait_for(lambda: all("prefect.flow-run.Completed" in e for e in _heartbeats_and_completions(api, runs).values()),
+             timeout=60, what="both runs' Completed events")
+    seen = _heartbeats_and_completions(api, runs)
+    assert "prefect.flow-run.heartbeat" in seen[ids["loop"]]
+    assert "prefect.flow-run.heartbeat" not in seen[ids["stage"]]

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loopml import dataset_checks
+from loopml import canonical, dataset_checks
 from loopml.canonical import release_arrow_memory, write_streamed
 from loopml.dataset_profile import profile_parquet
 from loopml.dataset_rules import ColumnRule, infer_rules
@@ -148,12 +147,9 @@ class DatasetCatalog:
 
     def load(self, version: DatasetVersion | str) -> pd.DataFrame:
         """The version's rows, verified against its content hash."""
-        import pyarrow.parquet as pq
-
         if isinstance(version, str):
             version = self.get(version)
-        data = self.store.get(version.data_key)
-        return pq.read_table(io.BytesIO(data)).to_pandas()
+        return canonical.read_frame(self.store.get(version.data_key))
 
     def iter_all(self) -> Iterator[DatasetVersion]:
         for name in self.names():

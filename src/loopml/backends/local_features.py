@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from loopml import canonical
 from loopml.errors import DataValidationError
 from loopml.features import FeatureView, point_in_time_join
 
@@ -88,9 +89,7 @@ class LocalFeatureStore:
             self._rows.pop(view.name, None)
 
     def _source(self, name: str) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.read_parquet(self.root / f"{name}.parquet")
+        return canonical.read_frame(self.root / f"{name}.parquet")
 
     def historical_features(self, view_name: str, entities: pd.DataFrame, timestamp_column: str,
                             features: Sequence[str] | None = None) -> pd.DataFrame:

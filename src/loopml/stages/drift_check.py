@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from loopml import drift, events, sketches
+from loopml import canonical, drift, events, sketches
 from loopml.context import shares_state
 from loopml.errors import ObjectExistsError, ObjectNotFoundError
 from loopml.reports import page, paragraph
@@ -32,7 +31,7 @@ def drift_reference(ws: Workspace, model: ModelVersion) -> pd.DataFrame:
     """The inputs ``model`` was trained on, as stored next to its artifact. The frame's
     ``attrs["loopml_key"]`` is that store key (``check_drift`` caches the reference's sketch beside it)."""
     key = reference_key(model)
-    frame = pd.read_parquet(io.BytesIO(ws.store.get(key)))
+    frame = canonical.read_frame(ws.store.get(key))
     frame.attrs["loopml_key"] = key
     return frame
 
@@ -56,7 +55,7 @@ def reference_sketch(ws: Workspace, numeric: Sequence[str], categorical: Sequenc
     with contextlib.suppress(ObjectNotFoundError):
         return sketches.WindowSketch.from_bytes(ws.store.get(cache))
     if frame is None:
-        frame = pd.read_parquet(io.BytesIO(ws.store.get(key)))
+        frame = canonical.read_frame(ws.store.get(key))
     built = sketches.sketch_frame(frame, numeric=numeric, categorical=categorical)
     with contextlib.suppress(ObjectExistsError):  # another monitor cached it first: same counts
         ws.store.put(cache, built.to_bytes(), metadata={"content-type": "application/octet-stream"})
