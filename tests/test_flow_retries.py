@@ -120,11 +120,11 @@ def _heartbeats_and_completions(api: str, run_ids: list[str]) -> dict[str, set[s
 def test_stage_flows_inside_a_loop_leave_the_heartbeat_to_their_parent(prefect_api, prefect_settings,
                                                                        monkeypatch) -> None:
     """Prefect joins each flow run's heartbeat thread (one-second sleeps) as the run ends: ~1 s per stage."""
+    from churn_models import wait_for
     from prefect import flow
     from prefect.runtime import flow_run
 
     from flows.common import HEARTBEAT_VARIABLES, runs_stages
-    from churn_models import wait_for
 
     for name in HEARTBEAT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
