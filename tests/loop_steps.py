@@ -19,3 +19,20 @@ def train_and_validate(ws: Workspace) -> tuple[Candidate, object, str, int | Non
     baseline = production_model(ws, pipeline_config(ws).model_name)
     evaluation, key, _html = validate(ws, candidate, labels)
     return candidate, evaluation, key, baseline.version if baseline else None
+
+
+def loop_once(config) -> object:
+    """Ingest, features, train, validate and register (promote or start a canary), as the pipeline does."""
+    from loopml.stages.release import register_and_promote
+
+    ws = Workspace.open(config)
+    cfg = pipeline_config(ws)
+    labels, _ = ingest(ws, cfg.labels_dataset)
+    feature_rows, _ = ingest(ws, cfg.features.dataset)
+    apply_features(ws, feature_rows)
+    train_rows, _ = frames(ws, labels)
+    candidate = train(ws, labels, feature_rows, train_rows)
+    baseline = production_model(ws, cfg.model_name)
+    evaluation, key, _ = validate(ws, candidate, labels)
+    model, _ = register_and_promote(ws, candidate, evaluation.report, key, baseline.version if baseline else None)
+    return model

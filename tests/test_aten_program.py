@@ -153,3 +153,14 @@ def test_the_archive_check_still_runs_before_either_loader(frame) -> None:
             dst.writestr(info, data)
     with pytest.raises(ArtifactError, match="pickled"):
         Predictor.from_bytes(out.getvalue())
+
+
+def test_answers_need_no_autograd_guard(frame) -> None:
+    """The direct runner's weights and inputs never require grad, so a call outside inference mode
+    records no graph: the serving path skips the guard's cost."""
+    predictor = Predictor.from_bytes(train_model(frame, "churned", VIEW.numeric, VIEW.categorical,
+                                                 epochs=1).artifact)
+    numeric, codes = predictor.signature.encode_rows(frame[list(VIEW.features)].head(4).to_dict("records"))
+    with torch.enable_grad():
+        out = predictor.module(torch.from_numpy(numeric), torch.from_numpy(codes))
+    assert not out.requires_grad and out.grad_fn is None

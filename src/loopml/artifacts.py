@@ -226,6 +226,8 @@ class Predictor:
     def _run(self, numeric: np.ndarray, codes: np.ndarray, raw_cats: list[list[str]] | None) -> np.ndarray:
         import torch
 
+        if type(self.module) is AtenProgram:  # no tensor of its requires grad: autograd records nothing
+            return self.module(torch.from_numpy(numeric), torch.from_numpy(codes)).numpy()
         with torch.inference_mode():
             if self.legacy:
                 assert raw_cats is not None

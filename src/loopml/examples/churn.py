@@ -310,6 +310,9 @@ def init_project(folder: Path, *, n_customers: int = 4000, seed: int = 0, exampl
     text = config_text(example)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "loopml.toml").write_text(text)
+    ignore = folder / ".gitignore"
+    if not ignore.exists():  # loopml's state is not source: a commit of the project stays clean
+        ignore.write_text(".loopml/\n__pycache__/\n")
     if example == "custom-model":
         (folder / "churn_models.py").write_text(CUSTOM_MODEL)
         (folder / "churn_gates.py").write_text(CUSTOM_GATE)

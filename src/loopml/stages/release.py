@@ -15,7 +15,7 @@ from loopml.context import current_actor
 from loopml.errors import ConfigError, StaleAliasError
 from loopml.exports import export_model, model_card
 from loopml.stages.project import PRODUCTION, pipeline_config, production_model, safely, view_of
-from loopml.stages.training import environment, git_commit
+from loopml.stages.training import environment, git_commit, git_dirty
 
 if TYPE_CHECKING:
     from loopml.context import Workspace
@@ -60,6 +60,7 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
         lineage={"datasets": candidate.dataset_versions, "fingerprint": candidate.fingerprint,
                  "feature_view": cfg.features.view, "features": list(view_of(ws).features),
                  "entity": cfg.entity, "task": cfg.task, "validation_report": report_key,
+                 "profile": ws.config.profile, "git_dirty": git_dirty(ws.config.root),
                  "validation_report_sha256": report_sha,
                  "gates": {c.name: {"passed": c.passed, "value": c.value} for c in report.checks}},
     )

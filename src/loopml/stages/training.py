@@ -63,6 +63,16 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def git_dirty(root: Path) -> bool | None:
+    """Whether the project's tree has uncommitted changes (None outside a repository)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def environment() -> dict[str, str]:
     """What a model was trained with (recorded in the registry)."""
     import torch
