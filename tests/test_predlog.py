@@ -61,3 +61,30 @@ def test_the_threaded_writer_flushes_on_demand(tmp_path: Path) -> None:
     writer.flush()
     assert [r["request_id"] for r in read_since(tmp_path, "churn")[0]] == ["r0"]
     writer.close()
+
+
+def test_log_lines_read_back_the_same_whichever_encoder_wrote_them() -> None:
+    """orjson writes the lines when installed; a record the standard encoder writes differently
+    (a NaN output from a broken model) goes through the standard one, so readers see one format."""
+    import json
+    import math
+
+    from loopml import prediction_records
+
+    rows = [{"tenure_months": 12, "monthly_charges": 70.5, "contract": "month", "region": "n\u00e9\"x"}] * 2
+    normal = prediction_records.answered(ts=1.5, version=2, request_id="r-1", features=list(rows[0]), rows=rows,
+                                         answer={"predictions": [0.25, 0.75]}, latency_ms=0.1, entity="id")
+    broken = prediction_records.answered(ts=2.5, version=3, request_id=None, features=list(rows[0]), rows=rows[:1],
+                                         answer={"predictions": [float("nan")]}, latency_ms=0.1)
+    multi = prediction_records.answered(ts=3.5, version=4, request_id="r-3", features=list(rows[0]), rows=rows[:1],
+                                        answer={"predictions": ["b"], "probabilities": [[0.2, float("inf")]],
+                                                "classes": ["a", "b"]}, latency_ms=0.1)
+    records = [*normal, *broken, *multi]
+    data = prediction_records.encode(records)
+    assert prediction_records._fast_dumps() is not None  # the loop extra brings orjson (via Prefect)
+    expected = "".join(prediction_records._LINE(r) + "\n" for r in records).encode()
+    same = prediction_records._LINE  # compare what readers get (orjson writes UTF-8 where json writes \u escapes)
+    assert [same(json.loads(a)) for a in data.splitlines()] == [same(json.loads(b)) for b in expected.splitlines()]
+    assert b"NaN" in data and b"Infinity" in data  # the non-finite outputs kept their values
+    back = [prediction_records.parse(json.loads(line)) for line in data.decode().splitlines()]
+    assert all(r is not None for r in back) and math.isnan(back[2]["output"])

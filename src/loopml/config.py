@@ -120,6 +120,12 @@ class GatesConfig(_Strict):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     max_fairness_gap: float = Field(default=0.10, ge=0, description="max gap of the primary metric between slices")
     min_slice_rows: int = Field(default=50, ge=1, description="smaller slices are reported, not gated")
+    min_selection_rate_ratio: float | None = Field(
+        default=0.8, ge=0, le=1, description="binary: lowest predicted-positive rate over the highest across "
+                                             "slices (0.8: the four-fifths rule); 0 turns the check off")
+    max_error_rate_gap: float | None = Field(
+        default=0.2, ge=0, le=1, description="binary: largest gap of the false-positive or false-negative rate "
+                                             "between slices (equalized odds difference); 1 turns it off")
     latency_p99_ms: float = Field(default=25.0, gt=0, description="absolute SLO: batch-1 p99 on the validating machine")
     max_latency_ratio: float = Field(default=1.5, gt=0, description="candidate/production median batch-1 "
                                                                      "latency, measured interleaved")

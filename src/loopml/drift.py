@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -246,6 +247,19 @@ def _verdict(results: list[_Result], n_ref: int, n_cur: int, *, alpha: float, mi
     return DriftReport(model, reference_ref, window[0], window[1], features, bool(drifted), reason)
 
 
+def with_importance(report: DriftReport, importance: Mapping[str, float]) -> DriftReport:
+    """The report with the model's permutation importance: drifted features ranked by how much the
+    model relies on them, so a drifted feature the model ignores is told apart from one it leans on."""
+    if not importance:
+        return report
+    drifted = sorted(report.drifted_features, key=lambda f: -importance.get(f, float("-inf")))
+    reason = report.reason
+    if drifted and report.drift_detected:
+        ranked = ", ".join(f"{f} (importance {importance[f]:.3f})" if f in importance else f for f in drifted)
+        reason = reason.replace(", ".join(report.drifted_features), ranked, 1)
+    return dataclasses.replace(report, reason=reason, importance=dict(importance))
+
+
 def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
                 current: pd.DataFrame | WindowSketch) -> str:
     """The drift report page, from the two windows' rows or from their sketches (large windows:
@@ -254,13 +268,18 @@ def render_html(report: DriftReport, reference: pd.DataFrame | WindowSketch,
     rows_current = current.rows if isinstance(current, WindowSketch) else len(current)
     summary = verdict(f"DRIFT: {report.reason}" if report.drift_detected else report.reason,
                       passed=not report.drift_detected)
+    weight = report.importance
+    ordered = sorted(report.features, key=lambda f: (not f.drifted, -weight.get(f.feature, 0.0))) if weight \
+        else list(report.features)
     rows = [(f.feature, f.kind, _statistic_text(f), f.p_value, f.p_adjusted,
-             f"{f.missing_reference:.1%} / {f.missing_current:.1%}", "DRIFT" if f.drifted else "ok")
-            for f in report.features]
+             f"{f.missing_reference:.1%} / {f.missing_current:.1%}",
+             *((weight.get(f.feature, "-"),) if weight else ()), "DRIFT" if f.drifted else "ok")
+            for f in ordered]
     sections = [summary, paragraph("model ", strong(report.model), f"; reference: {report.reference}; "
                                    f"{window_text(report, rows_current)}"),
-                table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)", "verdict"], rows,
-                      ["fail" if f.drifted else "pass" for f in report.features])]
+                table(["feature", "test", "statistic", "p", "Holm p", "missing (ref / current)",
+                       *(("model importance",) if weight else ()), "verdict"], rows,
+                      ["fail" if f.drifted else "pass" for f in ordered])]
     plotted = plotted_features(report)
     if len(plotted) < len(report.features):
         sections.append(paragraph(f"Plots for the {len(plotted)} features that drifted or moved most; the table "

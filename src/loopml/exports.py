@@ -91,6 +91,15 @@ def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None =
     return uri.rsplit("/", 1)[0]
 
 
+def importance_lines(importance: dict[str, float] | Any) -> list[str]:
+    """The card's "what the model relies on" section (permutation importance on the holdout)."""
+    if not importance:
+        return []
+    return ["", "## What the model relies on", "",
+            "Drop of the primary metric on the holdout when the feature's values are shuffled:", "",
+            *(f"- {name}: {value:.4f}" for name, value in importance.items())]
+
+
 def model_card(model: ModelVersion, report: GateReport) -> str:
     """A short Markdown card: what the model is, what it was trained on, how it was judged."""
     lines = [f"# {model.ref} ({model.status})", "",
@@ -103,5 +112,6 @@ def model_card(model: ModelVersion, report: GateReport) -> str:
              "## Metrics", "", *(f"- {k}: {v:.4f}" for k, v in model.metrics.items()), "",
              f"## Validation against {report.baseline or 'no production model'}", "",
              "| check | verdict | reason |", "|---|---|---|",
-             *(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.reason} |" for c in report.checks)]
+             *(f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.reason} |" for c in report.checks),
+             *importance_lines(report.importance)]
     return "\n".join(lines) + "\n"

@@ -21,8 +21,10 @@ readers (the monitor's window, the canary judge, live performance) accept a line
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NotRequired, TypedDict
 
 
@@ -89,9 +91,45 @@ def failed(*, ts: float, version: int, request_id: str | None, rows: int, error:
 _LINE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps with options builds one per call
 
 
+@functools.cache
+def _fast_dumps() -> Callable[[Any], bytes] | None:
+    """orjson's ``dumps`` when installed (Prefect depends on it): the same compact lines ~13x faster."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson.dumps
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 def encode(records: Iterable[PredictionRecord]) -> bytes:
-    """Complete compact JSON lines, ready to append in one write."""
-    return "".join([_LINE(r) + "\n" for r in records]).encode()
+    """Complete compact JSON lines, ready to append in one write.
+
+    orjson writes what the standard encoder writes for these records, except that it turns a NaN or
+    an infinity into ``null``; the rare record holding one in its output (a broken model) therefore
+    goes through the standard encoder, so readers see the same value either way.
+    """
+    dumps = _fast_dumps()
+    if dumps is None:
+        return "".join([_LINE(r) + "\n" for r in records]).encode()
+    out = bytearray()
+    for r in records:
+        if _finite(r.get("output")) and _finite(r.get("probabilities")) and _finite(r.get("primary_output")):
+            try:
+                out += dumps(r)
+            except TypeError:  # a type orjson refuses (orjson.JSONEncodeError is a TypeError)
+                out += _LINE(r).encode()
+        else:
+            out += _LINE(r).encode()
+        out += b"\n"
+    return bytes(out)
 
 
 def parse(value: Any) -> PredictionRecord | None:

@@ -204,6 +204,7 @@ class GateReport:
     checks: tuple[GateCheck, ...]
     html_key: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)  # every task metric on the holdout
+    importance: Mapping[str, float] = field(default_factory=dict)  # permutation importance, largest first
 
     @property
     def passed(self) -> bool:
@@ -241,6 +242,7 @@ class DriftReport:
     drift_detected: bool
     reason: str
     html_key: str | None = None
+    importance: Mapping[str, float] = field(default_factory=dict)  # the model's permutation importance
 
     @property
     def drifted_features(self) -> tuple[str, ...]:

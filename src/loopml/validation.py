@@ -10,7 +10,8 @@ Every check has a value, a threshold, a verdict and a one-line reason. Metrics f
   signed so that positive is better; fails only if the whole interval is below
   ``-regression_margin``. With no production model yet it passes and says so.
 * ``fairness``: largest gap of the primary metric between slices of the sensitive attribute
-  (slices smaller than ``min_slice_rows`` are reported, not gated).
+  (slices smaller than ``min_slice_rows`` are reported, not gated); for binary tasks also
+  ``selection-rate`` and ``error-rate-gap`` (:mod:`loopml.fairness`).
 * ``latency``: absolute p99 of batch-1 predictions against the SLO, on this machine.
 * ``latency-ratio``: candidate and production measured interleaved on the same rows, so a busy
   machine slows both alike; gates the ratio of their medians.
@@ -27,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loopml import tasks
+from loopml import fairness, tasks
 from loopml.artifacts import Predictor
+from loopml.importance import permutation_importance
 from loopml.records import GateCheck, GateReport
 from loopml.reports import figure_png, img, page, paragraph, strong, table, verdict
 
@@ -171,8 +173,8 @@ def evaluate(
                                     f"{'minimum' if m.higher_is_better else 'maximum'} {bound:.4g}"))
         checks.append(_regression_check(primary, metrics, base_metrics, dci, len(y), gates.regression_margin))
         if sensitive:
-            slices = _slices(task, primary, holdout, sensitive, y, cand)
-            checks.append(_fairness_check(primary, slices, sensitive, gates))
+            slices = fairness.slices(task, primary, holdout, sensitive, y, cand)
+            checks += fairness.checks(task, primary, slices, sensitive, gates)
 
     rows = holdout[list(sig.features)].head(max(gates.latency_samples, 1)).to_dict("records")
     lat, base_lat = (latency_ms(candidate, rows, gates.latency_samples, baseline) if rows
@@ -208,7 +210,9 @@ def evaluate(
             except Exception as exc:  # a broken check fails its gate, it does not pass silently
                 checks.append(GateCheck(name, None, None, False, f"check failed to run: {type(exc).__name__}: {exc}"))
 
-    report = GateReport(model_name, candidate_ref, baseline_ref, tuple(checks), metrics=dict(metrics))
+    importance = permutation_importance(candidate, holdout, y) if judgeable else {}
+    report = GateReport(model_name, candidate_ref, baseline_ref, tuple(checks), metrics=dict(metrics),
+                        importance=importance)
     return Evaluation(report, task, classes, cand, base, y, slices, lat, base_lat, metrics, base_metrics, ci, dci)
 
 
@@ -246,29 +250,6 @@ def _regression_check(primary: tasks.Metric, metrics: Mapping[str, float], base_
         + f" {margin:.4g}")
 
 
-def _slices(task: TaskKind, primary: tasks.Metric, holdout: pd.DataFrame, sensitive: str, y: np.ndarray,
-            pred: np.ndarray) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for value, idx in holdout.groupby(sensitive, observed=True, dropna=False).indices.items():
-        entry = {"rows": float(len(idx)), primary.name: primary.compute(y[idx], pred[idx])}
-        if task == "binary":
-            entry["positive_rate"] = float((pred[idx] >= 0.5).mean())
-        out[f"{sensitive}={value}"] = entry
-    return out
-
-
-def _fairness_check(primary: tasks.Metric, slices: Mapping[str, Mapping[str, float]], sensitive: str,
-                    gates: GatesConfig) -> GateCheck:
-    name = primary.name
-    gated = {k: v for k, v in slices.items() if v["rows"] >= gates.min_slice_rows and not np.isnan(v[name])}
-    gap = (max(v[name] for v in gated.values()) - min(v[name] for v in gated.values())) if len(gated) >= 2 else 0.0
-    detail = ", ".join(f"{k}: {v[name]:.3f} (n={int(v['rows'])})" for k, v in slices.items())
-    ok = gap <= gates.max_fairness_gap
-    return GateCheck("fairness", gap, gates.max_fairness_gap, ok,
-                     f"{name} gap across {sensitive} slices {gap:.3f} " + ("<=" if ok else ">")
-                     + f" {gates.max_fairness_gap:.3f}: {detail}")
-
-
 # ---------------------------------------------------------------------------- report
 def render_html(ev: Evaluation) -> str:
     """The gate report as a standalone HTML page with plots that fit the task."""
@@ -293,8 +274,19 @@ def render_html(ev: Evaluation) -> str:
         srows = [(k, int(v["rows"]), v[primary], v.get("positive_rate")) for k, v in ev.slices.items()]
         sections += [table(["slice", "rows", primary, "predicted positive rate"], srows),
                      img(figure_png(lambda ax: _slice_bars(ax, ev)), "slices")]
+    if r.importance:
+        sections += [paragraph(strong("What the model relies on: "), f"drop of {ev.primary} on the holdout when "
+                               "a feature's values are shuffled across rows (permutation importance)"),
+                     img(figure_png(lambda ax: _importance(ax, r.importance)), "permutation importance")]
     sections.append(img(figure_png(lambda ax: _latency(ax, ev)), "latency"))
     return page(f"Validation: {r.model_name} {r.candidate}", sections)
+
+
+def _importance(ax: Any, importance: Mapping[str, float]) -> None:
+    names = list(importance)[::-1]
+    ax.barh(names, [importance[n] for n in names], color="#4c78a8")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("drop of the primary metric when shuffled")
 
 
 def _roc(ax: Any, ev: Evaluation) -> None:

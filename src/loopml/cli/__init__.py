@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     # tight for a fresh database on a busy small machine. An explicit setting still wins.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
-        app(args=argv, standalone_mode=False, prog_name="loopml")
+        # Without standalone mode, click returns a command's typer.Exit code instead of raising it.
+        code = app(args=argv, standalone_mode=False, prog_name="loopml")
     except LoopmlError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
@@ -52,6 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return int(getattr(exc, "exit_code", 2) or 2)
-    return 0
+    return code if isinstance(code, int) else 0
 
 

@@ -1,4 +1,5 @@
-"""`loopml reproduce` and `loopml lineage`: audit commands over what the registry recorded."""
+"""Audit commands over what the registry recorded: `loopml reproduce`, `loopml lineage`,
+`loopml models evidence` and `loopml models verify-evidence`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loopml.cli.common import ConfigOpt, JsonOpt, ProfileOpt, app, out, print_json, workspace
+from loopml.cli.common import ConfigOpt, JsonOpt, ProfileOpt, app, err, models_app, out, print_json, workspace
 from loopml.cli.models_cmd import _parse_model_ref
 from loopml.errors import LoopmlError
 
@@ -24,12 +25,8 @@ def reproduce(
     temporary git worktree, and say whether it is the same model. Exit 1 when it is not."""
     from loopml.reproduction import reproduce as rebuild
 
-    name, version, alias = _parse_model_ref(ref)
     ws = workspace(config, profile)
-    if version is None:
-        if alias is None:
-            raise LoopmlError(f"say which version to reproduce, e.g. {name}:3 or {name}@production")
-        version = ws.registry.get(name, alias=alias).version
+    name, version = _resolved(ws, ref)
     verdict = rebuild(ws, name, version, tolerance=tolerance)
     if as_json:
         print_json(verdict.to_dict())
@@ -112,3 +109,60 @@ def lineage(
         html.write_text(page, encoding="utf-8")
         if not as_json:
             out.print(f"written: {html}")
+
+
+@models_app.command("evidence")
+def evidence(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION or NAME@ALIAS.")],
+    folder: Annotated[Path, typer.Argument(help="A new (or empty) folder for the bundle.")],
+    sign_key: Annotated[Path | None, typer.Option(help="Ed25519 private key (PEM) that signs SHA256SUMS.")] = None,
+    reproduce_model: Annotated[bool, typer.Option("--reproduce/--no-reproduce", help="Rebuild the model and "
+                                                  "include the verdict (default: yes).")] = True,
+    config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Write an evidence bundle an auditor can read offline: card, gate report, data manifest, code,
+    environment, history, lineage, reproduction verdict, and the sha256 of every file."""
+    from loopml.evidence import write_bundle
+    from loopml.reproduction import reproduce as rebuild
+
+    ws = workspace(config, profile)
+    name, version = _resolved(ws, ref)
+    verdict = rebuild(ws, name, version) if reproduce_model else None
+    files = write_bundle(ws, name, version, folder, reproduction=verdict, signing_key=sign_key)
+    if as_json:
+        print_json({"folder": str(folder), "files": files, "reproduction": verdict.outcome if verdict else None})
+    else:
+        out.print(f"evidence for {name}:v{version} in {folder}: {len(files)} files"
+                  + (f"; reproduction: {verdict.outcome}" if verdict else ""), soft_wrap=True, highlight=False)
+
+
+@models_app.command("verify-evidence")
+def verify_evidence(
+    folder: Annotated[Path, typer.Argument(help="A bundle written by `loopml models evidence`.")],
+    public_key: Annotated[Path | None, typer.Option(help="Ed25519 public key (PEM) to check the signature.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every file of a bundle against its SHA256SUMS (and its signature). Exit 1 naming what changed."""
+    from loopml.evidence import verify
+
+    result = verify(folder, public_key)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        for problem in result.problems:
+            err.print(f"FAILED {problem}", soft_wrap=True, highlight=False)
+        if result.ok:
+            out.print(f"{folder}: {result.files} files match SHA256SUMS"
+                      + ("; signature valid" if result.signature_checked else
+                         "; signed (pass --public-key to check the signature)" if result.signed else "; not signed"))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _resolved(ws, ref: str) -> tuple[str, int]:
+    name, version, alias = _parse_model_ref(ref)
+    if version is None:
+        if alias is None:
+            raise LoopmlError(f"say which version, e.g. {name}:3 or {name}@production")
+        version = ws.registry.get(name, alias=alias).version
+    return name, version

@@ -58,6 +58,7 @@ class ServingCore:
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._dropped = self.metrics.log_dropped.labels(model_name)
+        self._dropped_seen = 0  # the gauge takes a lock: set it when the count moves, not per request
         self._inflight = 0
         self.active = 0  # prediction requests received and not yet answered (batching decisions)
         self.draining = False  # shutting down: answers close their connection, readiness is 503
@@ -290,7 +291,10 @@ class ServingCore:
         self.log_writer.write(prediction_records.answered(
             ts=time.time(), version=version, request_id=request_id, features=sig.features, rows=rows,
             answer=answer, latency_ms=elapsed * 1000 / len(rows), entity=self.entity, unknown=unknown_per_row))
-        self._dropped.set(getattr(self.log_writer, "dropped", 0))
+        dropped = getattr(self.log_writer, "dropped", 0)
+        if dropped != self._dropped_seen:
+            self._dropped_seen = dropped
+            self._dropped.set(dropped)
 
     def _entity_rows(self, payload: Any) -> list[int]:
         """Indices of the rows that carry only the entity id (checked: an id the store can hold)."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from loopml import canonical, drift, events, sketches
 from loopml.context import shares_state
-from loopml.errors import ObjectExistsError, ObjectNotFoundError
+from loopml.errors import LoopmlError, ObjectExistsError, ObjectNotFoundError
 from loopml.reports import page, paragraph
 from loopml.shared_state import SharedState, StateConflictError
 from loopml.stages.project import pipeline_config, stamp, view_of
@@ -91,17 +91,19 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
         report = drift.drift_from_sketches(ref_sketch, cur_sketch, alpha=cfg.drift.alpha,
                                            min_samples=cfg.drift.min_samples, model=cfg.model_name,
                                            reference_ref=reference_ref, window=window)
+        report = drift.with_importance(report, _importance(ws, cfg.model_name, production_version))
         html = drift.render_html(report, ref_sketch, cur_sketch)
     else:
         report = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
                                     alpha=cfg.drift.alpha, min_samples=cfg.drift.min_samples,
                                     model=cfg.model_name, reference_ref=reference_ref, window=window)
+        report = drift.with_importance(report, _importance(ws, cfg.model_name, production_version))
         html = drift.render_html(report, reference, current) if len(current) else page(
             f"Drift of {cfg.model_name}", [paragraph("no data: no row was logged in this window")])
     key = f"reports/{cfg.model_name}/drift/drift-{stamp()}.html"
     ws.store.put(key, html.encode(), metadata={"content-type": "text/html"})
     payload = {"features": list(report.drifted_features), "production_version": production_version, "report": key,
-               "rows": len(current), "drifted": report.drift_detected,
+               "rows": len(current), "drifted": report.drift_detected, "importance": dict(report.importance),
                "statistics": {f.feature: {"statistic": f.statistic, "p_adjusted": f.p_adjusted, "drifted": f.drifted}
                               for f in report.features}}
     events.announce(ws, events.make_event(ws, events.DRIFT_CHECKED, cfg.model_name, production_version,
@@ -125,6 +127,16 @@ def check_drift(ws: Workspace, reference: pd.DataFrame, current: pd.DataFrame, r
     events.announce(ws, events.make_event(ws, events.DRIFT, cfg.model_name, production_version, report.reason,
                                           payload), subject=report)
     return report, key, True
+
+
+def _importance(ws: Workspace, model: str, version: int | None) -> dict[str, float]:
+    """The served version's permutation importance, as measured on its holdout at validation."""
+    if version is None:
+        return {}
+    try:
+        return dict(ws.registry.get(model, version).lineage.get("importance") or {})
+    except LoopmlError:  # a version the registry no longer knows: the report goes out without it
+        return {}
 
 
 class _AlertState:

@@ -61,6 +61,7 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                  "feature_view": cfg.features.view, "features": list(view_of(ws).features),
                  "entity": cfg.entity, "task": cfg.task, "validation_report": report_key,
                  "profile": ws.config.profile, "git_dirty": git_dirty(ws.config.root),
+                 "importance": dict(report.importance),
                  "validation_report_sha256": report_sha,
                  "gates": {c.name: {"passed": c.passed, "value": c.value} for c in report.checks}},
     )
