@@ -133,7 +133,8 @@ def wrk(url: str, connections: int, seconds: int, lua: Path) -> dict[str, float]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     timeouts = re.search(r"timeout (\d+)", out)
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+    answered = re.search(r"(\d+) requests in", out)
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"), "requests": int(answered.group(1)) if answered else 0,
             "non_2xx": int(errors.group(1)) if errors else 0, "timeouts": int(timeouts.group(1)) if timeouts else 0}
 
 
@@ -181,6 +182,14 @@ class Target:
             except OSError:
                 time.sleep(0.01)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the server's process has used so far; None for TorchServe (a JVM
+        and its workers). Per request, it is what a window cost the server, whatever the neighbours did."""
+        if self.proc is None:
+            return None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -217,7 +226,12 @@ def main() -> dict:
                     for request in ("row", "row-lua", "entity") if round_ % 2 == 0 else ("entity", "row-lua", "row"):
                         if (request, c) in PLAN[kind]:
                             point = f"{request}@{c}"
-                            runs[kind][point].append(wrk(targets[kind].url, c, DURATION, lua[kind][request]))
+                            before = targets[kind].cpu_seconds()
+                            window = wrk(targets[kind].url, c, DURATION, lua[kind][request])
+                            if before is not None and window["requests"]:
+                                spent = targets[kind].cpu_seconds() - before
+                                window["cpu_us_per_request"] = spent * 1e6 / window["requests"]
+                            runs[kind][point].append(window)
                             print(round_, kind, point, runs[kind][point][-1], flush=True)
     finally:
         for target in targets.values():
@@ -230,7 +244,12 @@ def main() -> dict:
         """The median over rounds of a/b, each round's two measured back to back."""
         return statistics.median(x[key] / y[key] for x, y in zip(runs[a][a_point], runs[b][b_point], strict=True))
 
+    def cpu(kind: str, point: str) -> dict[str, float]:
+        values = [r["cpu_us_per_request"] for r in runs[kind][point] if "cpu_us_per_request" in r]
+        return {"cpu_us_per_request": statistics.median(values)} if values else {}
+
     table = {kind: {point: {k: med(kind, point, k) for k in ("rps", "p50_ms", "p99_ms", "non_2xx", "timeouts")}
+                    | cpu(kind, point)
                     | {"runs_rps": [r["rps"] for r in runs[kind][point]]} for point in points}
              for kind, points in runs.items()}
     ratios = {
@@ -242,6 +261,9 @@ def main() -> dict:
         "loopml_vs_torchserve_1": paired("loopml", "row@1", "torchserve", "row@1"),
         "loopml_vs_torchserve_16": paired("loopml", "row@16", "torchserve", "row@16"),
         "log_cost_16": 1 - paired("loopml", "row@16", "loopml-nolog", "row@16"),
+        # the same cost as server CPU per request (robust to a noisy machine; see cpu_seconds)
+        "log_cost_cpu_16": paired("loopml", "row@16", "loopml-nolog", "row@16", "cpu_us_per_request") - 1,
+        "loopml_vs_plain_cpu_16": paired("loopml", "row@16", "plain", "row@16", "cpu_us_per_request"),
         "entity_vs_row_p50_1": paired("loopml", "entity@1", "loopml", "row@1", "p50_ms"),
         # wrk builds each entity request in Lua (the ids cycle), which costs the client ~10-15% at 16
         # connections on 2 cores: the entity window is compared with full rows sent the same way

@@ -54,7 +54,10 @@ def serving(r: dict) -> list[Row]:
          f"warmed up, {rps('torchserve-batched', 'row@64')} ({x(q['loopml_vs_torchserve_batched_64'])})"),
         ("prediction log on vs off, 16 connections",
          f"{rps('loopml', 'row@16')} vs {rps('loopml-nolog', 'row@16')} req/s: the log costs "
-         f"{q['log_cost_16']:.0%}", "–"),
+         f"{q['log_cost_16']:.0%} of throughput; in server CPU per request "
+         f"{t['loopml']['row@16']['cpu_us_per_request']:.0f} vs "
+         f"{t['loopml-nolog']['row@16']['cpu_us_per_request']:.0f} µs, {q['log_cost_cpu_16']:+.0%} "
+         "(CPU per request is what a noisy neighbour barely moves)", "–"),
         ("predict by entity id (features from the online store) vs a full row, same server",
          f"p50 {t['loopml']['entity@1']['p50_ms']:.2f} vs {t['loopml']['row@1']['p50_ms']:.2f} ms at 1 connection "
          f"({x(q['entity_vs_row_p50_1'])}); {rps('loopml', 'entity@16')} vs {rps('loopml', 'row-lua@16')} req/s at 16 "

@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import performance
 from loopml.drift import window_text as drift_window_text
+from loopml.errors import ModelNotFoundError
 from loopml.records import DriftReport
 from loopml.stages.drift_check import check_drift, drift_reference
 from loopml.stages.monitoring import claimed_window, observe
@@ -24,7 +25,8 @@ def monitor(since: float | None = None, config: str | None = None,
     label_run(ws, f"monitor-{cfg.model_name}", model=cfg.model_name)
     model = production_model(ws, cfg.model_name)
     if model is None:
-        raise RuntimeError("no production model to monitor yet; run the pipeline first")
+        raise ModelNotFoundError(f"no production model of {cfg.model_name} to monitor yet: run the pipeline first "
+                                 "(loopml run), then serve it (loopml serve) so there is traffic to check")
     reference = drift_reference(ws, model)
     # the rows count as read only if every step below succeeds (a failure leaves them for the next run)
     with claimed_window(ws, cfg.model_name, since) as window:

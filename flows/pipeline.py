@@ -48,13 +48,15 @@ def pipeline(config: str | None = None, profile: str | None = None,
                 else "trained", ", ".join(f"{k}={v:.4f}" for k, v in sorted(candidate.metrics.items())))
     existing = registered_version_of(ws, candidate) if candidate.skipped else None
     if existing is not None:
-        logger.info("%s already holds this model (%s); nothing to validate or register",
-                    existing.ref, existing.status)
+        logger.info("%s already holds this model (%s); nothing to validate or register%s", existing.ref,
+                    existing.status, f". Gates changed? Judge it again without retraining: loopml validate "
+                                     f"{existing.name}:{existing.version}" if existing.status == "rejected" else "")
         url, decision = deploy(config=config, profile=profile, judge=await_canary) if deploy_model else (None, None)
         production = production_model(ws, cfg.model_name)
+        failed = tuple(n for n, g in (existing.lineage.get("gates") or {}).items() if not g.get("passed"))
         return PipelineResult(existing.ref, existing.status,
                               production is not None and production.version == existing.version,
-                              True, existing.lineage.get("validation_report"), (), url, decision)
+                              True, existing.lineage.get("validation_report"), failed, url, decision)
     baseline = production_model(ws, cfg.model_name)
     report, key, path = validate(candidate, labels, config=config, profile=profile)
     logger.info("validation %s against %s: %s", "passed" if report.passed else "FAILED",

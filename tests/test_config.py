@@ -69,6 +69,16 @@ def test_unknown_key_names_key_and_file(project: Path) -> None:
     assert str(project / "loopml.toml") in str(info.value)
 
 
+def test_a_misspelled_key_in_a_nested_section_gets_the_key_it_resembles(project: Path) -> None:
+    write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
+                   'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n[pipeline.gates]\n'
+                   'max_fairnes_gap = 0.2\nzzz = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "pipeline.gates.max_fairnes_gap: unknown key (did you mean 'max_fairness_gap'?)" in str(info.value)
+    assert "pipeline.gates.zzz: unknown key; remove it or check its spelling" in str(info.value)  # no look-alike
+
+
 def test_wrong_type_names_key_and_value(project: Path) -> None:
     write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
                    'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n'
@@ -129,7 +139,8 @@ def test_unknown_backend_lists_choices_at_startup(project: Path) -> None:
 
 def test_misspelled_backend_option_names_the_key_and_allowed_options(project: Path) -> None:
     write(project, '[registry]\nbackend = "sqlite"\n[registry.options]\npaht = "r.db"\n')
-    with pytest.raises(ConfigError, match=r"registry\.options\.paht: unknown option; allowed: path, timeout"):
+    with pytest.raises(ConfigError, match=r"registry\.options\.paht: unknown option \(did you mean 'path'\?\); "
+                                          r"allowed: path, timeout"):
         Workspace.open()
 
 
@@ -224,3 +235,16 @@ def test_plugins_check_validates_every_profile_not_only_the_selected_one(project
     assert "profile 'staging'" not in err
     assert main(["plugins", "check", "--profile", "staging"]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_a_profile_that_changes_the_trainer_replaces_its_options(project: Path) -> None:
+    write(project, '[pipeline]\nmodel_name = "m"\nentity = "e"\nlabels_dataset = "l"\nlabel = "y"\n'
+                   'label_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n'
+                   '[pipeline.model]\ntrainer = "mlp"\noptions = { hidden_units = 32, epochs = 5 }\n'
+                   '[profiles.team.pipeline.model]\ntrainer = "torch-module"\n'
+                   'options = { module = "pkg.models:build" }\n'
+                   '[profiles.quick.pipeline.model.options]\nepochs = 1\n')
+    team = load_config(profile="team").pipeline.model
+    assert team.trainer == "torch-module" and team.options == {"module": "pkg.models:build"}  # no hidden_units
+    quick = load_config(profile="quick").pipeline.model  # same trainer: options still merge
+    assert quick.trainer == "mlp" and quick.options == {"hidden_units": 32, "epochs": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -63,8 +64,9 @@ def test_a_dataset_shared_by_every_version_has_no_clean_fallback(two_versions) -
 def test_the_command_gives_a_tree_json_and_an_html_graph(two_versions, tmp_path) -> None:
     config, first, _ = two_versions
     cli = [sys.executable, "-m", "loopml.cli", "lineage", "--config", str(config)]
+    wide = {**os.environ, "COLUMNS": "250"}  # a narrow terminal wraps long paths onto the next line
     tree = subprocess.run([*cli, f"{first.name}:{first.version}", "--html", str(tmp_path / "l.html")],
-                          capture_output=True, text=True, check=True).stdout
+                          capture_output=True, text=True, check=True, env=wide).stdout
     assert "labels.csv sha256" in tree and "@production" in tree
     page = (tmp_path / "l.html").read_text()
     assert "data:image/png;base64," in page and first.ref in page

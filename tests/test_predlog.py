@@ -88,3 +88,17 @@ def test_log_lines_read_back_the_same_whichever_encoder_wrote_them() -> None:
     assert b"NaN" in data and b"Infinity" in data  # the non-finite outputs kept their values
     back = [prediction_records.parse(json.loads(line)) for line in data.decode().splitlines()]
     assert all(r is not None for r in back) and math.isnan(back[2]["output"])
+
+
+def test_a_prediction_answer_renders_as_the_standard_response_would() -> None:
+    import json
+
+    from starlette.responses import JSONResponse
+
+    from loopml import prediction_records
+
+    for body in ({"model": "churn", "version": 3, "predictions": [0.25, 1e-7]},
+                 {"model": "plan", "version": 1, "predictions": ["gold"], "probabilities": [[0.1, 0.9]],
+                  "classes": ["basic", "gold"]}):
+        assert json.loads(prediction_records.answer_json(body)) == json.loads(JSONResponse(body).body)
+    assert prediction_records.answer_json({"version": 1, "predictions": [float("nan")]}) is None  # standard path

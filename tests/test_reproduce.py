@@ -43,6 +43,8 @@ def test_every_example_is_rebuilt_bit_for_bit_from_its_record(tmp_path, example,
     config = new_project(tmp_path / example, example)
     monkeypatch.chdir(config.parent)  # the custom model's module is imported from the project
     monkeypatch.syspath_prepend(str(config.parent))
+    for name in ("churn_models", "churn_gates"):  # tests/ has a helper of the same name: import the project's
+        monkeypatch.delitem(sys.modules, name, raising=False)
     model = loop_once(config)
     trained_at = git(config.parent, "rev-parse", "HEAD")
     assert model.git_commit == trained_at and model.lineage["git_dirty"] is False

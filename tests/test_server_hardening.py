@@ -406,3 +406,20 @@ def test_request_latency_covers_reading_the_body_and_every_status_is_counted(pre
     assert metric('loopml_model_latency_seconds_sum{model="churn",version="1"}') < 0.5
     assert metric('loopml_requests_total{model="churn",route="/predict",status="200",version="1"}') == 1
     assert metric('loopml_requests_total{model="churn",route="unrouted",status="400",version=""}') == 1
+
+
+@pytest.mark.server
+def test_a_port_in_use_is_one_clear_error(tmp_path) -> None:
+    import socket
+
+    from loopml.errors import ConfigError
+    from loopml.serving.transport import bind
+
+    taken = bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}: .*choose another with --port"):
+            bind("127.0.0.1", port)
+    finally:
+        taken.close()
+    assert isinstance(bind("127.0.0.1", 0), socket.socket)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import json
 import os
 import re
@@ -106,6 +107,25 @@ def _env_paths(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
             for name in environ if name.startswith(ENV_PREFIX)}
 
 
+def _known_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    """The keys allowed where ``loc`` points (its last part excluded), following nested sections."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def did_you_mean(word: str, known: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for a close match, else ``""``."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _format_errors(exc: ValidationError, where: str, from_env: Mapping[tuple[str, ...], str] | None = None) -> str:
     lines = [f"invalid configuration in {where}:"]
     for err in exc.errors():
@@ -120,8 +140,9 @@ def _format_errors(exc: ValidationError, where: str, from_env: Mapping[tuple[str
             continue
         if err["type"] == "extra_forbidden":
             moved = MOVED_KEYS.get(".".join(str(p) for p in err["loc"][-2:]))
+            hint = did_you_mean(str(loc[-1]), _known_keys(LoopmlConfig, loc)) if loc else ""
             lines.append(f"  - {key}: " + (f"moved: {moved}" if moved else
-                                            "unknown key; remove it or check its spelling"))
+                                            f"unknown key{hint or '; remove it or check its spelling'}"))
         elif err["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
         elif err["type"] == "value_error":  # a cross-field rule; its message names the key
@@ -145,6 +166,25 @@ def redact_url_credentials(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_url_credentials(v) for v in value]
     return value
+
+
+REPLACED_WITH_THEIR_BACKEND = (("pipeline", "model", "trainer", "options"), ("registry", "backend", "options"),
+                               ("feature_store", "backend", "options"), ("serving", "backend", "options"))
+"""(section..., chooser, options): a profile choosing another backend gets none of the base's options,
+which belonged to the backend it replaced (a base MLP's ``hidden_units`` is no option of a team's module)."""
+
+
+def _without_replaced_sections(base: dict[str, Any], profile: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for *path, chooser, options in REPLACED_WITH_THEIR_BACKEND:
+        base_section, profile_section = out, profile
+        for part in path:
+            base_section = base_section.get(part) if isinstance(base_section, dict) else None
+            profile_section = profile_section.get(part) if isinstance(profile_section, Mapping) else None
+        if (isinstance(base_section, dict) and isinstance(profile_section, Mapping) and chooser in profile_section
+                and profile_section[chooser] != base_section.get(chooser)):
+            base_section.pop(options, None)
+    return out
 
 
 def defined_profiles(path: Path | str) -> list[str]:
@@ -201,7 +241,7 @@ def load_config(
                 f"profile {profile!r} is not defined in {file or 'the config'}; "
                 f"defined profiles: {known}. Add a [profiles.{profile}] table or unset LOOPML_PROFILE"
             )
-        raw = _deep_merge(raw, profiles[profile])
+        raw = _deep_merge(_without_replaced_sections(raw, profiles[profile]), profiles[profile])
     raw = _deep_merge(raw, _env_overrides(environ))
     if overrides:
         raw = _deep_merge(raw, overrides)
@@ -227,7 +267,8 @@ def validate_options(model: type[BaseModel], options: Mapping[str, Any], where: 
             key = ".".join([where, *(str(p) for p in err["loc"])])
             if err["type"] == "extra_forbidden":
                 allowed = ", ".join(sorted(model.model_fields)) or "(none)"
-                lines.append(f"  - {key}: unknown option; allowed: {allowed}")
+                hint = did_you_mean(str(err["loc"][-1]), list(model.model_fields)) if err["loc"] else ""
+                lines.append(f"  - {key}: unknown option{hint}; allowed: {allowed}")
             else:
                 lines.append(f"  - {key}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None

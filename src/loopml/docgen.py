@@ -97,7 +97,11 @@ def configuration_markdown() -> str:
            "One `loopml.toml` per project. Unknown keys are errors naming the key and file. Precedence: "
            "defaults < `loopml.toml` < `[profiles.<name>]` (`--profile`, `LOOPML_PROFILE`) < environment "
            "variables `LOOPML__SECTION__KEY=value`. Trackers and monitors are tables of name -> options "
-           "(`[trackers.mlflow]`); every other backend is chosen by `backend = \"name\"` with `options`.", ""]
+           "(`[trackers.mlflow]`); every other backend is chosen by `backend = \"name\"` with `options`. A "
+           "profile merges into the file key by key, except that a profile choosing another trainer "
+           "(`pipeline.model.trainer`) or backend (`registry`, `feature_store`, `serving`) replaces that "
+           "section's `options`: they belonged to what it replaced. An unknown key that resembles a known one "
+           "is named with it (`did you mean 'max_fairness_gap'?`).", ""]
     for path, cls_name in TABLES:
         model = getattr(config, cls_name)
         title = f"`[{path}]`" if path and "/" not in path else (path or "top level")

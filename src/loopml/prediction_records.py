@@ -52,6 +52,16 @@ def outputs_of(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"output": v} for v in answer["predictions"]]
 
 
+def answer_json(body: Mapping[str, Any]) -> bytes | None:
+    """A prediction response's JSON bytes with orjson (what Starlette's JSONResponse writes, faster),
+    or None when the standard path must render it: no orjson, or a non-finite number, which
+    JSONResponse refuses where orjson would write null."""
+    dumps = _fast_dumps()
+    if dumps is None or not (finite(body.get("predictions")) and finite(body.get("probabilities"))):
+        return None
+    return dumps(body)
+
+
 def answered(*, ts: float, version: int, request_id: str | None, features: Sequence[str],
              rows: Sequence[Mapping[str, Any]], answer: Mapping[str, Any], latency_ms: float,
              entity: str | None = None, unknown: Sequence[Sequence[str]] | None = None, shadow: bool = False,
@@ -99,6 +109,11 @@ def _fast_dumps() -> Callable[[Any], bytes] | None:
     except ImportError:
         return None
     return orjson.dumps
+
+
+def finite(value: Any) -> bool:
+    """No NaN or infinity in a float or a (nested) list of them."""
+    return _finite(value)
 
 
 def _finite(value: Any) -> bool:

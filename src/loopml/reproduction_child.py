@@ -16,32 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loopml.config import BackendChoice, StorageConfig
-from loopml.config_loader import load_config
 from loopml.context import Workspace
+from loopml.scratch import copy_dataset_version, scratch_workspace
 from loopml.stages.data import apply_features, frames
 from loopml.stages.training import train
-
-
-def copy_dataset_version(source: Workspace, target: Workspace, ref: str) -> Any:
-    """The recorded version's data and manifest, byte for byte, into ``target``'s store."""
-    version = source.datasets.get(ref)
-    prefix = version.data_key.rsplit("/", 1)[0]
-    for key in (version.data_key, f"{prefix}/manifest.json"):
-        if not target.store.exists(key):
-            target.store.put(key, source.store.get(key))
-    return target.datasets.get(ref)
 
 
 def rebuild(spec: dict[str, Any]) -> dict[str, Any]:
     work = Path(spec["work"])
     original = Workspace.open(spec["original_config"], profile=spec["profile"])
-    config = load_config(spec["config"], profile=spec["profile"])
-    config = config.model_copy(update={
-        "home": work / "home", "storage": StorageConfig(uri=str(work / "store")),
-        "registry": BackendChoice(backend="sqlite"), "trackers": {"local": {}},
-        "feature_store": BackendChoice(backend="local"), "monitors": {}})
-    rebuilt = Workspace(config)
+    rebuilt = scratch_workspace(spec["config"], spec["profile"], work)
     labels = copy_dataset_version(original, rebuilt, spec["datasets"]["labels"])
     features = copy_dataset_version(original, rebuilt, spec["datasets"]["features"])
     apply_features(rebuilt, features)

@@ -21,7 +21,7 @@ from loopml.cli import (  # noqa: F401 - registers commands
     runs_cmd,
     serve_cmd,
 )
-from loopml.cli.common import app, err
+from loopml.cli.common import app, debugging, err
 from loopml.errors import LoopmlError
 
 
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         # Without standalone mode, click returns a command's typer.Exit code instead of raising it.
         code = app(args=argv, standalone_mode=False, prog_name="loopml")
     except LoopmlError as exc:
+        if debugging():
+            err.print_exception()
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
     except PermissionError as exc:  # a folder or file this user may not write: say which, not a traceback

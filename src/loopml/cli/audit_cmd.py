@@ -67,6 +67,28 @@ def _print_model_lineage(lin) -> None:
     out.print(tree, highlight=False)
 
 
+@app.command("validate")
+def validate_version(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME@ALIAS) to judge again.")],
+    config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Judge a registered version again against today's gates and production, on its own recorded
+    data, without retraining; its status follows the new verdict. Exit 1 when it fails."""
+    from loopml.stages.rejudge import rejudge
+
+    ws = workspace(config, profile)
+    name, version = _resolved(ws, ref)
+    result = rejudge(ws, name, version)
+    if as_json:
+        print_json({"model": result.after.ref, "passed": result.report.passed, "status_before": result.before.status,
+                    "status": result.after.status, "failed_checks": [c.name for c in result.report.failed_checks],
+                    "report": result.report_key})
+    else:
+        out.print(result.describe(), soft_wrap=True, highlight=False)
+    if not result.report.passed:
+        raise typer.Exit(1)
+
+
 @app.command("lineage")
 def lineage(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION or NAME@ALIAS; with --impact a dataset version "

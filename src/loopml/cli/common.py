@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
@@ -50,8 +52,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="Print loopml's version and exit.")] = False) -> None:
+                                                help="Print loopml's version and exit.")] = False,
+          debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also LOOPML_DEBUG=1); "
+                                              "errors are otherwise one line.")] = False) -> None:
     """loopml: version data, train, validate, register, serve and monitor models."""
+    if debug:
+        os.environ["LOOPML_DEBUG"] = "1"
 
 
 def project_file(config: Path | None) -> Path:
@@ -120,3 +126,45 @@ def flows_importable() -> None:
     except ImportError:
         raise LoopmlError("the flows package is not importable; install loopml with its "
                           "'loop' extra from a source checkout (make install)") from None
+
+
+def debugging() -> bool:
+    """``loopml --debug …`` or ``LOOPML_DEBUG=1``: show tracebacks."""
+    return os.environ.get("LOOPML_DEBUG", "") not in ("", "0")
+
+
+class _WithoutUserTracebacks(logging.Formatter):
+    """The console's formatter, minus the traceback of a loopml error (bad config, bad data): the
+    CLI ends with that error in one line, and Prefect's own log (the API) keeps the traceback."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, LoopmlError):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
+
+
+@contextlib.contextmanager
+def tracebacks_only_when_debugging() -> Iterator[None]:
+    """Flows run from the CLI log a failed stage's traceback to the console; for a loopml error that
+    is ~35 lines before the one that matters. Off with ``--debug``."""
+    if debugging():
+        yield
+        return
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG, setup_logging
+
+    if not PROCESS_LOGGING_CONFIG:  # Prefect configures its handlers once; later calls only adjust levels
+        setup_logging()
+    wrapped = [(h, h.formatter) for h in logging.getLogger().handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, _WithoutUserTracebacks)]
+    for handler, formatter in wrapped:
+        handler.setFormatter(_WithoutUserTracebacks(formatter))
+    try:
+        yield
+    finally:
+        for handler, formatter in wrapped:
+            handler.setFormatter(formatter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from loopml.cli.common import (
     print_json,
     progress_bar,
     project_file,
+    tracebacks_only_when_debugging,
     workspace,
 )
 from loopml.errors import LoopmlError
@@ -56,8 +58,9 @@ def run(config: ConfigOpt = None, profile: ProfileOpt = None,
 
     config_arg = str(config) if config else None
     ws = flow_workspace(config_arg, profile)  # the workspace the flow's stages will use: opened once
+    _ = ws.trainer, ws.gate_checks  # a module path or gate typo fails now, before any data is read
     in_process = ws.ability(ws.serving, InProcessServing) is not None
-    with progress_bar():
+    with progress_bar(), tracebacks_only_when_debugging():
         result = pipeline(config=config_arg, profile=profile, deploy_model=not no_deploy and not in_process)
     out.print(result)
     if in_process and not no_deploy and ws.config.pipeline is not None:
@@ -79,7 +82,7 @@ def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if m
 
     if example not in churn.EXAMPLES:
         raise LoopmlError(f"unknown example {example!r}; choose one of: {', '.join(churn.EXAMPLES)}")
-    with progress_bar():
+    with progress_bar(), tracebacks_only_when_debugging():
         summary = demo_flow(folder=str(folder), n_customers=customers, requests=requests, profile=profile,
                             example=example)
     table = Table(title=f"loopml demo in {summary.project}")
@@ -90,6 +93,30 @@ def demo(folder: Annotated[Path, typer.Option(help="Project folder (created if m
     out.print(table)
     for path in summary.reports:
         out.print(f"report: {path}", soft_wrap=True)
+
+
+@app.command("monitor")
+def monitor(since_minutes: Annotated[float | None, typer.Option(
+                help="Check the rows logged in the last N minutes (default: those logged since the previous "
+                     "monitor run).")] = None,
+            fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is detected (cron, CI).")] = False,
+            config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Check live inputs and outputs for drift against the training data (the loopml-monitor flow, once)."""
+    config = project_file(config)
+    flows_importable()
+    from flows.monitor import monitor as monitor_flow
+
+    since = time.time() - since_minutes * 60 if since_minutes is not None else None
+    with progress_bar(), tracebacks_only_when_debugging():
+        report, path = monitor_flow(since=since, config=str(config), profile=profile)
+    if as_json:
+        print_json({"drift": report.drift_detected, "reason": report.reason,
+                    "drifted_features": list(report.drifted_features), "report": path})
+    else:
+        out.print(report.reason, soft_wrap=True, highlight=False)
+        out.print(f"report: {path}", soft_wrap=True, highlight=False)
+    if fail_on_drift and report.drift_detected:
+        raise typer.Exit(1)
 
 
 @app.command("config")

@@ -35,5 +35,6 @@ def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. 
     from loopml.serving import follower
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("loopml").setLevel(logging.INFO)  # start-up and follow lines are news, not warnings
     follower.serve(workspace(config, profile), target, host=host, port=port, canary_weight=canary_weight,
                    poll_seconds=poll_seconds, insecure=insecure, wait=wait)

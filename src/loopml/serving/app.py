@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from loopml import __version__
+from loopml import __version__, prediction_records
 from loopml.serving.core import ServingCore
 from loopml.serving.oip import oip_model_metadata, oip_outputs, oip_rows
 from loopml.serving.requests import (
@@ -170,7 +170,11 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
         rid = request_id(request)
         payload = await json_body(request)
         body = await core.predict(payload, request_id=rid)
-        return JSONResponse(body, headers={"X-Model-Version": str(body["version"]), "X-Request-ID": rid})
+        headers = {"X-Model-Version": str(body["version"]), "X-Request-ID": rid}
+        fast = prediction_records.answer_json(body)
+        if fast is None:
+            return JSONResponse(body, headers=headers)
+        return Response(fast, media_type="application/json", headers=headers)
 
     def model_version(request: Request) -> int | None:
         if request.path_params["model"] != name:

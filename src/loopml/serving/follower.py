@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import time
@@ -75,7 +76,7 @@ class RegistryFollower:
             return False
         self._remember()
         self.swaps.append((time.time(), wanted))
-        log.warning("serving %s: %s%s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()),
+        log.info("serving %s: %s%s", self.model, ", ".join(f"v{v} {w:.0%}" for v, w in wanted.items()),
                     f"; shadow v{shadow}" if shadow is not None else "")
         return True
 
@@ -137,7 +138,7 @@ class RegistryFollower:
             try:
                 await asyncio.to_thread(self.sync)
                 if self.failures:
-                    log.warning("the registry is reachable again for %s after %d failed read(s)", self.model,
+                    log.info("the registry is reachable again for %s after %d failed read(s)", self.model,
                                 self.failures)
                 self.failures = 0
             except Exception as exc:  # keep serving what is loaded; back off and try again
@@ -265,13 +266,23 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     app = build_app(core, on_startup=[start_following], on_shutdown=[stop])
     sock = bind(host, port if port is not None else options.port if options.port is not None else DEFAULT_PORT)
     server = draining_server(uvicorn_config(app, limits, core), core, options.drain_seconds)
+    _score_with_threads(options.torch_threads)
+    gc.collect()
+    gc.freeze()  # what start-up built (modules, the model, the app) lives on: no collection walks it again
     return server, follower, sock
+
+
+def _score_with_threads(threads: int) -> None:
+    """The serving process's torch intra-op threads (this process serves; it trains nothing)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def serve(ws: Workspace, target: str, **kwargs: Any) -> None:
     """Run until SIGTERM/SIGINT (graceful: requests in flight finish)."""
     server, follower, sock = build_service(ws, target, **kwargs)
     host, port = sock.getsockname()[:2]
-    log.warning("loopml serving %s on http://%s:%d (POST /predict, /v2 OIP, /metrics)", follower.model, host, port)
+    log.info("loopml serving %s on http://%s:%d (POST /predict, /v2 OIP, /metrics)", follower.model, host, port)
     print(f"loopml: serving {target} on http://{host}:{port}", flush=True)
     server.run(sockets=[sock])

@@ -246,7 +246,12 @@ def bind(host: str, port: int) -> socket.socket:
     # plus the client's delayed ACK add ~40 ms to every answer.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; another server holds the "
+                          "port? choose another with --port (or [serving.options] port)") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -18,9 +18,12 @@ if TYPE_CHECKING:
     from loopml.validation import Evaluation
 
 
-def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tuple[Evaluation, str, str]:
+def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion,
+             rows_from: Workspace | None = None) -> tuple[Evaluation, str, str]:
     """Run every gate on the holdout rows of ``labels``, then the promotion veto; store the HTML
     report and announce ``loopml.model.validated`` (``loopml_after_validation`` derives from it).
+    ``rows_from`` joins the holdout rows in another workspace (a scratch one holding the recorded
+    feature rows, when an existing version is re-judged).
 
     Returns (evaluation, report key, html)."""
     cfg = pipeline_config(ws)
@@ -29,7 +32,7 @@ def validate(ws: Workspace, candidate: Candidate, labels: DatasetVersion) -> tup
     prod = production_model(ws, cfg.model_name)
     baseline = Predictor.from_bytes(ws.store.get(prod.artifact_key)) if prod else None
     extra = (*baseline.signature.numeric, *baseline.signature.categorical) if baseline else ()
-    _, holdout = frames(ws, labels, extra)
+    _, holdout = frames(rows_from or ws, labels, extra)
     sample = holdout[list(view_of(ws).features)].head(5).to_dict("records")
     evaluation = validation.evaluate(
         model_name=cfg.model_name, candidate_ref=f"{candidate.model_name} candidate {candidate.fingerprint[:8]}",
