@@ -102,16 +102,17 @@ def test_a_graph_outside_the_subset_is_loaded_by_torch_and_answers_the_same() ->
     assert np.allclose(predictor.predict_rows(rows), expected)
 
 
-def _rewrite_program(artifact: bytes, change) -> bytes:
+def _rewrite_json(artifact: bytes, change, member: str = "/models/model.json") -> bytes:
+    """The archive with ``change`` applied to the JSON member whose name ends with ``member``."""
     src = zipfile.ZipFile(io.BytesIO(artifact))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
             data = src.read(info.filename)
-            if info.filename.endswith("/models/model.json"):
-                program = json.loads(data)
-                change(program)
-                data = json.dumps(program).encode()
+            if info.filename.endswith(member):
+                document = json.loads(data)
+                change(document)
+                data = json.dumps(document).encode()
             dst.writestr(info, data)
     return out.getvalue()
 
@@ -135,24 +136,17 @@ def test_each_unread_part_of_the_format_is_named_not_guessed(frame) -> None:
     for change, reason in ((other_op, "not an ATen overload"), (newer_schema, "schema major"),
                            (older_opset, "upgraders"), (expression_argument, "symbolic value of kind as_expr")):
         with pytest.raises(UnsupportedProgram, match=reason):
-            AtenProgram.from_archive(_rewrite_program(artifact, change))
+            AtenProgram.from_archive(_rewrite_json(artifact, change))
 
 
 def test_the_archive_check_still_runs_before_either_loader(frame) -> None:
     artifact = train_model(frame, "churned", VIEW.numeric, VIEW.categorical, epochs=1).artifact
-    src = zipfile.ZipFile(io.BytesIO(artifact))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename.endswith("model_weights_config.json"):
-                config = json.loads(data)
-                first = next(iter(config["config"].values()))
-                first["use_pickle"] = True
-                data = json.dumps(config).encode()
-            dst.writestr(info, data)
+
+    def pickled(config):
+        next(iter(config["config"].values()))["use_pickle"] = True
+
     with pytest.raises(ArtifactError, match="pickled"):
-        Predictor.from_bytes(out.getvalue())
+        Predictor.from_bytes(_rewrite_json(artifact, pickled, "model_weights_config.json"))
 
 
 def test_answers_need_no_autograd_guard(frame) -> None:
