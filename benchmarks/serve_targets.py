@@ -36,10 +36,12 @@ def plain(artifact: Path, port: int) -> None:
 
 def loopml_without_log(config: Path, port: int) -> None:
     from loopml.context import Workspace
-    from loopml.serving.follower import build_service
+    from loopml.serving.follower import build_service, dedicate_process
 
-    server, follower, sock = build_service(Workspace.open(config), "churn@production", port=port)
+    ws = Workspace.open(config)
+    server, follower, sock = build_service(ws, "churn@production", port=port)
     follower.core.log_writer = None
+    dedicate_process(ws)  # as `loopml serve` does
     print("READY", flush=True)
     server.run(sockets=[sock])
 

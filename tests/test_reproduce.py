@@ -45,7 +45,15 @@ def test_every_example_is_rebuilt_bit_for_bit_from_its_record(tmp_path, example,
     monkeypatch.syspath_prepend(str(config.parent))
     for name in ("churn_models", "churn_gates"):  # tests/ has a helper of the same name: import the project's
         monkeypatch.delitem(sys.modules, name, raising=False)
-    model = loop_once(config)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # trained with one thread; the rebuild's process would default to every core
+    try:
+        model = loop_once(config)
+    finally:
+        torch.set_num_threads(threads)
+    assert model.environment["torch_threads"] == "1"
     trained_at = git(config.parent, "rev-parse", "HEAD")
     assert model.git_commit == trained_at and model.lineage["git_dirty"] is False
     # the project moves on: a later commit changes the trainer; the record still names the old one

@@ -141,7 +141,9 @@ def reproduce(ws: Workspace, name: str, version: int, tolerance: float = DEFAULT
         try:
             spec = {"work": str(work), "original_config": str(ws.config.source_file),
                     "config": str(_config_in(project, ws, model.git_commit)),
-                    "profile": model.lineage.get("profile", ws.config.profile), "datasets": datasets}
+                    "profile": model.lineage.get("profile", ws.config.profile), "datasets": datasets,
+                    # float sums split across threads round differently: train with the recorded count
+                    "torch_threads": model.environment.get("torch_threads")}
             rebuilt = _run_child(spec, project)
             recorded_bytes = ws.store.get(model.artifact_key)
             holdout = canonical.read_frame(work / "holdout.parquet")

@@ -23,7 +23,11 @@ from loopml.stages.training import train
 
 
 def rebuild(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     work = Path(spec["work"])
+    if spec.get("torch_threads"):
+        torch.set_num_threads(int(spec["torch_threads"]))
     original = Workspace.open(spec["original_config"], profile=spec["profile"])
     rebuilt = scratch_workspace(spec["config"], spec["profile"], work)
     labels = copy_dataset_version(original, rebuilt, spec["datasets"]["labels"])

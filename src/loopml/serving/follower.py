@@ -266,22 +266,26 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
     app = build_app(core, on_startup=[start_following], on_shutdown=[stop])
     sock = bind(host, port if port is not None else options.port if options.port is not None else DEFAULT_PORT)
     server = draining_server(uvicorn_config(app, limits, core), core, options.drain_seconds)
-    _score_with_threads(options.torch_threads)
-    gc.collect()
-    gc.freeze()  # what start-up built (modules, the model, the app) lives on: no collection walks it again
     return server, follower, sock
 
 
-def _score_with_threads(threads: int) -> None:
-    """The serving process's torch intra-op threads (this process serves; it trains nothing)."""
+def dedicate_process(ws: Workspace) -> None:
+    """Tune a process that only serves (``loopml serve``), never one that may also train (the loop's
+    in-process server, a test): torch's intra-op threads from ``torch_threads``, and what start-up
+    built (modules, the model, the app) frozen out of the garbage collector's walks."""
     import torch
 
+    options = ws.selected["serving"].options  # type: ignore[union-attr]
+    threads = options.torch_threads if isinstance(options, BuiltinServingOptions) else 1
     torch.set_num_threads(threads)
+    gc.collect()
+    gc.freeze()
 
 
 def serve(ws: Workspace, target: str, **kwargs: Any) -> None:
     """Run until SIGTERM/SIGINT (graceful: requests in flight finish)."""
     server, follower, sock = build_service(ws, target, **kwargs)
+    dedicate_process(ws)
     host, port = sock.getsockname()[:2]
     log.info("loopml serving %s on http://%s:%d (POST /predict, /v2 OIP, /metrics)", follower.model, host, port)
     print(f"loopml: serving {target} on http://{host}:{port}", flush=True)

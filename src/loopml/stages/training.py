@@ -78,7 +78,7 @@ def environment() -> dict[str, str]:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "loopml": __version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "torch_threads": str(torch.get_num_threads())}
 
 
 def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train_frame: pd.DataFrame,
