@@ -249,3 +249,31 @@ def test_every_json_option_prints_one_parseable_document_even_with_long_values(
         code, out, err = run(capsys, *args, "--json")
         assert code == 0, (name, err)
         json.loads(out)  # one document, nothing around it
+
+
+def test_help_shows_every_config_section_it_names(capsys, monkeypatch) -> None:
+    """Rich reads ``[serving.options]`` as markup and drops it; every help text must show it."""
+    import re
+
+    import typer
+
+    from loopml.cli.common import app
+
+    monkeypatch.setenv("COLUMNS", "250")
+    pending = [((), typer.main.get_command(app))]
+    checked = 0
+    while pending:
+        path, command = pending.pop()
+        for name, sub in getattr(command, "commands", {}).items():
+            pending.append(((*path, name), sub))
+        texts = [command.help or ""] + [getattr(p, "help", "") or "" for p in command.params]
+        wanted = {m.replace("\\", "") for t in texts for m in re.findall(r"\\?\[[a-z_]+\.[a-z_.]+\]", t)}
+        if not wanted or not path:
+            continue
+        code, out, _ = run(capsys, *path, "--help")
+        assert code == 0
+        flat = " ".join(out.split())
+        for section in wanted:
+            assert section in flat, (path, section)
+            checked += 1
+    assert checked >= 1  # serve names [serving.options] (host, port, token)

@@ -17,9 +17,9 @@ from loopml.cli.common import (
 
 @app.command("serve")
 def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. churn@production.")],
-          host: Annotated[str | None, typer.Option(help="Bind address (default [serving.options] host, "
+          host: Annotated[str | None, typer.Option(help="Bind address (default \\[serving.options] host, "
                                                         "127.0.0.1).")] = None,
-          port: Annotated[int | None, typer.Option(help="Port (default [serving.options] port, else 8080; "
+          port: Annotated[int | None, typer.Option(help="Port (default \\[serving.options] port, else 8080; "
                                                         "0: a free one).")] = None,
           canary_weight: Annotated[float | None, typer.Option(help="Share for the version under alias "
                                                                    "'canary'.")] = None,
@@ -31,7 +31,7 @@ def serve(target: Annotated[str, typer.Argument(help="NAME@ALIAS to serve, e.g. 
           config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Serve a model alias until stopped, following promotions and rollbacks (POST /predict, OIP v2, /metrics).
 
-    The token clients must send comes from [serving.options] token or $LOOPML_SERVE_TOKEN."""
+    The token clients must send comes from \\[serving.options] token or $LOOPML_SERVE_TOKEN."""
     from loopml.serving import follower
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
