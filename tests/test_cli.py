@@ -277,3 +277,18 @@ def test_help_shows_every_config_section_it_names(capsys, monkeypatch) -> None:
             assert section in flat, (path, section)
             checked += 1
     assert checked >= 1  # serve names [serving.options] (host, port, token)
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_history_keeps_a_long_reason_readable_and_whole(project: Path, capsys, monkeypatch, columns) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    registry = SqliteRegistry(project / ".loopml" / "registry.db")
+    path = "reports/churn/9b1f64668569f6f5/canary/v2-20261204T025111704824Z.html"
+    reason = "rollback: p99 latency 41.2 ms above 30.0 ms; output shift KS 0.58 above 0.50; report " + path
+    registry.register("churn", artifact_key="models/x", artifact_sha256="c" * 64, actor="loopml-canary",
+                      reason=reason)
+    code, out, _ = run(capsys, "models", "history", "churn")
+    assert code == 0
+    joined = "".join(line.strip(" │┃") for line in out.splitlines())
+    assert path in joined  # wrapped if need be, never cut
+    assert len(out.splitlines()) <= (4 if columns == 80 else 12)  # not a 30-line sliver

@@ -181,9 +181,18 @@ def models_history(name: Annotated[str, typer.Argument()], config: ConfigOpt = N
     if as_json:
         print_json(entries)
         return
+    if out.width < 120:  # a table squeezes "why" into a sliver: one block per entry, the reason at full width
+        from rich.text import Text
+
+        for e in entries:
+            move = f" @{e.alias} v{e.from_version or '-'} -> v{e.to_version or '-'}" if e.alias else ""
+            out.print(Text(f"#{e.id} {e.at:%Y-%m-%d %H:%M:%S} {e.action}{move} by {e.actor}", style="bold"))
+            out.print(Text(f"  {e.reason}", overflow="fold"))
+        return
     table = Table()
-    for col in ("#", "when", "action", "alias", "from", "to", "who", "why"):
-        table.add_column(col)
+    for col in ("#", "when", "action", "alias", "from", "to", "who"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("why", overflow="fold")  # a report path is wrapped, never cut
     for e in entries:
         table.add_row(str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.action, e.alias or "-",
                       str(e.from_version or "-"), str(e.to_version or "-"), e.actor, e.reason)
