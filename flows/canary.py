@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
-from loopml import canary
+from loopml import approvals, canary
 from loopml.serving.reconcile import policy_of
 from loopml.stages.project import pipeline_config
 
@@ -52,4 +52,9 @@ def judge_canary(config: str | None = None, profile: str | None = None,
                      "canary verdict")
     (logger.info if verdict.decision == "promote" else logger.warning)(
         "%s v%s: %s", name, verdict.candidate, verdict.reason)
+    waiting = approvals.pending_for(ws, ws.registry.get(name, verdict.candidate)) \
+        if verdict.decision == "promote" else None
+    if waiting is not None:
+        logger.warning("%s v%s passed its canary and awaits approval to become production (request %d); the "
+                       "canary keeps serving until then", name, verdict.candidate, waiting.id)
     return verdict

@@ -14,7 +14,7 @@ from flows.ingest import ingest
 from flows.register import register
 from flows.train import train
 from flows.validate import validate
-from loopml import canary
+from loopml import approvals, canary
 from loopml.records import PipelineResult
 from loopml.stages.project import pipeline_config, production_model
 from loopml.stages.release import registered_version_of
@@ -78,8 +78,13 @@ def pipeline(config: str | None = None, profile: str | None = None,
     model = ws.registry.get(model.name, model.version)
     production = production_model(ws, cfg.model_name)
     promoted = production is not None and production.version == model.version
+    waiting = None if promoted else approvals.pending_for(ws, model)
+    if waiting is not None:
+        logger.warning("%s awaits approval to become %s (request %d): someone other than whoever trained or "
+                       "requested it runs `loopml models approve %d`", model.ref, waiting.alias, waiting.id, waiting.id)
     return PipelineResult(model.ref, model.status, promoted, candidate.skipped, path,
-                          tuple(c.name for c in report.failed_checks), url, decision)
+                          tuple(c.name for c in report.failed_checks), url, decision,
+                          waiting.id if waiting is not None else None)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import label_run, on_failure, workspace
+from loopml import approvals
 from loopml.records import GateReport, ModelVersion, PromotionEvent
 from loopml.stages.project import production_model
 from loopml.stages.release import register_and_promote
@@ -25,6 +26,9 @@ def register(candidate: Candidate, report: GateReport, report_key: str,
                     production_model(workspace(config, profile), model.name).version)
     elif event:
         logger.info("%s is now production (was v%s)", model.ref, event.from_version or "-")
+    elif (waiting := approvals.pending_for(workspace(config, profile), model)) is not None:
+        logger.warning("%s passed its gates and awaits approval (request %d, %d needed); production unchanged",
+                       model.ref, waiting.id, waiting.required)
     else:
         logger.warning("%s registered as %s; production unchanged", model.ref, model.status)
     return model, event

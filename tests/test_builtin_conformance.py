@@ -13,6 +13,7 @@ from loopml.backends.log_monitor import LogMonitor
 from loopml.backends.sqlite_registry import SqliteRegistry
 from loopml.serving.builtin import BuiltinServing, BuiltinServingOptions
 from loopml.testing import (
+    ApprovalsSuite,
     ArtifactStoreSuite,
     FeatureStoreSuite,
     MonitorSuite,
@@ -38,7 +39,7 @@ class TestLocalTracker(TrackerSuite):
         return LocalTracker(tmp_path / "runs")
 
 
-class TestSqliteRegistry(RegistrySuite):
+class TestSqliteRegistry(RegistrySuite, ApprovalsSuite):
     @pytest.fixture
     def registry(self, tmp_path: Path) -> SqliteRegistry:
         return SqliteRegistry(tmp_path / "registry.db")

@@ -243,7 +243,9 @@ def test_every_json_option_prints_one_parseable_document_even_with_long_values(
     # these need a model trained from a real project; their --json output is checked there
     elsewhere = {"reproduce": "test_reproduce.py", "models evidence": "test_evidence.py",
                  "models verify-evidence": "test_evidence.py", "monitor": "test_monitor_command.py",
-                 "validate": "test_rerun_rejected.py"}
+                 "validate": "test_rerun_rejected.py", "models request-promotion": "test_approvals.py",
+                 "models approve": "test_approvals.py", "models reject": "test_approvals.py",
+                 "models requests": "test_approvals.py"}
     assert _json_commands() == set(commands) | set(elsewhere)  # a new --json command needs a line here
     for name, args in commands.items():
         code, out, err = run(capsys, *args, "--json")

@@ -3,6 +3,7 @@ many-process promotion race."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import uuid
@@ -13,7 +14,8 @@ import pytest
 from race import race_promoters
 from servers import postgres_server
 
-from loopml.testing import RegistrySuite
+from loopml.backends.sql_registry import HEAD
+from loopml.testing import ApprovalsSuite, RegistrySuite
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +38,56 @@ def fresh_database(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
 
-class TestPostgresRegistry(RegistrySuite):
+class TestPostgresRegistry(RegistrySuite, ApprovalsSuite):
     @pytest.fixture
     def registry(self, postgres):
         from loopml_postgres import PostgresRegistry
 
         return PostgresRegistry(fresh_database(postgres))
+
+    @pytest.fixture
+    def person(self, registry):
+        """Each person is a database role of their own: the database says who decided."""
+        return functools.partial(as_role, registry)
+
+
+def as_role(admin, name: str):
+    """The registry of ``admin``'s database, connected as role ``name`` (made and granted if new)."""
+    from loopml_postgres import PostgresRegistry
+
+    with admin.engine.connect() as conn:
+        if conn.exec_driver_sql("SELECT 1 FROM pg_roles WHERE rolname = %(n)s", {"n": name}).first() is None:
+            conn.exec_driver_sql(f"CREATE ROLE {name} LOGIN")
+        conn.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
+        conn.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
+        conn.commit()
+    return PostgresRegistry(admin.engine.url.set(username=name).render_as_string(hide_password=False))
+
+
+def test_on_postgres_the_database_role_decides_whatever_the_client_claims(postgres) -> None:
+    """Alice connects as herself and claims to be bob: the registry records alice, and refuses her
+    approval of her own request; a raw INSERT of a decision gets the role from a trigger too."""
+    from sqlalchemy import text
+
+    from loopml.errors import SeparationOfDutiesError
+    from loopml_postgres import PostgresRegistry
+
+    admin = PostgresRegistry(fresh_database(postgres))
+    trainer, alice = as_role(admin, "trainer"), as_role(admin, "alice")
+    trainer.register("churn", artifact_key="k", artifact_sha256="a" * 64, status="approved", actor="pipeline")
+    assert trainer.get("churn", 1).created_by == "pipeline"  # what the client said, kept for people
+    admin.apply_policy({"production": 1}, actor="admin")
+    request = alice.request_promotion("churn", 1, "production", expected=None, actor="bob", reason="r")
+    assert request.requested_by == "alice"
+    with pytest.raises(SeparationOfDutiesError, match="alice requested"):
+        alice.decide(request.id, "approve", actor="bob", reason="claiming to be bob")
+    with pytest.raises(SeparationOfDutiesError, match="trainer registered"):
+        trainer.decide(request.id, "approve", actor="carol", reason="claiming to be carol")
+    with alice.engine.begin() as conn:  # around loopml altogether: the trigger writes the role
+        conn.execute(text("INSERT INTO approval_decisions (request_id, actor, decision, reason, at) "
+                          "VALUES (:r, 'bob', 'approve', 'raw', 'now')"), {"r": request.id})
+        assert conn.execute(text("SELECT actor FROM approval_decisions")).scalar_one() == "alice"
+        conn.rollback()
 
 
 def test_history_is_append_only_in_the_database_itself(postgres) -> None:
@@ -129,6 +175,6 @@ def test_an_older_schema_is_upgraded_only_by_the_explicit_command(postgres, tmp_
     assert listed.returncode == 2 and "loopml registry upgrade" in listed.stderr, listed.stderr[-2000:]
     assert "0001" in loopml("registry", "status").stdout
     upgraded = loopml("registry", "upgrade")
-    assert upgraded.returncode == 0 and "0001 -> 0002" in upgraded.stdout, upgraded.stderr[-2000:]
-    assert "already at 0002" in loopml("registry", "upgrade").stdout  # safe to repeat
+    assert upgraded.returncode == 0 and f"0001 -> {HEAD}" in upgraded.stdout, upgraded.stderr[-2000:]
+    assert f"already at {HEAD}" in loopml("registry", "upgrade").stdout  # safe to repeat
     assert [v.created_by for v in PostgresRegistry(url).list_versions()] == ["old"]  # kept

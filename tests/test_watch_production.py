@@ -194,3 +194,31 @@ def test_serving_by_entity_id_shows_no_skew_and_no_drift_alarm_on_the_example(co
                                         production_version=model.version, outputs=window.outputs)
     assert not report.drift_detected and not alert, report.reason
 
+
+
+def test_a_passed_canary_under_an_approval_policy_keeps_serving_until_someone_approves(config: Path, served) -> None:
+    from loopml import approvals
+
+    ws, url, rows = served
+    governed = Workspace.open(config, profile="ci", overrides={"pipeline": {"training": {"seed": 9}},
+                                                                "approvals": {"production": 1}})
+    governed.__dict__["serving"] = ws.serving
+    try:
+        before = governed.registry.aliases("churn")["production"]
+        candidate, event = train_and_register(governed)
+        assert event is not None and event.alias == "canary"  # the canary alias is not governed
+        sync_serving(governed, "churn")
+        verdict = judged(governed, TrafficGenerator(url, rows))
+        assert verdict.decision == "promote", verdict.reason
+        move, report = canary.finish(governed, verdict)
+        assert move is None and governed.store.exists(report)  # judged and reported, but production waits
+        assert governed.registry.aliases("churn") == {"production": before, "canary": candidate.version}
+        waiting = approvals.pending_for(governed, candidate)
+        assert waiting is not None and waiting.alias == "production" and waiting.requested_by == canary.ACTOR
+        made, move = approvals.decide(governed, waiting.id, "approve", reason="canary report read", actor="reviewer")
+        assert made.state == "promoted" and (move.from_version, move.to_version) == (before, candidate.version)
+        assert governed.registry.aliases("churn") == {"production": candidate.version}  # canary cleared with it
+        sync_serving(governed, "churn")
+        assert governed.serving.status()["traffic"] == {str(candidate.version): 1.0}
+    finally:
+        governed.registry.apply_policy({"production": 0}, actor="test")  # the other tests promote freely

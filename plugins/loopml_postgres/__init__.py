@@ -46,6 +46,11 @@ class PostgresRegistry(SqlRegistry):
         super().__init__(create_engine(url, pool_size=pool_size, pool_pre_ping=True,
                                        connect_args={"connect_timeout": int(connect_timeout)}))
 
+    def _identity(self, conn: Any, claimed: str) -> str:
+        """On PostgreSQL whoever acts on approvals is the database role, not what the client claims:
+        give each approver a role of their own and the database itself separates duties."""
+        return str(conn.exec_driver_sql("SELECT session_user").scalar_one())
+
     def _lock(self, conn: Any, name: str) -> None:
         if name:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": name})

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from loopml import events, reports
+from loopml import approvals, events, reports
 from loopml.capabilities import LogFlushingServing
 from loopml.config import RolloutConfig
 from loopml.context import shares_state
-from loopml.errors import LoopmlError, ModelNotFoundError
+from loopml.errors import ApprovalRequiredError, LoopmlError, ModelNotFoundError
 from loopml.predlog import LogCursor, read_since, read_store_segments, store_segments
 from loopml.records import GateCheck, ModelVersion, PromotionEvent, Rollout
 from loopml.reports import figure_png, img, page, table
@@ -265,16 +265,23 @@ def _judge(ws: Workspace, canary: ActiveCanary, window: CanaryWindow | None, now
                  deadline_passed=now - canary.started_at >= policy.max_wait_minutes * 60, now=now)
 
 
-def finish(ws: Workspace, verdict: CanaryVerdict) -> tuple[PromotionEvent, str]:
-    """Promote or roll back as ``verdict`` says; returns (the alias move, the report's store key)."""
+def finish(ws: Workspace, verdict: CanaryVerdict) -> tuple[PromotionEvent | None, str]:
+    """Promote or roll back as ``verdict`` says; returns (the alias move, the report's store key). The
+    move is None when an approval policy governs production: the request awaits approval, the
+    canary keeps serving."""
     if verdict.decision == "wait":
         raise LoopmlError("the canary has not been judged yet (decision 'wait')")
     report_key = store_report(ws, verdict)
     reason = f"{verdict.reason} (report {report_key})"
     payload = {**verdict.payload(), "report": report_key}
     if verdict.decision == "promote":  # production moves and the canary alias goes, in one step
-        event = ws.registry.set_alias(verdict.model, PRODUCTION, verdict.candidate, expected=verdict.production,
-                                      actor=ACTOR, reason=reason, clear={CANARY: verdict.candidate})
+        try:
+            event = ws.registry.set_alias(verdict.model, PRODUCTION, verdict.candidate, expected=verdict.production,
+                                          actor=ACTOR, reason=reason, clear={CANARY: verdict.candidate})
+        except ApprovalRequiredError:  # the canary keeps serving until someone approves production
+            approvals.request(ws, ws.registry.get(verdict.model, verdict.candidate), PRODUCTION,
+                              expected=verdict.production, reason=reason, clear_canary=True, actor=ACTOR)
+            return None, report_key
         events.announce_move(ws, event, payload)
         return event, report_key
     event = ws.registry.clear_alias(verdict.model, CANARY, expected=verdict.candidate, actor=ACTOR, reason=reason)

@@ -21,7 +21,7 @@ from loopml.protocols import (
 )
 
 if TYPE_CHECKING:
-    from loopml.records import GcResult
+    from loopml.records import GcResult, PromotionEvent, PromotionRequest
 
 
 # ---------------------------------------------------------------------------- artifact stores
@@ -136,6 +136,26 @@ class MigratingRegistry(ModelRegistry, Protocol):
         """Bring the schema to this loopml's revision; (revision before, after)."""
 
 
+@runtime_checkable
+class GovernedRegistry(ModelRegistry, Protocol):
+    """Enforces an approval policy with separation of duties inside its own transactions."""
+
+    def policy(self) -> dict[str, int]:
+        """Approvals needed per alias."""
+
+    def apply_policy(self, wanted: Mapping[str, int], *, actor: str) -> dict[str, tuple[int, int]]:
+        """Set approvals per alias (0 removes the rule); returns {alias: (before, after)} of changes."""
+
+    def request_promotion(self, name: str, version: int, alias: str, *, expected: int | None, actor: str,
+                          reason: str, clear_canary: bool = False) -> PromotionRequest: ...
+
+    def decide(self, request_id: int, decision: str, *, actor: str,
+               reason: str) -> tuple[PromotionRequest, PromotionEvent | None]: ...
+
+    def promotion_requests(self, name: str | None = None, *,
+                           pending_only: bool = True) -> list[PromotionRequest]: ...
+
+
 # ---------------------------------------------------------------------------- trainers
 @runtime_checkable
 class DescribedTrainer(Trainer, Protocol):
@@ -150,7 +170,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "serving": (ShadowServing, EntityServing, LogFlushingServing, StoreLoggingServing, TokenServing,
                 InProcessServing),
     "trainer": (DescribedTrainer,),
-    "registry": (MigratingRegistry,),
+    "registry": (MigratingRegistry, GovernedRegistry),
     "feature_store": (RowFeatureStore,),
 }
 """The optional abilities looked for in each kind of backend."""

@@ -17,11 +17,12 @@ masked in every dump, log line and error.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loopml import tasks
 from loopml.tasks import TaskKind
@@ -226,6 +227,21 @@ class LoopmlConfig(_Strict):
     monitors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"drift-log": {}}, repr=False)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     pipeline: PipelineConfig | None = None
+    approvals: dict[str, int] | None = Field(
+        default=None, description="approvals needed to move each alias, e.g. `production = 1`: applied to the "
+        "registry (which enforces it for every writer, with separation of duties: neither whoever trained nor "
+        "whoever requested a move may approve it); 0 removes an alias's rule; absent: the registry's policy "
+        "stays as it is")
+
+    @field_validator("approvals")
+    @classmethod
+    def _approvals_per_alias(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for alias, count in (value or {}).items():
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", alias):
+                raise ValueError(f"approvals.{alias}: not an alias name (lowercase letters, digits, '_' or '-')")
+            if not 0 <= count <= 10:
+                raise ValueError(f"approvals.{alias} = {count}: use 0 (no approval) to 10")
+        return value
 
     # Set by the loader, not by users.
     root: Path = Field(default=Path("."), exclude=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import logging
 import os
 import socket
 import sys
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from loopml import protocols
-from loopml.capabilities import OPTIONAL, StoreLoggingServing, abilities_of
+from loopml.capabilities import OPTIONAL, GovernedRegistry, StoreLoggingServing, abilities_of
 from loopml.config import LoopmlConfig
 from loopml.config_loader import load_config, redact_url_credentials, validate_options
 from loopml.dataset_rules import ColumnRule, rules_from_config
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
         Tracker,
         Trainer,
     )
+
+log = logging.getLogger(__name__)
 
 
 Ability = TypeVar("Ability")
@@ -198,7 +201,20 @@ class Workspace:
 
     @functools.cached_property
     def registry(self) -> ModelRegistry:
-        return self._build(self.selected["registry"])  # type: ignore[arg-type]
+        registry: ModelRegistry = self._build(self.selected["registry"])
+        wanted = self.config.approvals
+        if wanted is not None:  # [approvals] in loopml.toml: the registry enforces it for every writer
+            governed = self.ability(registry, GovernedRegistry)
+            if governed is None:
+                raise ConfigError(f"{self.config.source_file or 'loopml.toml'}: [approvals] is set but the registry "
+                                  f"backend {self.selected['registry'].spec.name!r} does not enforce approvals; "
+                                  "use the sqlite or postgres registry, or remove [approvals]")
+            current = governed.policy()
+            if any(current.get(alias, 0) != count for alias, count in wanted.items()):
+                for alias, (before, after) in governed.apply_policy(wanted, actor=current_actor()).items():
+                    log.warning("registry approval policy: moving %s now takes %d approval(s) (was %d)", alias,
+                                after, before)
+        return registry
 
     @functools.cached_property
     def feature_store(self) -> FeatureStore:

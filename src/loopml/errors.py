@@ -74,6 +74,14 @@ class RegistryError(LoopmlError):
     """A model registry operation failed."""
 
 
+class ApprovalRequiredError(RegistryError):
+    """The registry's approval policy says this alias moves only through an approved request."""
+
+
+class SeparationOfDutiesError(RegistryError):
+    """Someone tried to approve what they trained or requested (or to decide twice)."""
+
+
 class RegistryUnavailableError(RegistryError):
     """The registry's database cannot be reached (down, failing over, refusing connections)."""
 

@@ -58,6 +58,12 @@ CLEARED = "loopml.model.alias-cleared"
 when the production it was judged against was rolled back); ``payload.to_version`` is None."""
 CANARY_STARTED = "loopml.canary.started"
 """A candidate receives a canary share of traffic (or a shadow copy) next to production."""
+PROMOTION_REQUESTED = "loopml.model.promotion-requested"
+"""A move of an alias the approval policy governs was requested and awaits approval (payload: request
+id, alias, expected version, approvals required)."""
+PROMOTION_DECIDED = "loopml.model.promotion-decided"
+"""Someone approved or rejected a promotion request (payload: request id, decision, state after it:
+pending, promoted, rejected or stale); a completed approval is followed by ``loopml.model.promoted``."""
 DRIFT_CHECKED = "loopml.drift.checked"
 """A drift check ran (payload: per-feature statistics, rows, whether drift was confirmed)."""
 DRIFT = "loopml.drift.detected"
@@ -68,7 +74,8 @@ DEGRADED = "loopml.performance.degraded"
 """Live performance fell below the bound (``[pipeline.monitoring]``); triggers retraining."""
 
 KINDS: tuple[str, ...] = (DATASET_VERSIONED, TRAINED, VALIDATED, REGISTERED, REJECTED, PROMOTED, ROLLED_BACK,
-                          CLEARED, CANARY_STARTED, DRIFT_CHECKED, DRIFT, PERFORMANCE, DEGRADED)
+                          CLEARED, CANARY_STARTED, PROMOTION_REQUESTED, PROMOTION_DECIDED, DRIFT_CHECKED, DRIFT,
+                          PERFORMANCE, DEGRADED)
 
 _ALIAS_MOVES = (PROMOTED, ROLLED_BACK, CLEARED, CANARY_STARTED)
 

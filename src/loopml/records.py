@@ -137,7 +137,7 @@ class HistoryEntry:
 
     id: int
     name: str
-    action: str  # register | promote | rollback | status
+    action: str  # register | promote | rollback | clear | status | request | approve | reject | policy
     alias: str | None
     from_version: int | None
     to_version: int | None
@@ -181,6 +181,39 @@ class PromotionEvent:
     actor: str
     reason: str
     cleared: tuple[PromotionEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """One approval or rejection of a promotion request: who (on PostgreSQL the database role), when, why."""
+
+    actor: str
+    decision: Literal["approve", "reject"]
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class PromotionRequest:
+    """A request to move ``alias`` of ``name`` to ``version``, waiting for the approvals the
+    registry's policy asks for. ``expected`` is where the alias pointed when it was requested: the
+    move is a compare-and-set against it. ``state``: pending, promoted, rejected or stale."""
+
+    id: int
+    name: str
+    version: int
+    alias: str
+    expected: int | None
+    state: Literal["pending", "promoted", "rejected", "stale"]
+    requested_by: str
+    requested_at: datetime
+    reason: str
+    required: int  # approvals the policy asks for
+    decisions: tuple[ApprovalDecision, ...] = ()
+
+    @property
+    def approvals(self) -> tuple[str, ...]:
+        return tuple(d.actor for d in self.decisions if d.decision == "approve")
 
 
 @dataclass(frozen=True)
@@ -310,6 +343,7 @@ class PipelineResult:
     failed_checks: tuple[str, ...]
     serving_url: str | None
     canary: str | None = None  # what the canary decided: "promote", "rollback", or "running"
+    awaiting_approval: int | None = None  # the promotion request waiting for approval (approval policy)
 
 
 @dataclass(frozen=True)

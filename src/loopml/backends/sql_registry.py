@@ -16,27 +16,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from loopml.backends.registry_approvals import ApprovalsMixin, guard
+from loopml.backends.registry_schema import (  # noqa: F401  (re-exported: the registry's schema API)
+    HEAD,
+    MIGRATIONS,
+    REVISIONS,
+    VERSION_TABLE,
+    newer,
+    newer_text,
+    reachable,
+    schema_revision,
+    upgrade_schema,
+)
 from loopml.errors import (
     ModelNotFoundError,
     RegistryError,
     RegistrySchemaError,
-    RegistryUnavailableError,
     StaleAliasError,
 )
 from loopml.records import HistoryEntry, ModelStatus, ModelVersion, PromotionEvent, Rollout
 
-MIGRATIONS = Path(__file__).parent / "registry_migrations"
-REVISIONS = ("0001", "0002")  # the migrations in registry_migrations/versions, in order
-HEAD = REVISIONS[-1]
-VERSION_TABLE = "loopml_alembic_version"
 PRODUCTION, CANARY = "production", "canary"
 STATUSES: tuple[str, ...] = ("candidate", "approved", "rejected", "archived")
 LINEAGE_FIELDS = ("dataset_version", "git_commit", "run_id", "params", "metrics", "environment",
@@ -61,73 +66,13 @@ def _v(version: int | None) -> str:
     return "nothing" if version is None else f"v{version}"
 
 
-def schema_revision(conn: Any) -> str | None:
-    """The registry schema's Alembic revision (None: no version table)."""
-    from sqlalchemy import inspect, text
-
-    if not inspect(conn).has_table(VERSION_TABLE):
-        return None
-    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-
-
-def upgrade_schema(conn: Any) -> None:
-    """Run Alembic to the latest revision on ``conn`` (in the caller's transaction). A registry made
-    before migrations (its tables exist, no version table) is stamped at the revision it matches."""
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import inspect, text
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = conn
-    if schema_revision(conn) is None and inspect(conn).has_table("versions"):
-        command.stamp(config, "0001")
-        conn.execute(text("CREATE INDEX IF NOT EXISTS history_by_name ON history (name, id)"))
-    command.upgrade(config, "head")
-
-
-def _newer(revision: str | None) -> bool:
-    """A revision this loopml does not know: written by a newer loopml."""
-    return revision is not None and revision not in REVISIONS
-
-
-def _newer_text(revision: str | None) -> str:
-    return (f"the registry schema is at revision {revision}, newer than this loopml knows ({HEAD}): upgrade "
-            "loopml on this machine, not the registry")
-
-
-def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the database being unreachable into one typed error that says so, naming the database
-    (password hidden) and the driver's first line, instead of a driver traceback; and refuse to
-    read or write a schema this loopml does not know."""
-
-    @functools.wraps(method)
-    def call(self: SqlRegistry, *args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import DBAPIError, OperationalError
-
-        if self.schema_problem:
-            raise RegistrySchemaError(self.schema_problem)
-        try:
-            return method(self, *args, **kwargs)
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and \
-                    not exc.connection_invalidated:
-                raise
-            first = str(exc.orig or exc).strip().splitlines()[0][:300] if str(exc.orig or exc).strip() else ""
-            where = self.engine.url.render_as_string(hide_password=True)
-            raise RegistryUnavailableError(f"the registry database is unreachable ({where}): {first}; "
-                                           "nothing was changed, retry when it is back") from None
-
-    return call
-
-
-class SqlRegistry:
+class SqlRegistry(ApprovalsMixin):
     """The registry over a SQLAlchemy engine; subclasses say how a write transaction locks."""
 
     upgrades_in_place = False  # the embedded SQLite registry upgrades itself (keeping a copy); others wait
     schema_problem: str | None = None  # why this registry refuses to read or write (a schema to upgrade)
 
-    @_reachable
+    @reachable
     def __init__(self, engine: Any) -> None:
         """Open the registry: one cheap read of the schema revision. A new database gets the schema;
         an older schema is upgraded only by :meth:`upgrade` (``loopml registry upgrade``), except the
@@ -142,8 +87,8 @@ class SqlRegistry:
             return
         if fresh:
             self._migrate()
-        elif _newer(current):
-            self.schema_problem = _newer_text(current)
+        elif newer(current):
+            self.schema_problem = newer_text(current)
         elif self.upgrades_in_place:
             self._before_upgrade(current)
             self._migrate()
@@ -162,8 +107,8 @@ class SqlRegistry:
     def upgrade(self) -> tuple[str | None, str]:
         """Bring the schema to this loopml's revision (an explicit step: ``loopml registry upgrade``)."""
         before, _ = self.schema_status()
-        if _newer(before):
-            raise RegistrySchemaError(_newer_text(before))
+        if newer(before):
+            raise RegistrySchemaError(newer_text(before))
         if before != HEAD:
             self._migrate()
         self.schema_problem = None
@@ -188,6 +133,11 @@ class SqlRegistry:
     def _lock(self, conn: Any, name: str) -> None:
         """Take the write lock of model ``name`` inside the open transaction (dialect-specific)."""
 
+    def _identity(self, conn: Any, claimed: str) -> str:
+        """Who the database says is acting, for approvals: the claimed actor here; PostgreSQL's
+        registry answers with the database role (``session_user``) instead."""
+        return claimed
+
     @staticmethod
     def _q(conn: Any, sql: str, **params: Any) -> Any:
         from sqlalchemy import text
@@ -195,7 +145,7 @@ class SqlRegistry:
         return conn.execute(text(sql), params)
 
     # ---------------------------------------------------------------- writes
-    @_reachable
+    @reachable
     def register(self, name: str, *, artifact_key: str, artifact_sha256: str, status: ModelStatus = "candidate",
                  actor: str, reason: str = "", **lineage: Any) -> ModelVersion:
         unknown = set(lineage) - set(LINEAGE_FIELDS)
@@ -211,8 +161,8 @@ class SqlRegistry:
                                   n=name).scalar_one())
             self._q(conn, """INSERT INTO versions (name, version, status, artifact_key, artifact_sha256,
                     dataset_version, git_commit, run_id, params, metrics, environment, lineage, description,
-                    created_at, created_by) VALUES (:name, :version, :status, :key, :sha, :dataset, :commit, :run,
-                    :params, :metrics, :environment, :lineage, :description, :at, :by)""",
+                    created_at, created_by, registered_as) VALUES (:name, :version, :status, :key, :sha, :dataset,
+                    :commit, :run, :params, :metrics, :environment, :lineage, :description, :at, :by, :reg)""",
                     name=name, version=version, status=status, key=artifact_key, sha=artifact_sha256,
                     dataset=lineage.get("dataset_version"), commit=lineage.get("git_commit"),
                     run=lineage.get("run_id"),
@@ -220,12 +170,13 @@ class SqlRegistry:
                     metrics=json.dumps(lineage.get("metrics", {}), sort_keys=True),
                     environment=json.dumps(lineage.get("environment", {}), sort_keys=True),
                     lineage=json.dumps(lineage.get("lineage", {}), sort_keys=True, default=str),
-                    description=lineage.get("description", ""), at=now, by=actor)
+                    description=lineage.get("description", ""), at=now, by=actor,
+                    reg=self._identity(conn, actor))
             self._append(conn, name, "register", None, None, version, actor, reason or f"registered as {status}",
                          None, now)
         return self.get(name, version)
 
-    @_reachable
+    @reachable
     def set_status(self, name: str, version: int, status: ModelStatus, *, actor: str, reason: str) -> ModelVersion:
         if status not in STATUSES:
             raise RegistryError(f"status {status!r} is invalid; choose one of: {', '.join(STATUSES)}")
@@ -236,7 +187,7 @@ class SqlRegistry:
             self._append(conn, name, "status", status, None, version, actor, reason, None, _now())
         return self.get(name, version)
 
-    @_reachable
+    @reachable
     def set_alias(self, name: str, alias: str, version: int, *, expected: int | None, actor: str, reason: str,
                   evidence_sha256: str | None = None, action: str = "promote",
                   clear: Mapping[str, int] | None = None, rollout: Rollout | None = None) -> PromotionEvent:
@@ -252,7 +203,7 @@ class SqlRegistry:
                        for other, at in (clear or {}).items()]
         return dataclasses.replace(event, cleared=tuple(e for e in cleared if e is not None))
 
-    @_reachable
+    @reachable
     def clear_alias(self, name: str, alias: str, *, expected: int, actor: str, reason: str) -> PromotionEvent:
         """Remove ``alias`` if it points at ``expected`` (compare-and-set); history records it."""
         check_alias(alias)
@@ -277,11 +228,12 @@ class SqlRegistry:
 
     def _move(self, conn: Any, name: str, alias: str, version: int, *, expected: int | None, actor: str,
               reason: str, evidence_sha256: str | None, action: str,
-              rollout: Rollout | None = None) -> PromotionEvent:
+              rollout: Rollout | None = None, approved: bool = False) -> PromotionEvent:
         now = _now()
         target = self._version_row(conn, name, version)
         if target["status"] == "rejected":
             raise RegistryError(f"{name} v{version} was rejected; it cannot become {alias!r}")
+        guard(conn, name, alias, version, action, approved=approved)
         actual = self._alias(conn, name, alias)
         if actual != expected:
             raise StaleAliasError(f"{name}@{alias} points at {_v(actual)}, not {_v(expected)} as expected; "
@@ -295,7 +247,7 @@ class SqlRegistry:
         self._append(conn, name, action, alias, actual, version, actor, reason, evidence_sha256, now)
         return PromotionEvent(name, alias, actual, version, action, actor, reason)  # type: ignore[arg-type]
 
-    @_reachable
+    @reachable
     def rollback(self, name: str, alias: str, *, actor: str, reason: str,
                  expected: int | None = None) -> PromotionEvent:
         check_alias(alias)
@@ -337,7 +289,7 @@ class SqlRegistry:
             raise ModelNotFoundError(f"model {name!r} has no version {version}; see `loopml models list {name}`")
         return row
 
-    @_reachable
+    @reachable
     def get(self, name: str, version: int | None = None, *, alias: str | None = None) -> ModelVersion:
         with self.engine.connect() as conn:
             if alias is not None:
@@ -351,7 +303,7 @@ class SqlRegistry:
                 version = int(latest)
             return _to_version(self._version_row(conn, name, version))
 
-    @_reachable
+    @reachable
     def list_versions(self, name: str | None = None) -> list[ModelVersion]:
         with self.engine.connect() as conn:
             if name is None:
@@ -360,13 +312,13 @@ class SqlRegistry:
                 rows = self._q(conn, "SELECT * FROM versions WHERE name = :n ORDER BY version", n=name).mappings().all()
         return [_to_version(r) for r in rows]
 
-    @_reachable
+    @reachable
     def aliases(self, name: str) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = self._q(conn, "SELECT alias, version FROM aliases WHERE name = :n ORDER BY alias", n=name).all()
         return {r[0]: int(r[1]) for r in rows}
 
-    @_reachable
+    @reachable
     def rollout(self, name: str, alias: str = CANARY) -> Rollout | None:
         """How traffic follows ``alias`` (``canary``), as recorded when it was set; None if the alias
         is unset or was set without one."""
@@ -377,7 +329,7 @@ class SqlRegistry:
         stored = json.loads(row[0])
         return Rollout(stored["mode"], float(stored["share"]))
 
-    @_reachable
+    @reachable
     def history(self, name: str) -> list[HistoryEntry]:
         with self.engine.connect() as conn:
             rows = self._q(conn, "SELECT * FROM history WHERE name = :n ORDER BY id", n=name).mappings().all()

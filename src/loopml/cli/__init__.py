@@ -12,6 +12,7 @@ import typer
 from rich.text import Text
 
 from loopml.cli import (  # noqa: F401 - registers commands
+    approvals_cmd,
     audit_cmd,
     data_cmd,
     models_cmd,

@@ -9,10 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loopml import canary, events
+from loopml import approvals, canary, events
 from loopml.capabilities import FlushingTracker
 from loopml.context import current_actor
-from loopml.errors import ConfigError, StaleAliasError
+from loopml.errors import ApprovalRequiredError, ConfigError, StaleAliasError
 from loopml.exports import export_model, model_card
 from loopml.stages.project import PRODUCTION, pipeline_config, production_model, safely, view_of
 from loopml.stages.training import environment, git_commit, git_dirty
@@ -90,6 +90,9 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
                                       actor=current_actor(), reason=reason, evidence_sha256=report_sha)
     except StaleAliasError as exc:
         log.warning("not promoting %s: %s", model.ref, exc)
+        return model, None
+    except ApprovalRequiredError:  # the policy governs production: the loop stops at "awaiting approval"
+        approvals.request(ws, model, PRODUCTION, expected=baseline_version, reason=reason)
         return model, None
     events.announce_move(ws, event, gates)
     return model, event

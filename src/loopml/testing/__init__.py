@@ -17,6 +17,7 @@ The pytest plugin ``loopml.testing.pytest_plugin`` (auto-loaded) adds the fixtur
 ``loopml_plugins`` (a fresh manager with built-ins only) and ``loopml_hook_recorder``.
 """
 
+from loopml.testing.approvals_suite import ApprovalsSuite
 from loopml.testing.feature_store_suite import FeatureStoreSuite
 from loopml.testing.kit import HookRecorder, fresh_plugin_manager, registered_plugin
 from loopml.testing.registry_suite import RegistrySuite
@@ -26,6 +27,7 @@ from loopml.testing.tracker_suite import TrackerSuite
 from loopml.testing.trainer_suite import TrainerSuite
 
 __all__ = [
+    "ApprovalsSuite",
     "ArtifactStoreSuite",
     "FeatureStoreSuite",
     "HookRecorder",
