@@ -11,6 +11,7 @@ from loop_steps import loop_once
 
 from loopml.cli import main
 from loopml.context import Workspace
+from loopml.evidence import write_bundle
 from loopml.examples import churn
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,12 @@ def test_automated_promotion_stops_at_awaiting_approval_until_someone_else_appro
     kinds = [e["kind"] for e in events_of(folder) if e["event"] == "event"]
     assert kinds.index("loopml.model.promotion-requested") < kinds.index("loopml.model.promotion-decided") \
         < kinds.index("loopml.model.promoted")
+    write_bundle(ws, "churn", model.version, tmp_path / "evidence", reproduction=None)
+    bundled = json.loads((tmp_path / "evidence" / "approvals.json").read_text())
+    assert bundled["policy"] == {"production": 1}
+    [asked] = bundled["requests"]
+    assert asked["state"] == "promoted" and [(d["actor"], d["decision"]) for d in asked["decisions"]] == \
+        [("reviewer", "approve")]
 
 
 def test_a_request_made_by_hand_can_be_rejected_and_listed(tmp_path, monkeypatch, capsys) -> None:

@@ -65,7 +65,7 @@ def test_a_signed_bundle_holds_every_record_and_checks_out(registered, tmp_path)
     verdict = reproduce(ws, model.name, model.version)
     files = write_bundle(ws, model.name, model.version, out, reproduction=verdict, signing_key=private)
     assert set(files) == {"model.pt2", "model_card.md", "validation_report.html", "data_manifest.json", "code.json",
-                          "environment.json", "history.json", "lineage.json", "lineage.html",
+                          "environment.json", "history.json", "approvals.json", "lineage.json", "lineage.html",
                           "reproduction.json", "SHA256SUMS", "SHA256SUMS.sig"}
     assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=out).returncode == 0  # plain tools agree
     card = (out / "model_card.md").read_text()
@@ -76,7 +76,8 @@ def test_a_signed_bundle_holds_every_record_and_checks_out(registered, tmp_path)
     assert manifest["labels"]["ref"] == model.lineage["datasets"]["labels"]
     assert json.loads((out / "code.json").read_text())["git_commit"] == model.git_commit
     result = verify(out, public)
-    assert result.ok and result.signature_checked and result.files == 10
+    assert json.loads((out / "approvals.json").read_text()) == {"policy": {}, "requests": []}  # none asked for
+    assert result.ok and result.signature_checked and result.files == 11
 
 
 def test_a_changed_added_or_missing_file_and_a_foreign_key_are_each_named(registered, tmp_path) -> None:

@@ -10,6 +10,8 @@
 * ``code.json``: the commit and whether the tree was dirty; ``environment.json``: the environment
   recorded at training and the one the bundle was written in;
 * ``history.json``: the model's full append-only history; ``lineage.json`` and ``lineage.html``;
+* ``approvals.json``: the registry's approval policy and every request to promote this version, with
+  who approved or rejected it and why;
 * ``reproduction.json``: the verdict of :func:`loopml.reproduction.reproduce` (unless skipped);
 * ``SHA256SUMS``: the sha256 of every file above, in ``sha256sum`` format (``sha256sum -c`` checks
   it too), and, with a team key, ``SHA256SUMS.sig``: an Ed25519 signature of that file.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from loopml import lineage as lineage_mod
 from loopml import lineage_report
+from loopml.capabilities import GovernedRegistry
 from loopml.errors import LoopmlError
 from loopml.exports import importance_lines
 from loopml.stages.training import environment
@@ -125,6 +128,10 @@ def write_bundle(ws: Workspace, name: str, version: int, folder: Path, *, reprod
                                 "fingerprint": lin.fingerprint, "profile": model.lineage.get("profile")})
     files["environment.json"] = _json({"recorded": dict(model.environment), "bundle_written_with": environment()})
     files["history.json"] = _json([asdict(e) for e in ws.registry.history(name)])
+    governed = ws.ability(ws.registry, GovernedRegistry)
+    if governed is not None:  # every request to promote this version, its decisions and the policy
+        files["approvals.json"] = _json({"policy": governed.policy(), "requests": [
+            asdict(r) for r in governed.promotion_requests(name, pending_only=False) if r.version == version]})
     files["lineage.json"] = _json(lin.to_dict())
     files["lineage.html"] = lineage_report.lineage_html(lin).encode()
     files["reproduction.json"] = _json(reproduction.to_dict() if reproduction is not None else {"run": False})
