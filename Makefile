@@ -16,7 +16,7 @@ $(BIN)/loopml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[loop,mlflow,wandb,s3,feast,torchserve,prometheus,grafana,postgres,dask,signing,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[loop,mlflow,wandb,s3,feast,torchserve,prometheus,grafana,postgres,dask,signing,openlineage,explain,dev]"
 	touch $(BIN)/loopml
 
 install: $(BIN)/loopml

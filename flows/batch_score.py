@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import TASK_DEFAULTS, label_run, on_failure, workspace
+from flows.common import TASK_DEFAULTS, emits_lineage, label_run, on_failure, workspace
 from loopml import batch, compute
 from loopml.records import DatasetVersion
 from loopml.serving.artifact_cache import artifact_file
@@ -24,6 +24,7 @@ def score_part(artifact: bytes, rows, index: int) -> list:
 
 
 @flow(name="loopml-batch-score", on_failure=on_failure("batch-score"))
+@emits_lineage
 def batch_score(dataset: str, model: str | None = None, as_of: str | None = None, partitions: int = 4,
                 config: str | None = None, profile: str | None = None) -> DatasetVersion:
     """Score ``dataset`` (a dataset ref) with ``model`` (a version or alias; default production).

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
+from flows.common import emits_lineage, label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import approvals, canary
 from loopml.serving.reconcile import policy_of
 from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-canary", on_failure=on_failure("canary"))
+@emits_lineage
 def judge_canary(config: str | None = None, profile: str | None = None,
                  poll_seconds: float = 5.0) -> canary.CanaryVerdict | None:
     """Watch the active canary (alias ``canary`` ≠ ``production``) until it is decided.

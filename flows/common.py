@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -15,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import temporary_settings
 from prefect.states import State
 
+from loopml import openlineage
 from loopml.capabilities import LinkingStore, LinkingTracker
 from loopml.context import Workspace
 from loopml.keys import prefect_artifact_key
@@ -73,6 +76,32 @@ def runs_stages(fn: Callable[P, R]) -> Callable[P, R]:
         with stages_share_the_heartbeat():
             return fn(*args, **kwargs)
 
+    return body
+
+
+def emits_lineage(fn: Callable[P, R]) -> Callable[P, R]:
+    """For every flow: with ``[openlineage]`` in the project's config, the run sends OpenLineage
+    START and COMPLETE (or FAIL) events, naming the dataset and model versions it read and wrote
+    (:mod:`loopml.openlineage`). Put it under ``@flow``: the run id is the Prefect flow run's id."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def body(*args: P.args, **kwargs: P.kwargs) -> R:
+        from prefect.runtime import flow_run
+
+        given = signature.bind_partial(*args, **kwargs).arguments
+        emitter = openlineage.emitter_for(given.get("config"), given.get("profile"))  # type: ignore[arg-type]
+        run_id = str(flow_run.id or uuid.uuid4())
+        job = flow_run.flow_name or fn.__name__
+        with openlineage.flow_run(emitter, job, run_id, given.values()) as run:
+            result = fn(*args, **kwargs)
+            run.produced(result)
+            return result
+
+    # Prefect validates parameters against the signature, evaluating string annotations in the
+    # wrapper's module: hand it the flow's own, evaluated where the flow is defined.
+    body.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    body.__loopml_lineage__ = True  # type: ignore[attr-defined]
     return body
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import TASK_DEFAULTS, label_run, on_failure, publish_markdown, workspace
+from flows.common import TASK_DEFAULTS, emits_lineage, label_run, on_failure, publish_markdown, workspace
 from loopml import batch, compute, dataset_drift
 from loopml.records import DriftReport
 from loopml.stages.project import pipeline_config
@@ -18,6 +18,7 @@ def sketch_part(rows, numeric: tuple[str, ...], categorical: tuple[str, ...], ed
 
 
 @flow(name="loopml-dataset-drift", on_failure=on_failure("dataset-drift"))
+@emits_lineage
 def dataset_drift_check(dataset: str, model: str | None = None, as_of: str | None = None, partitions: int = 4,
                         config: str | None = None, profile: str | None = None) -> DriftReport:
     """Has ``dataset`` (a dataset ref holding the model's features, or the entity and an ``as_of``

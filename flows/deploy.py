@@ -5,13 +5,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.canary import judge_canary
-from flows.common import label_run, on_failure, runs_stages, workspace
+from flows.common import emits_lineage, label_run, on_failure, runs_stages, workspace
 from loopml import canary
 from loopml.stages.deploy import sync_serving
 from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-deploy", on_failure=on_failure("deploy"))
+@emits_lineage
 @runs_stages
 def deploy(config: str | None = None, profile: str | None = None,
            judge: bool = False) -> tuple[str | None, str | None]:

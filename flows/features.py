@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, workspace
+from flows.common import emits_lineage, on_failure, workspace
 from loopml.records import DatasetVersion
 from loopml.stages.data import apply_features
 
 
 @flow(name="loopml-features", on_failure=on_failure("features"))
+@emits_lineage
 def features(features_version: DatasetVersion, config: str | None = None,
              profile: str | None = None) -> int:
     """Register the feature view with the given rows; fill the online store."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_RETRIES, TASK_DEFAULTS, label_run, on_failure, workspace
+from flows.common import IO_RETRIES, TASK_DEFAULTS, emits_lineage, label_run, on_failure, workspace
 from loopml.records import DatasetVersion
 from loopml.stages.data import ingest as ingest_stage
 
@@ -18,6 +18,7 @@ def ingest_dataset(config: str | None, profile: str | None, name: str) -> Datase
 
 
 @flow(name="loopml-ingest", on_failure=on_failure("ingest"))
+@emits_lineage
 def ingest(config: str | None = None, profile: str | None = None,
            datasets: list[str] | None = None) -> dict[str, DatasetVersion]:
     """Validate and version the configured datasets (or those named)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import label_run, on_failure, publish_markdown, report_link, save_report, workspace
+from flows.common import emits_lineage, label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import performance
 from loopml.drift import window_text as drift_window_text
 from loopml.errors import ModelNotFoundError
@@ -15,6 +15,7 @@ from loopml.stages.project import pipeline_config, production_model
 
 
 @flow(name="loopml-monitor", on_failure=on_failure("monitor"))
+@emits_lineage
 def monitor(since: float | None = None, config: str | None = None,
             profile: str | None = None) -> tuple[DriftReport, str]:
     """Check the prediction log since ``since`` (unix time), or, by default, the rows logged since

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, publish_markdown, report_link, save_report, workspace
+from flows.common import emits_lineage, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import performance
 from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-performance", on_failure=on_failure("performance"))
+@emits_lineage
 def live_performance(config: str | None = None, profile: str | None = None,
                      labels: str | None = None) -> performance.LivePerformance:
     """Measure each served version on the labels that arrived (``labels``: a dataset ref; default

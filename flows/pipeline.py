@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.canary import judge_canary
-from flows.common import label_run, runs_stages, workspace
+from flows.common import emits_lineage, label_run, runs_stages, workspace
 from flows.deploy import deploy
 from flows.features import features
 from flows.ingest import ingest
@@ -21,6 +21,7 @@ from loopml.stages.release import registered_version_of
 
 
 @flow(name="loopml-pipeline", log_prints=True)
+@emits_lineage
 @runs_stages
 def pipeline(config: str | None = None, profile: str | None = None,
              deploy_model: bool = True, trainer: Any = None, await_canary: bool = False) -> PipelineResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import label_run, on_failure, workspace
+from flows.common import emits_lineage, label_run, on_failure, workspace
 from loopml import approvals
 from loopml.records import GateReport, ModelVersion, PromotionEvent
 from loopml.stages.project import production_model
@@ -13,6 +13,7 @@ from loopml.stages.training import Candidate
 
 
 @flow(name="loopml-register", on_failure=on_failure("register"))
+@emits_lineage
 def register(candidate: Candidate, report: GateReport, report_key: str,
              baseline_version: int | None, config: str | None = None,
              profile: str | None = None) -> tuple[ModelVersion, PromotionEvent | None]:

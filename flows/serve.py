@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import on_failure, workspace
+from flows.common import emits_lineage, on_failure, workspace
 from loopml.serving import follower
 from loopml.stages.project import pipeline_config
 
 
 @flow(name="loopml-serve", on_failure=on_failure("serve"))
+@emits_lineage
 def serve(target: str | None = None, config: str | None = None, profile: str | None = None,
           host: str | None = None, port: int | None = None) -> None:
     """Serve ``target`` (NAME@ALIAS; default: the project's model @production) until cancelled."""

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.common import label_run, on_failure, workspace
+from flows.common import emits_lineage, label_run, on_failure, workspace
 from loopml.keys import prefect_artifact_key
 from loopml.records import DatasetVersion
 from loopml.stages.data import frames
@@ -17,6 +17,7 @@ from loopml.stages.training import train as train_stage
 
 
 @flow(name="loopml-train", on_failure=on_failure("train"))
+@emits_lineage
 def train(labels: DatasetVersion, features_version: DatasetVersion, config: str | None = None,
           profile: str | None = None, trainer: Any = None) -> Candidate:
     """Train a candidate with the configured trainer, or ``trainer`` given from Python (an object

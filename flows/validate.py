@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.common import (
+    emits_lineage,
     gate_markdown,
     label_run,
     on_failure,
@@ -20,6 +21,7 @@ from loopml.stages.validation import validate as validate_stage
 
 
 @flow(name="loopml-validate", on_failure=on_failure("validate"))
+@emits_lineage
 def validate(candidate: Candidate, labels: DatasetVersion, config: str | None = None,
              profile: str | None = None) -> tuple[GateReport, str, str]:
     """Returns (report, report key in the store, local HTML path)."""

@@ -211,6 +211,28 @@ class PipelineConfig(_Strict):
         return dict(tasks.DEFAULT_THRESHOLDS[self.task] if self.gates.thresholds is None else self.gates.thresholds)
 
 
+class OpenLineageConfig(_Strict):
+    """Where every flow run's OpenLineage events go (START, then COMPLETE or FAIL, with the dataset
+    and model versions it read and wrote), for Marquez or any OpenLineage consumer."""
+
+    transport: Literal["file", "http", "console"] = Field(
+        "file", description="file: one JSON event per line; http: POST to an OpenLineage API (Marquez); console: "
+        "the log")
+    path: Path | None = Field(None, description="file transport: default <home>/openlineage/events.jsonl")
+    url: str | None = Field(None, description="http transport: the API's base URL, e.g. http://marquez:5000")
+    endpoint: str = "api/v1/lineage"
+    api_key_env: str | None = Field(None, description="http transport: the environment variable holding an API key "
+                                    "(sent as a bearer token; never written in loopml.toml)")
+    namespace: str | None = Field(None, description="the jobs' and datasets' namespace; default loopml/<project>")
+    timeout: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _http_needs_a_url(self) -> OpenLineageConfig:
+        if self.transport == "http" and not self.url:
+            raise ValueError("url: the http transport needs the API's URL, e.g. url = \"http://localhost:5000\"")
+        return self
+
+
 class LoopmlConfig(_Strict):
     """The whole project configuration, validated."""
 
@@ -227,6 +249,7 @@ class LoopmlConfig(_Strict):
     monitors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"drift-log": {}}, repr=False)
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
     pipeline: PipelineConfig | None = None
+    openlineage: OpenLineageConfig | None = Field(None, description="emit OpenLineage run events from every flow")
     approvals: dict[str, int] | None = Field(
         default=None, description="approvals needed to move each alias, e.g. `production = 1`: applied to the "
         "registry (which enforces it for every writer, with separation of duties: neither whoever trained nor "

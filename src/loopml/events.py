@@ -20,12 +20,14 @@ run; a CLI call with neither does not start a temporary Prefect server just to s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from loopml.context import current_actor
@@ -143,10 +145,27 @@ def announce_move(ws: Workspace, promotion: PromotionEvent, payload: Mapping[str
         announce(ws, promotion_event(ws, cleared, payload), subject=cleared)
 
 
+_LISTENERS: contextvars.ContextVar[tuple[list[tuple[LoopEvent, Any]], ...]] = contextvars.ContextVar(
+    "loopml_event_listeners", default=())
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[tuple[LoopEvent, Any]]]:
+    """Collect every (event, subject) announced in this context (a flow run's OpenLineage outputs)."""
+    found: list[tuple[LoopEvent, Any]] = []
+    token = _LISTENERS.set((*_LISTENERS.get(), found))
+    try:
+        yield found
+    finally:
+        _LISTENERS.reset(token)
+
+
 def announce(ws: Workspace, event: LoopEvent, *, subject: Any = None) -> None:
     """Tell hooks, monitors and Prefect about ``event``. ``subject`` is the typed record the fact is
     about (a DatasetVersion, GateReport, ModelVersion, PromotionEvent, DriftReport…), which the
     specific hook and monitor verbs receive. Never raises for a failing listener (it is logged)."""
+    for found in _LISTENERS.get():
+        found.append((event, subject))
     derived = DERIVED_HOOKS.get(event.kind)
     if derived is not None and subject is not None:
         hook, arguments = derived
