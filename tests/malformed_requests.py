@@ -191,7 +191,7 @@ def _protocol_cases() -> list[tuple[str, bytes, int, str]]:
 
 def _route_cases() -> list[tuple[str, bytes, int, str]]:
     return [(f"route {path[:30]}", request("GET", path), 404, word) for path, word in (
-        ("/v2/models/churn/versions/1/explain", "no route"), ("/predict/", "no route"),
+        ("/v2/models/churn/versions/1/generate", "no route"), ("/predict/", "no route"),
         ("/v1/models/churn:predict", "no route"), ("/%00", "no route"), ("/../etc/passwd", "no route"),
         ("/v2/models/other", "no model 'other'"), ("/v2/models/other/ready", "no model 'other'"),
         ("/v2/models/churn/versions/0", "not served"), ("/v2/models/churn/versions/-1", "not served"),

@@ -19,6 +19,7 @@ file) still load.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -57,6 +58,7 @@ class Signature:
     task: TaskKind = "binary"
     classes: tuple[str, ...] = ("0", "1")
     format: str = FORMAT
+    baseline: Mapping[str, Any] = field(default_factory=dict)  # a typical training row: explanations start here
     _lookups: tuple[dict[str, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,9 +80,11 @@ class Signature:
         return len(self.classes) if self.task == "multiclass" else 1
 
     def to_json(self) -> str:
-        return json.dumps({"format": self.format, "numeric": list(self.numeric),
-                           "categorical": list(self.categorical), "vocabularies": dict(self.vocabularies),
-                           "task": self.task, "classes": list(self.classes)}, sort_keys=True)
+        raw = {"format": self.format, "numeric": list(self.numeric), "categorical": list(self.categorical),
+               "vocabularies": dict(self.vocabularies), "task": self.task, "classes": list(self.classes)}
+        if self.baseline:
+            raw["baseline"] = dict(self.baseline)
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Signature:
@@ -88,7 +92,20 @@ class Signature:
         task = raw.get("task", "binary")
         return cls(tuple(raw["numeric"]), tuple(raw["categorical"]), raw["vocabularies"], task,
                    tuple(raw.get("classes", ("0", "1") if task == "binary" else ())),
-                   raw.get("format", "loopml.torchscript/0"))
+                   raw.get("format", "loopml.torchscript/0"), dict(raw.get("baseline") or {}))
+
+    def with_baseline(self, numeric: np.ndarray, codes: np.ndarray) -> Signature:
+        """This signature with a typical training row (each number's mean, each category's most
+        frequent value): where per-request explanations measure changes from."""
+        row: dict[str, Any] = {n: float(v) for n, v in zip(self.numeric, numeric.mean(axis=0), strict=True)} \
+            if len(numeric) else {}
+        for j, name in enumerate(self.categorical):
+            counts = np.bincount(codes[:, j], minlength=1) if len(codes) else np.zeros(1, dtype=np.int64)
+            counts[0] = 0  # unknown is not a value
+            vocabulary = self.vocabularies.get(name, [])
+            if counts.any() and int(counts.argmax()) - 1 < len(vocabulary):
+                row[name] = vocabulary[int(counts.argmax()) - 1]
+        return dataclasses.replace(self, baseline=row)
 
     # ------------------------------------------------------------ encoding
     def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

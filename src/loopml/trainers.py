@@ -294,6 +294,7 @@ def _fit(build: Callable[[Signature], torch.nn.Module], request: TrainRequest, o
     if best is not None:
         net.load_state_dict(best[1])
     net.eval()
+    sig = sig.with_baseline(numeric, codes)
     artifact = export_artifact(_program(net, mean, std, sig.task, y_mean, y_std), sig)
     return TrainedModel(artifact, sha256(artifact), sig, tuple(history))
 

@@ -7,7 +7,9 @@ Routes (JSON everywhere, errors included):
   features from the online store.
 * Open Inference Protocol v2 (KServe, Triton clients): ``GET /v2``, ``/v2/health/live``,
   ``/v2/health/ready``, ``/v2/models/{m}[/versions/{v}]`` (metadata), ``…/ready`` and
-  ``POST …/infer`` with one input tensor per feature (FP32/INT64 for numbers, BYTES for categories).
+  ``POST …/infer`` with one input tensor per feature (FP32/INT64 for numbers, BYTES for categories),
+  and, with ``[serving.options] explain = true``, ``POST …/explain`` with the same tensors: each
+  row's attribution to each feature (:mod:`loopml.explain`), bounded in rows and samples, one at a time.
 * ``GET /metrics``: Prometheus text format (requests and errors by status, latency histogram,
   rows and prediction distribution per model version, unknown categories, batch sizes).
 * ``GET /health`` and ``GET /metadata``: loopml's own status and signatures.
@@ -37,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loopml import __version__, prediction_records
+from loopml.explain import explain_rows, oip_explanation
 from loopml.serving.core import ServingCore
 from loopml.serving.oip import oip_model_metadata, oip_outputs, oip_rows
 from loopml.serving.requests import (
@@ -46,6 +49,7 @@ from loopml.serving.requests import (
     RequestError,
     ServerLimits,
     parse_json,
+    validate_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -202,6 +206,33 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
                "outputs": oip_outputs(answer, n)}
         return JSONResponse(out, headers={"X-Model-Version": str(answer["version"])})
 
+    explaining = asyncio.Semaphore(1)  # one explanation at a time: its cost is bounded, not free
+
+    async def explain(request: Request) -> Response:
+        if not limits.explain:
+            raise RequestError(404, "explanations are off on this server: set [serving.options] explain = true")
+        version = model_version(request)
+        body = await json_body(request, oip=True)
+        routing = core.routing
+        if not routing.predictors:
+            raise RequestError(503, "no model version is deployed yet")
+        if version is None:  # the version most traffic goes to (production)
+            version = max(routing.weights, key=lambda v: (routing.weights[v], v)) if routing.weights \
+                else max(routing.predictors)
+        predictor = routing.predictors[version]
+        payload, given_id = oip_rows(body, predictor.signature, limits.explain_max_rows)
+        rows = validate_rows(payload, predictor.signature, max_rows=limits.explain_max_rows,
+                             max_string_chars=limits.max_string_chars)
+        if explaining.locked():
+            raise RequestError(429, "an explanation is being computed; retry in a moment")
+        async with explaining:
+            found = await asyncio.to_thread(explain_rows, predictor, rows, samples=limits.explain_samples)
+        rid = given_id if given_id and REQUEST_ID_PATTERN.match(given_id) else request_id(request)
+        out = {"model_name": name, "model_version": str(version), "id": rid, "outputs": oip_explanation(found),
+               "parameters": {"method": found.method, "features": list(found.features), "samples": found.samples,
+                              "baseline": dict(predictor.signature.baseline)}}
+        return JSONResponse(out, headers={"X-Model-Version": str(version), "X-Request-ID": rid})
+
     async def model_metadata(request: Request) -> Response:
         version = model_version(request)
         routing = core.routing
@@ -256,6 +287,9 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
         Route("/v2/models/{model}/versions/{version}/ready", guarded("/v2/models/ready", model_ready),
               methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/infer", guarded("/v2/models/infer", infer), methods=["POST"]),
+        Route("/v2/models/{model}/explain", guarded("/v2/models/explain", explain), methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/explain", guarded("/v2/models/explain", explain),
+              methods=["POST"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -59,6 +59,11 @@ class BuiltinServingOptions(BaseModel):
                                                           "their state there (replicas and monitors share no disk)")
     log_segment_seconds: float | None = Field(default=None, gt=0, description="close (and upload) a log segment "
                                               "this long after it opened; default 60 with log_to_store, else 3600")
+    explain: bool = Field(default=False, description="answer POST /v2/models/<m>/explain with per-feature "
+                          "attributions (Shapley value sampling through Captum; needs loopml[explain])")
+    explain_max_rows: int = Field(default=8, ge=1, le=256, description="rows per explain request")
+    explain_samples: int = Field(default=16, ge=1, le=512, description="sampled feature orders per row: an "
+                                 "explanation costs samples x (features + 1) forward passes per row")
     torch_threads: int = Field(default=1, ge=1, description="`loopml serve`: torch intra-op threads. Requests "
                                "are scored in small micro-batches, where extra threads only spin: on 2 cores, "
                                "2 threads doubled the CPU per request and cut throughput by a fifth")
@@ -72,7 +77,9 @@ class BuiltinServingOptions(BaseModel):
         token = serving_token(self.token)
         return ServerLimits(max_body_bytes=self.max_body_bytes, max_rows=self.max_rows,
                             max_string_chars=self.max_string_chars, header_timeout=self.header_timeout,
-                            body_timeout=self.body_timeout, max_connections=self.max_connections, token=token)
+                            body_timeout=self.body_timeout, max_connections=self.max_connections, token=token,
+                            explain=self.explain, explain_max_rows=self.explain_max_rows,
+                            explain_samples=self.explain_samples)
 
 
 def serving_token(configured: SecretStr | None) -> str | None:

@@ -46,6 +46,9 @@ class ServerLimits:
     max_header_bytes: int = 32 << 10
     max_url_bytes: int = 8 << 10
     token: str | None = field(default=None, repr=False)
+    explain: bool = False  # the explain route answers (off: 404 saying how to turn it on)
+    explain_max_rows: int = 8
+    explain_samples: int = 16
 
 
 def _reject_constant(name: str) -> float:
