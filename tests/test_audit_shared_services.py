@@ -106,4 +106,6 @@ def test_approval_impact_reproduction_and_evidence_on_postgres_and_s3(tmp_path, 
         assert written.returncode == 0, written.stderr
         bundled = json.loads((out / "approvals.json").read_text())
         assert bundled["requests"][0]["decisions"][0]["actor"] == "reviewer"
-        assert loopml(config, "models", "verify-evidence", str(out)).returncode == 0
+        checked = subprocess.run([sys.executable, "-m", "loopml.cli", "models", "verify-evidence", str(out)],
+                                 capture_output=True, text=True, timeout=120)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
