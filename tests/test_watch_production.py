@@ -93,6 +93,11 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
     last = ws.registry.history("churn")[-1]
     assert last.actor == "loopml-canary" and "canary passed" in last.reason and report in last.reason
     assert "PROMOTE" in ws.store.get(report).decode()
+    from loopml.cli import main  # the canary's report, fetched by command like any other
+
+    assert main(["reports", "show", f"churn:{v2.version}", "--kind", "canary", "--config", str(config),
+                 "--profile", "ci"]) == 0
+    assert (config.parent / ".loopml" / "reports" / report.rsplit("/", 1)[-1]).is_file()
     kinds = [c[1]["event"].kind for c in recorder.calls if c[0] == "loopml_on_event"]
     judged_and_moved = [k for k in kinds if k not in (events.DATASET_VERSIONED, events.TRAINED)]  # trained: cache
     assert judged_and_moved == [events.VALIDATED, events.REGISTERED, events.CANARY_STARTED, events.PROMOTED,

@@ -19,6 +19,7 @@ from loopml.cli import (  # noqa: F401 - registers commands
     plugins_cmd,
     project_cmd,
     registry_cmd,
+    reports_cmd,
     runs_cmd,
     serve_cmd,
 )

@@ -27,12 +27,15 @@ models_app = typer.Typer(no_args_is_help=True, help="Registered models: list, sh
 runs_app = typer.Typer(no_args_is_help=True, help="Tracked training runs.")
 store_app = typer.Typer(no_args_is_help=True, help="The artifact store: maintenance.")
 registry_app = typer.Typer(no_args_is_help=True, help="The registry's database: schema status and upgrade.")
+reports_app = typer.Typer(no_args_is_help=True, help="Stored reports (validation, canary, drift, performance): "
+                          "list, show, open.")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
 app.add_typer(store_app, name="store")
 app.add_typer(registry_app, name="registry")
+app.add_typer(reports_app, name="reports")
 
 out = Console()
 err = Console(stderr=True)
