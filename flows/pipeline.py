@@ -24,7 +24,8 @@ from loopml.stages.release import registered_version_of
 @emits_lineage
 @runs_stages
 def pipeline(config: str | None = None, profile: str | None = None,
-             deploy_model: bool = True, trainer: Any = None, await_canary: bool = False) -> PipelineResult:
+             deploy_model: bool = True, trainer: Any = None, await_canary: bool = False,
+             retrain: str | None = None) -> PipelineResult:
     """Version the data, train, validate against production, register, then roll out.
 
     When a production model exists, an approved candidate becomes a canary first
@@ -35,7 +36,8 @@ def pipeline(config: str | None = None, profile: str | None = None,
     ``loopml-canary`` run.
 
     ``trainer`` (ad hoc, from Python) replaces the configured one: a Trainer object or a factory
-    ``build(signature) -> nn.Module``."""
+    ``build(signature) -> nn.Module``. ``retrain`` (why) trains even when the inputs are unchanged;
+    training is deterministic, so unchanged inputs give the same model, which the result says."""
     logger = get_run_logger()
     ws = workspace(config, profile)
     cfg = pipeline_config(ws)
@@ -44,20 +46,23 @@ def pipeline(config: str | None = None, profile: str | None = None,
     labels, feature_rows = versions[cfg.labels_dataset], versions[cfg.features.dataset]
     logger.info("data: %s", ", ".join(f"{v.ref} ({v.row_count} rows)" for v in versions.values()))
     features(feature_rows, config=config, profile=profile)
-    candidate = train(labels, feature_rows, config=config, profile=profile, trainer=trainer)
+    candidate = train(labels, feature_rows, config=config, profile=profile, trainer=trainer, retrain=retrain)
     logger.info("candidate %s %s: %s", candidate.fingerprint[:8], "reused (inputs unchanged)" if candidate.skipped
                 else "trained", ", ".join(f"{k}={v:.4f}" for k, v in sorted(candidate.metrics.items())))
-    existing = registered_version_of(ws, candidate) if candidate.skipped else None
+    existing = registered_version_of(ws, candidate) if candidate.skipped or retrain else None
     if existing is not None:
-        logger.info("%s already holds this model (%s); nothing to validate or register%s", existing.ref,
-                    existing.status, f". Gates changed? Judge it again without retraining: loopml validate "
-                                     f"{existing.name}:{existing.version}" if existing.status == "rejected" else "")
+        logger.info("%s%s already holds this model (%s); nothing to validate or register%s",
+                    "retrained as asked, and the same inputs gave the same bytes (training is deterministic: "
+                    "change the data, code, parameters or seed for another model): " if retrain else "",
+                    existing.ref, existing.status,
+                    f". Gates changed? Judge it again without retraining: loopml validate "
+                    f"{existing.name}:{existing.version}" if existing.status == "rejected" else "")
         url, decision = deploy(config=config, profile=profile, judge=await_canary) if deploy_model else (None, None)
         production = production_model(ws, cfg.model_name)
         failed = tuple(n for n, g in (existing.lineage.get("gates") or {}).items() if not g.get("passed"))
         return PipelineResult(existing.ref, existing.status,
                               production is not None and production.version == existing.version,
-                              True, existing.lineage.get("validation_report"), failed, url, decision)
+                              candidate.skipped, existing.lineage.get("validation_report"), failed, url, decision)
     baseline = production_model(ws, cfg.model_name)
     report, key, path = validate(candidate, labels, config=config, profile=profile)
     logger.info("validation %s against %s: %s", "passed" if report.passed else "FAILED",

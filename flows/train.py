@@ -19,7 +19,7 @@ from loopml.stages.training import train as train_stage
 @flow(name="loopml-train", on_failure=on_failure("train"))
 @emits_lineage
 def train(labels: DatasetVersion, features_version: DatasetVersion, config: str | None = None,
-          profile: str | None = None, trainer: Any = None) -> Candidate:
+          profile: str | None = None, trainer: Any = None, retrain: str | None = None) -> Candidate:
     """Train a candidate with the configured trainer, or ``trainer`` given from Python (an object
     with ``fit``/``fingerprint`` or a factory ``build(signature) -> nn.Module``); skipped when the
     same inputs were trained before."""
@@ -36,7 +36,10 @@ def train(labels: DatasetVersion, features_version: DatasetVersion, config: str 
         logger.info("epoch %d/%d: %s", epoch, total, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         update_progress_artifact(progress, 100.0 * epoch / max(total, 1))
 
-    candidate = train_stage(ws, labels, features_version, train_rows, trainer=trainer, on_epoch=on_epoch)
+    if retrain:
+        logger.info("retraining even if the inputs are unchanged: %s", retrain)
+    candidate = train_stage(ws, labels, features_version, train_rows, trainer=trainer, on_epoch=on_epoch,
+                            retrain=retrain)
     update_progress_artifact(progress, 100.0)
     label_run(ws, f"train-{model_name}-{candidate.fingerprint[:8]}", model=model_name,
               fingerprint=candidate.fingerprint[:8])

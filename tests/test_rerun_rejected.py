@@ -19,6 +19,12 @@ def test_an_unchanged_rerun_of_a_rejected_model_names_its_failed_checks(tmp_path
     again = pipeline(config=str(config), deploy_model=False)
     assert again.skipped_training and again.model == first.model and again.status == "rejected"
     assert again.failed_checks == first.failed_checks  # it used to say () for a rejected model
+    forced = pipeline(config=str(config), deploy_model=False, retrain="the GPU driver was updated")
+    assert not forced.skipped_training and forced.model == first.model  # trained again: the same bytes
+    from loopml.context import Workspace
+
+    runs = Workspace.open(config).trackers[0].list_runs("churn")
+    assert [r.tags.get("loopml.retrain_reason") for r in runs].count("the GPU driver was updated") == 1
 
 
 def test_a_gate_change_is_judged_again_without_retraining(tmp_path, monkeypatch) -> None:

@@ -45,7 +45,11 @@ def init(folder: Annotated[Path, typer.Argument(help="Where to create the projec
 
 @app.command("run")
 def run(config: ConfigOpt = None, profile: ProfileOpt = None,
-        no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Stop after registering.")] = False) -> None:
+        no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Stop after registering.")] = False,
+        retrain: Annotated[str | None, typer.Option(
+            "--retrain", metavar="REASON", help="Train even when the inputs are unchanged (the reason is kept "
+            "with the run). Unchanged inputs give the same model: to judge it again, `loopml validate`.")] = None,
+        ) -> None:
     """Run the pipeline flow once: ingest, features, train, validate, register, deploy.
 
     With the built-in serving backend, whose server would live in this process and stop when it
@@ -61,7 +65,8 @@ def run(config: ConfigOpt = None, profile: ProfileOpt = None,
     _ = ws.trainer, ws.gate_checks  # a module path or gate typo fails now, before any data is read
     in_process = ws.ability(ws.serving, InProcessServing) is not None
     with progress_bar(), tracebacks_only_when_debugging():
-        result = pipeline(config=config_arg, profile=profile, deploy_model=not no_deploy and not in_process)
+        result = pipeline(config=config_arg, profile=profile, deploy_model=not no_deploy and not in_process,
+                          retrain=retrain)
     out.print(result)
     if in_process and not no_deploy and ws.config.pipeline is not None:
         name = ws.config.pipeline.model_name

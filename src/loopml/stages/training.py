@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from loopml import __version__, events, progress, tasks
 from loopml.artifacts import Predictor
 from loopml.capabilities import DescribedTrainer
-from loopml.errors import ObjectExistsError
+from loopml.errors import ConfigError, ObjectExistsError
 from loopml.records import RunInfo
 from loopml.stages.project import pipeline_config, view_of
 from loopml.tracking import TrackingSession
@@ -83,12 +83,13 @@ def environment() -> dict[str, str]:
 
 def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train_frame: pd.DataFrame,
           on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
-          trainer: Any = None) -> Candidate:
+          trainer: Any = None, retrain: str | None = None) -> Candidate:
     """Train a candidate with the configured trainer (or ``trainer``), or reuse an identical one.
 
     The cache key is a content hash of both dataset versions, the task, the feature config and the
     trainer's fingerprint (its options and code), so a rerun with unchanged inputs skips training
-    (``skipped=True``). The label is checked against the task before anything trains. Announces
+    (``skipped=True``). ``retrain`` (why) trains anyway, into a folder of its own, and tags the run
+    with the reason. The label is checked against the task before anything trains. Announces
     ``loopml.model.trained`` when a model was trained.
     """
     cfg = pipeline_config(ws)
@@ -103,7 +104,11 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
                                        cfg.training.model_dump_json())
     base = f"models/{cfg.model_name}/{fingerprint[:16]}/"
     datasets = {"labels": labels.ref, "features": features.ref}
-    if ws.store.exists(base + "train.json"):
+    if retrain is not None:
+        if not retrain.strip():
+            raise ConfigError("retrain: say why (e.g. --retrain 'labels corrected upstream'); it is kept with the run")
+        base += f"retrained-{uuid.uuid4().hex[:8]}/"
+    elif ws.store.exists(base + "train.json"):
         meta = json.loads(ws.store.get(base + "train.json"))
         return Candidate(cfg.model_name, fingerprint, base + ARTIFACT_NAME, meta["sha256"], meta["run_id"],
                          meta["metrics"], meta["params"], datasets, skipped=True)
@@ -114,7 +119,8 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
     run = RunInfo(uuid.uuid4().hex, experiment=cfg.model_name, name=f"train-{cfg.model_name}-{fingerprint[:8]}",
                   tags={"loopml.dataset.labels": labels.ref, "loopml.dataset.features": features.ref,
                         "loopml.git_commit": git_commit(ws.config.root), "loopml.task": cfg.task,
-                        "loopml.trainer": trainer.name, "loopml.fingerprint": fingerprint})
+                        "loopml.trainer": trainer.name, "loopml.fingerprint": fingerprint,
+                        **({"loopml.retrain_reason": retrain} if retrain else {})})
     session = TrackingSession(ws.trackers, run)
     session.log_params(params)
     stage = f"train {cfg.model_name} {fingerprint[:8]}"
