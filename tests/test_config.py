@@ -248,3 +248,21 @@ def test_a_profile_that_changes_the_trainer_replaces_its_options(project: Path) 
     assert team.trainer == "torch-module" and team.options == {"module": "pkg.models:build"}  # no hidden_units
     quick = load_config(profile="quick").pipeline.model  # same trainer: options still merge
     assert quick.trainer == "mlp" and quick.options == {"hidden_units": 32, "epochs": 1}
+
+
+def test_explain_names_where_each_value_came_from(tmp_path, monkeypatch, capsys) -> None:
+    from loopml.cli import main
+
+    (tmp_path / "loopml.toml").write_text(
+        'project = "p"\n[storage]\nuri = "artifacts"\n[serving.options]\ntoken = "s3cret-token"\n'
+        '[profiles.ci.storage]\nuri = "ci-artifacts"\n')
+    monkeypatch.setenv("LOOPML__SERVING__OPTIONS__PORT", "9001")
+    code = main(["config", "--config", str(tmp_path / "loopml.toml"), "--profile", "ci", "--explain", "--json"])
+    printed = capsys.readouterr().out
+    rows = {r["key"]: (r["value"], r["from"]) for r in json.loads(printed)}
+    assert code == 0
+    assert rows["project"] == ("p", "loopml.toml")
+    assert rows["storage.uri"] == ("ci-artifacts", "profile ci")
+    assert rows["serving.options.port"] == ("9001", "$LOOPML__SERVING__OPTIONS__PORT")
+    assert rows["registry.backend"] == ("sqlite", "default")
+    assert "s3cret-token" not in printed  # a secret in the file is named, never shown

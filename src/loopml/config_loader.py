@@ -272,3 +272,42 @@ def validate_options(model: type[BaseModel], options: Mapping[str, Any], where: 
             else:
                 lines.append(f"  - {key}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+
+
+_SECRET_NAME = re.compile(r"token|password|secret|api_key|access_key|credential|private", re.IGNORECASE)
+"""Backend options are validated by their own models later; here a setting named like a secret is masked."""
+
+
+def _leaves(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(value, Mapping) and value:
+        out: dict[tuple[str, ...], Any] = {}
+        for key, item in value.items():
+            out.update(_leaves(item, (*prefix, str(key))))
+        return out
+    return {prefix: value}
+
+
+def explain_config(path: Path | str | None = None, *, profile: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> list[tuple[str, Any, str]]:
+    """Every resolved setting with where its value came from: ``(key, value, source)``, the source
+    being the file, ``profile NAME``, the environment variable, or ``default``. Secrets are masked
+    and credentials in URLs hidden, as in ``loopml config``."""
+    environ = os.environ if environ is None else environ
+    config = load_config(path, profile=profile, environ=environ)
+    file = config.source_file
+    raw = tomllib.loads(file.read_text(encoding="utf-8")) if file is not None else {}
+    profiles = raw.pop("profiles", {})
+    chosen = config.profile
+    from_profile = _leaves(profiles.get(chosen, {})) if chosen else {}
+    from_file = _leaves(_without_replaced_sections(raw, profiles.get(chosen, {})) if chosen else raw)
+    from_env = _env_paths(environ)
+    dumped = config.model_dump(mode="json", exclude={"root", "source_file", "profile"})
+    rows = []
+    for key, value in sorted(_leaves(dumped).items()):
+        env_name = next((name for p, name in from_env.items() if key[:len(p)] == p), None)
+        source = (f"${env_name}" if env_name else f"profile {chosen}" if key in from_profile
+                  else (file.name if file is not None else "file") if key in from_file else "default")
+        shown = "**********" if _SECRET_NAME.search(key[-1]) and value not in (None, "") else \
+            redact_url_credentials(value)
+        rows.append((".".join(key), shown, source))
+    return rows

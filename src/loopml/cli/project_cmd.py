@@ -125,8 +125,28 @@ def monitor(since_minutes: Annotated[float | None, typer.Option(
 
 
 @app.command("config")
-def config_show(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+def config_show(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+                explain: Annotated[bool, typer.Option("--explain", help="Every setting with where it came from: "
+                                                      "the file, the profile, an environment variable or the "
+                                                      "default.")] = False) -> None:
     """Print the resolved configuration (backends and validated options, secrets masked)."""
+    if explain:
+        from rich.table import Table
+
+        from loopml.config_loader import explain_config
+
+        rows = explain_config(config, profile=profile)
+        if as_json:
+            print_json([{"key": k, "value": v, "from": source} for k, v, source in rows])
+            return
+        table = Table()
+        table.add_column("key", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        table.add_column("from", no_wrap=True)
+        for key, value, source in rows:
+            table.add_row(key, json.dumps(value, default=str), source)
+        out.print(table)
+        return
     described = workspace(config, profile).describe()
     if as_json or not out.is_terminal:  # plain JSON for pipes: rich would wrap long strings
         print_json(described)
