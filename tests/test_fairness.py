@@ -63,3 +63,21 @@ def test_regression_tasks_keep_the_metric_gap_only() -> None:
     y = rng.normal(size=400)
     names = set(_judge(y, y + rng.normal(scale=0.1, size=400), np.array(["a", "b"] * 200), task="regression"))
     assert names == {"fairness"}
+
+
+def test_a_regression_gap_is_judged_relative_to_the_holdout_metric_whatever_the_target_scale() -> None:
+    from loopml import fairness, tasks
+    from loopml.config import GatesConfig
+
+    rmse = tasks.metric("regression", "rmse")
+    for scale in (0.01, 1.0, 1000.0):  # the same model on a target in dollars, in cents, in thousands
+        fair = {"senior=no": {"rows": 300.0, "rmse": 10.0 * scale}, "senior=yes": {"rows": 100.0, "rmse": 11.0 * scale}}
+        [check] = fairness.checks("regression", rmse, fair, "senior", GatesConfig(), overall=10.3 * scale)
+        assert check.passed and check.value == pytest.approx(1.0 / 10.3) and check.threshold == 0.25
+        unfair = {"senior=no": {"rows": 300.0, "rmse": 8.0 * scale},
+                  "senior=yes": {"rows": 100.0, "rmse": 16.0 * scale}}
+        [check] = fairness.checks("regression", rmse, unfair, "senior", GatesConfig(), overall=10.0 * scale)
+        assert not check.passed and "80.0% of the holdout's rmse" in check.reason
+    absolute = GatesConfig(max_fairness_gap=5.0)  # set explicitly: in the target's units, as before
+    [check] = fairness.checks("regression", rmse, fair, "senior", absolute, overall=10.3 * scale)
+    assert check.threshold == 5.0 and not check.passed  # a 1000-unit gap at scale 1000

@@ -119,7 +119,14 @@ class GatesConfig(_Strict):
                                                                      "against production, beyond noise")
     bootstrap_samples: int = Field(default=300, ge=50)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    max_fairness_gap: float = Field(default=0.10, ge=0, description="max gap of the primary metric between slices")
+    max_fairness_gap: float | None = Field(
+        default=None, ge=0, description="max gap of the primary metric between slices, in the metric's units "
+        "(AUC points; rmse in the target's units); default: 0.10 for binary and multiclass, and for regression "
+        "the relative gap (max_relative_fairness_gap)")
+    max_relative_fairness_gap: float = Field(
+        default=0.25, ge=0, description="regression, unless max_fairness_gap is set: the gap of the primary "
+        "metric between slices as a share of its value on the whole holdout (0.25: no slice's rmse is more "
+        "than 25% of the holdout's away from another's), so the default fits any target's scale")
     min_slice_rows: int = Field(default=50, ge=1, description="smaller slices are reported, not gated")
     min_selection_rate_ratio: float | None = Field(
         default=0.8, ge=0, le=1, description="binary: lowest predicted-positive rate over the highest across "

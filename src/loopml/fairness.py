@@ -58,15 +58,31 @@ def _detail(slices_: Mapping[str, Mapping[str, float]], key: str) -> str:
     return ", ".join(f"{k}: {v[key]:.3f} (n={int(v['rows'])})" for k, v in slices_.items() if key in v)
 
 
-def checks(task: TaskKind, primary: tasks.Metric, slices_: Mapping[str, Mapping[str, float]], sensitive: str,
-           gates: GatesConfig) -> list[GateCheck]:
-    name = primary.name
-    values = _gated(slices_, name, gates)
+DEFAULT_GAP = 0.10  # binary and multiclass: AUC points
+
+
+def _metric_gap(task: TaskKind, name: str, values: Mapping[str, float], overall: float | None,
+                gates: GatesConfig, sensitive: str, detail: str) -> GateCheck:
+    """The primary metric's gap between slices: in the metric's units, or (regression by default) as
+    a share of the metric on the whole holdout, which fits any target's scale."""
     gap = max(values.values()) - min(values.values()) if len(values) >= 2 else 0.0
-    ok = gap <= gates.max_fairness_gap
-    out = [GateCheck("fairness", gap, gates.max_fairness_gap, ok,
-                     f"{name} gap across {sensitive} slices {gap:.3f} " + ("<=" if ok else ">")
-                     + f" {gates.max_fairness_gap:.3f}: {_detail(slices_, name)}")]
+    if gates.max_fairness_gap is None and task == "regression":
+        share = gap / overall if overall and overall > 0 else 0.0
+        ok = share <= gates.max_relative_fairness_gap
+        return GateCheck("fairness", share, gates.max_relative_fairness_gap, ok,
+                         f"{name} gap across {sensitive} slices {gap:.4g} = {share:.1%} of the holdout's {name} "
+                         f"{overall or 0:.4g} " + ("<=" if ok else ">") + f" {gates.max_relative_fairness_gap:.0%}: "
+                         + detail)
+    bound = DEFAULT_GAP if gates.max_fairness_gap is None else gates.max_fairness_gap
+    ok = gap <= bound
+    return GateCheck("fairness", gap, bound, ok, f"{name} gap across {sensitive} slices {gap:.3f} "
+                     + ("<=" if ok else ">") + f" {bound:.3f}: {detail}")
+
+
+def checks(task: TaskKind, primary: tasks.Metric, slices_: Mapping[str, Mapping[str, float]], sensitive: str,
+           gates: GatesConfig, overall: float | None = None) -> list[GateCheck]:
+    name = primary.name
+    out = [_metric_gap(task, name, _gated(slices_, name, gates), overall, gates, sensitive, _detail(slices_, name))]
     if task != "binary":
         return out
     if gates.min_selection_rate_ratio is not None:

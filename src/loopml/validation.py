@@ -174,7 +174,7 @@ def evaluate(
         checks.append(_regression_check(primary, metrics, base_metrics, dci, len(y), gates.regression_margin))
         if sensitive:
             slices = fairness.slices(task, primary, holdout, sensitive, y, cand)
-            checks += fairness.checks(task, primary, slices, sensitive, gates)
+            checks += fairness.checks(task, primary, slices, sensitive, gates, overall=metrics.get(primary.name))
 
     rows = holdout[list(sig.features)].head(max(gates.latency_samples, 1)).to_dict("records")
     lat, base_lat = (latency_ms(candidate, rows, gates.latency_samples, baseline) if rows

@@ -182,7 +182,7 @@ seed = 7
 
 [pipeline.gates]
 {thresholds}
-max_fairness_gap = {fairness}
+{fairness_key} = {fairness}
 latency_p99_ms = 50.0
 max_latency_ratio = 3.0
 {checks}
@@ -193,6 +193,11 @@ min_samples = 200
 [profiles.ci.pipeline.model.options]
 epochs = 10
 """
+
+FAIR_REGRESSION = """0.25
+# A regression's rmse is in the target's units: the gap between slices is judged as a share of the
+# holdout's rmse (max_relative_fairness_gap, default 0.25), which fits any scale."""
+FAIR_REGRESSION_KEY = "max_relative_fairness_gap"
 
 FAIR_BINARY = """0.12
 # Seniors churn about twice as often in this data, so even a fair model selects them about twice as
@@ -208,7 +213,7 @@ _EXAMPLES = {
                        label="spend_next",
                        model_table='trainer = "mlp"\noptions = { epochs = 25, hidden_units = 32, loss = "huber" }\n',
                        thresholds="thresholds = { r2 = 0.5, rmse = 20.0 }\nregression_margin = 0.5",
-                       fairness="5.0"),
+                       fairness=FAIR_REGRESSION),
     "multiclass": dict(title="plan choice (multiclass)", model="plan", task="multiclass", label="plan",
                        model_table='trainer = "mlp"\noptions = { epochs = 25, hidden_units = 32 }\n',
                        thresholds="thresholds = { macro_auc = 0.65 }\nregression_margin = 0.01",
@@ -303,7 +308,9 @@ def config_text(example: str = "churn") -> str:
     """The ``loopml.toml`` of an example project."""
     if example not in _EXAMPLES:
         raise ValueError(f"unknown example {example!r}; choose one of: {', '.join(EXAMPLES)}")
-    values = {"plugins": "", "checks": "", **_EXAMPLES[example], "name": example}
+    values = {"plugins": "", "checks": "", "fairness_key": "max_fairness_gap", **_EXAMPLES[example], "name": example}
+    if values["fairness"] is FAIR_REGRESSION:
+        values["fairness_key"] = FAIR_REGRESSION_KEY
     return _COMMON.format(**values)
 
 
