@@ -96,6 +96,8 @@ def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed:
             if name not in row:
                 raise RequestError(422, f"rows[{i}].{name}: missing (a number is required)")
             value = row[name]
+            if isinstance(value, str):  # "12.5", as the CSV held it: ingest read it as a number too
+                value = row[name] = _number_text(value, f"rows[{i}].{name}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise RequestError(422, f"rows[{i}].{name}: expected a number, got {short(value)}")
             if isinstance(value, float) and not math.isfinite(value):
@@ -106,8 +108,14 @@ def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed:
             if name not in row:
                 raise RequestError(422, f"rows[{i}].{name}: missing (a string is required)")
             value = row[name]
-            if not isinstance(value, str):
-                raise RequestError(422, f"rows[{i}].{name}: expected a string, got {short(value)}")
+            if not isinstance(value, str):  # 0/1, 2.0, true: the CSV's own values, read as text by ingest
+                if isinstance(value, bool):
+                    value = row[name] = "true" if value else "false"
+                elif isinstance(value, int | float) and (not isinstance(value, float) or math.isfinite(value)):
+                    value = row[name] = str(int(value)) if float(value).is_integer() else str(value)
+                else:
+                    raise RequestError(422, f"rows[{i}].{name}: expected a category (a string, or a number as "
+                                            f"the training data held it), got {short(value)}")
             if len(value) > max_string_chars:
                 raise RequestError(422, f"rows[{i}].{name}: {len(value)} characters; at most {max_string_chars}")
             if not value.isascii() and not _is_unicode(value):
@@ -124,6 +132,17 @@ def validate_rows(payload: Any, sig: Signature, *, max_rows: int, extra_allowed:
                                       or len(str(value)) > max_string_chars):
                 raise RequestError(422, f"rows[{i}].{name}: expected an id (integer or short string)")
     return rows
+
+
+def _number_text(text: str, where: str) -> float:
+    """A number written as text, as ingest would read it from a CSV; 422 naming the field otherwise."""
+    try:
+        number = float(text.strip())
+    except ValueError:
+        raise RequestError(422, f"{where}: expected a number, got {short(text)}") from None
+    if not math.isfinite(number):
+        raise RequestError(422, f"{where}: must be finite")
+    return number
 
 
 def _is_unicode(value: str) -> bool:
