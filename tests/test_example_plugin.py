@@ -71,6 +71,27 @@ def test_the_plugin_backend_is_selected_by_config_and_records_runs(installed, tm
     assert check.returncode == 0, check.stderr
 
 
+FREEZE = """
+from loopml.context import Workspace
+from loopml.records import GateReport
+ws = Workspace.open()
+print(ws.manager.first_veto(context=ws.hook_context, model_name="m", candidate="c",
+                            report=GateReport("m", "c", None, ())))
+"""
+
+
+def test_the_plugin_takes_its_settings_from_its_own_table(installed, tmp_path) -> None:
+    (tmp_path / "loopml.toml").write_text('[plugins.jsonl]\nfreeze_reason = "change freeze"\n')
+    result = subprocess.run([sys.executable, "-c", FREEZE], env=installed, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "jsonl: change freeze"
+    (tmp_path / "loopml.toml").write_text('[plugins.jsonl]\nfreeze_reson = "x"\n')
+    check = _loopml(["config"], installed, tmp_path)
+    assert check.returncode == 2 and "plugins.jsonl.freeze_reson: unknown option (did you mean 'freeze_reason'?)" \
+        in check.stderr, check.stderr
+
+
 def test_the_template_passes_the_tracker_conformance_suite(installed) -> None:
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              str(TEMPLATE / "tests")], env=installed, capture_output=True, text=True,

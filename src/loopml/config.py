@@ -245,7 +245,10 @@ class LoopmlConfig(_Strict):
 
     project: str = "loopml"
     home: Path = Path(".loopml")
-    plugins: list[str] = Field(default_factory=list)
+    plugins: list[str] | dict[str, dict[str, Any]] = Field(
+        default_factory=list, description="project plugin modules to load (`plugins = [\"churn_gates\"]`), or "
+        "one table per plugin with its settings (`[plugins.churn_gates]`), validated by the model the plugin "
+        "declares (loopml_settings_model); a table for an installed plugin only configures it")
     load_plugins: list[str] | None = None
     disable_plugins: list[str] = Field(default_factory=list)
     storage: StorageConfig = StorageConfig()
@@ -277,6 +280,16 @@ class LoopmlConfig(_Strict):
     root: Path = Field(default=Path("."), exclude=True)
     source_file: Path | None = Field(default=None, exclude=True)
     profile: str | None = Field(default=None, exclude=True)
+
+    @property
+    def plugin_modules(self) -> list[str]:
+        """The plugins named in ``plugins`` (modules to load unless installed under that name)."""
+        return list(self.plugins)
+
+    @property
+    def plugin_tables(self) -> dict[str, dict[str, Any]]:
+        """``[plugins.<name>]`` tables: each plugin's raw settings."""
+        return dict(self.plugins) if isinstance(self.plugins, dict) else {}
 
     @property
     def home_dir(self) -> Path:

@@ -101,12 +101,34 @@ class Workspace:
             raise ConfigError(f"{config.source_file or 'loopml.toml'}: home = {str(config.home)!r} is a file, not a "
                               "folder; point home at a folder for loopml's state (default '.loopml')")
         _importable(config.root)  # project code (plugins, model factories) imports like a package
-        self.manager = manager or get_plugin_manager(tuple(config.plugins), load_plugins=config.load_plugins,
+        self.manager = manager or get_plugin_manager(tuple(config.plugin_modules), load_plugins=config.load_plugins,
                                                      disable_plugins=config.disable_plugins)
         self.context = BackendContext(config.project, config.root, config.home_dir)
-        self.hook_context = HookContext(config.project, config.profile, config.root, config.home_dir, config)
+        self.plugin_settings = self._plugin_settings()
+        self.hook_context = HookContext(config.project, config.profile, config.root, config.home_dir, config,
+                                        self.plugin_settings)
         self.selected = self._select_all()
         self._abilities: dict[int, tuple[object, frozenset[type]]] = {}
+
+    def _plugin_settings(self) -> dict[str, Any]:
+        """Each plugin's ``[plugins.<name>]`` table validated by the model it declares (defaults for
+        a plugin with a model and no table); a table no plugin claims is an error."""
+        models = self.manager.settings_models()
+        where = self.config.source_file or "loopml.toml"
+        settings: dict[str, Any] = {}
+        for name, table in self.config.plugin_tables.items():
+            if name not in models:
+                raise ConfigError(f"{where}: [plugins.{name}] sets {', '.join(sorted(table)) or 'nothing'}, but plugin "
+                                  f"{name!r} declares no settings (no loopml_settings_model hook); plugins with "
+                                  f"settings: {', '.join(sorted(models)) or 'none'}")
+            settings[name] = validate_options(models[name], table or {}, f"plugins.{name}")
+        for name, model in models.items():
+            if name not in settings:
+                try:
+                    settings[name] = model()
+                except Exception:  # a required setting: the plugin's hooks see none until it is set
+                    continue
+        return settings
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, profile: str | None = None,

@@ -199,6 +199,30 @@ def loopml_gate_checks() -> list[BackendSpec]:
 # --------------------------------------------------------------------------------------------
 
 
+@hookspec
+def loopml_settings_model() -> type:
+    """Declare this plugin's settings: the pydantic model of its ``[plugins.<name>]`` table.
+
+    When: once per workspace, when ``loopml.toml`` is opened (before any work starts).
+    Args: none.
+    Returns: a pydantic ``BaseModel`` class; give it ``extra="forbid"`` so a misspelled key is an
+    error. The validated settings reach the plugin's hooks as ``context.settings["<name>"]``, where
+    ``<name>`` is the plugin's name (its entry point, or its module for a project plugin).
+    Call semantics: every implementation is called; each model belongs to the plugin that returned it.
+    Failure policy: a table that does not fit the model, a table for a plugin that declares no
+    settings, or an implementation that raises stops the workspace from opening, naming the key.
+    Example::
+
+        class FreezeSettings(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            until: str | None = None
+
+        @hookimpl
+        def loopml_settings_model():
+            return FreezeSettings
+    """
+
+
 @hookspec(firstresult=True)
 def loopml_before_promotion(model_name: str, candidate: str, report: GateReport,
                             context: HookContext | None) -> str | None:
@@ -387,7 +411,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "loopml_trainers": "trainer",
     "loopml_gate_checks": "gate_check",
 }
-DECISION_HOOKS: tuple[str, ...] = ("loopml_before_promotion",)
+DECISION_HOOKS: tuple[str, ...] = ("loopml_before_promotion", "loopml_settings_model")
 LIFECYCLE_HOOKS: tuple[str, ...] = (
     "loopml_after_dataset_versioned",
     "loopml_after_model_trained",

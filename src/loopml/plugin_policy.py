@@ -50,7 +50,10 @@ def _fail_closed(function: Any, plugin: str, hook_name: str) -> Any:
         except Exception as exc:
             log.warning("plugin %r failed in %s: promotion blocked", plugin, hook_name, exc_info=exc)
             return f"plugin {plugin!r} failed while deciding: {type(exc).__name__}: {exc}"
-        return None if reason is None else f"{plugin}: {reason}"
+        if reason is None:
+            return None
+        said = str(reason)
+        return said if said.startswith((f"{plugin}:", f"{plugin} ")) else f"{plugin}: {said}"  # named once
 
     return call
 

@@ -155,6 +155,8 @@ class LoopmlPluginManager:
     def load_local(self, modules: Iterable[str]) -> None:
         """Load project-local plugin modules named in config (``plugins = ["pkg.mod"]``)."""
         for mod_name in modules:
+            if self.pm.has_plugin(mod_name):  # an installed plugin named in [plugins.<name>] for its settings
+                continue
             try:
                 module = importlib.import_module(mod_name)
             except Exception as exc:
@@ -300,6 +302,17 @@ class LoopmlPluginManager:
             hook_failures.reset(token)
         self.failures.extend(failures)
         return failures
+
+    def settings_models(self) -> dict[str, type]:
+        """Plugin name -> the model of its ``[plugins.<name>]`` table (``loopml_settings_model``)."""
+        models: dict[str, type] = {}
+        for impl in self.pm.hook.loopml_settings_model.get_hookimpls():
+            try:
+                models[impl.plugin_name] = impl.function()
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r} failed to declare its settings "
+                                  f"(loopml_settings_model): {type(exc).__name__}: {exc}") from exc
+        return models
 
     def first_veto(self, **kwargs: Any) -> str | None:
         """``loopml_before_promotion`` through pluggy (``firstresult``, wrappers around it): the first

@@ -291,6 +291,7 @@ class HookContext:
     root: Path
     home: Path
     config: Any = field(repr=False)  # the validated LoopmlConfig (secrets stay SecretStr)
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # plugin name -> its validated settings
 
 
 @dataclass(frozen=True)

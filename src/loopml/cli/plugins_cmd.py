@@ -29,7 +29,7 @@ def plugins_list(as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
     from loopml.plugins import get_plugin_manager
 
     cfg = load_config(config)
-    manager = get_plugin_manager(tuple(cfg.plugins), load_plugins=cfg.load_plugins,
+    manager = get_plugin_manager(tuple(cfg.plugin_modules), load_plugins=cfg.load_plugins,
                                  disable_plugins=cfg.disable_plugins)
     infos = manager.plugins()
     if as_json:
@@ -70,7 +70,7 @@ def plugins_check(config: ConfigOpt = None, profile: Annotated[str | None, typer
         label = "base config" if name is None else f"profile {name!r}"
         try:
             cfg = load_config(file, profile=name, environ=environ)
-            manager = build_plugin_manager(tuple(cfg.plugins), strict=True, load_plugins=cfg.load_plugins,
+            manager = build_plugin_manager(tuple(cfg.plugin_modules), strict=True, load_plugins=cfg.load_plugins,
                                            disable_plugins=cfg.disable_plugins)
             manager.catalogue()
             ws = Workspace(cfg, manager)

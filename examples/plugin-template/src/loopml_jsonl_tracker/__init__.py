@@ -93,3 +93,24 @@ def _factory(options: JsonlOptions, ctx: Any) -> JsonlTracker:
 @hookimpl
 def loopml_trackers() -> list[BackendSpec]:
     return [BackendSpec("jsonl", _factory, JsonlOptions, "every tracker call appended to a JSONL file")]
+
+
+class JsonlSettings(BaseModel):
+    """The plugin's own settings: ``[plugins.jsonl]`` in loopml.toml (unknown keys are errors).
+
+    A backend's options (``[trackers.jsonl]``) configure the tracker it builds; settings configure
+    the plugin's hooks, which get them as ``context.settings["jsonl"]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    freeze_reason: str | None = None  # set it to block every promotion with that reason
+
+
+@hookimpl
+def loopml_settings_model() -> type[BaseModel]:
+    return JsonlSettings
+
+
+@hookimpl
+def loopml_before_promotion(model_name: str, candidate: str, report: Any, context: Any) -> str | None:
+    settings = context.settings.get("jsonl") if context is not None else None
+    return settings.freeze_reason if settings is not None else None
