@@ -76,7 +76,7 @@ def test_a_misspelled_setting_or_an_unclaimed_table_is_refused_naming_the_key(te
                                           r"'minimum_auc'\?\)"):
         Workspace.open(config)
     config.write_text('project = "p"\n[plugins.team_veto]\nminimum_auc = "high"\n')
-    with pytest.raises(ConfigError, match="plugins.team_veto.minimum_auc"):
+    with pytest.raises(ConfigError, match=r"plugins\.team_veto\.minimum_auc"):
         Workspace.open(config)
     config.write_text('project = "p"\nplugins = ["team_veto"]\n[plugins.loopml]\nx = 1\n')
     with pytest.raises(ConfigError):  # TOML itself refuses a list and a table under one key
