@@ -153,3 +153,18 @@ def test_re_ingesting_unchanged_files_is_one_hash_pass_and_writes_nothing(catalo
     _write(tmp_path, "orders.csv", CSV + "3,2024-01-03T00:00:00Z,1,a\n")
     changed, created = catalog.ingest("orders", path, columns=RULES)
     assert created and changed.id != first.id and changed.row_count == 3
+
+
+def test_a_file_with_many_bad_values_names_ten_with_their_lines_and_every_bad_column(catalog, tmp_path) -> None:
+    rows = [f"{i},2024-01-01T00:00:00Z,{'oops' if i % 3 == 0 else i},a" for i in range(1, 46)]
+    rows[4] = "5,yesterday,5,a"  # another column wrong too
+    path = _write(tmp_path, "many.csv", "id,ts,amount,plan\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataValidationError) as info:
+        catalog.ingest("orders", path, columns=RULES)
+    said = str(info.value)
+    assert said.startswith("2 columns of") and "'ts', line 6: expected an ISO 8601 timestamp" in said
+    assert "column 'amount', line 4: expected a number (float) (value 'oops')" in said
+    assert "15 values of this column fail the same way: also line 7 ('oops'), line 10 ('oops')" in said
+    assert said.count("'oops'") == 10 and "and 5 more" in said  # ten named, the rest counted
+    assert info.value.column == "ts" or info.value.column == "amount"
+    assert list(catalog.store.list()) == []

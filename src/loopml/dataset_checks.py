@@ -1,5 +1,6 @@
 """The reference ingest path: a source file read whole with pandas, every value checked against the
-rules, and a typed error naming file, column, line and value for the first that does not fit.
+rules, and a typed error naming file, column, line and value for the first that does not fit, with
+the lines of up to ten more bad values and every other column that does not fit.
 
 Only the streamed path in :mod:`loopml.canonical` is faster; it only ever accepts, and hands every
 file it cannot accept as it stands to this path, which decides."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import glob as globlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loopml.dataset_rules import INT64_LIMIT, SUFFIXES, ColumnRule
 from loopml.errors import DataValidationError
@@ -69,12 +70,23 @@ def row_label(path: Path, index: int) -> str:
     return f"line {index + 2}" if path.suffix.lower() == ".csv" else f"row {index}"
 
 
-def fail(path: Path, column: str, index: int, value: object, problem: str, fix: str) -> DataValidationError:
-    return DataValidationError(
-        f"file {str(path)!r}, column {column!r}, {row_label(path, index)}: {problem} "
-        f"(value {value!r}); {fix}",
-        file=str(path), column=column, row=index, example=value,
-    )
+MAX_SHOWN = 10
+"""Bad values named per file: enough to see a pattern (a shifted column, a unit), not a flood."""
+
+
+def fail(path: Path, column: str, bad: Any, raw: pd.Series, problem: str, fix: str) -> DataValidationError:
+    """The error for every row of ``column`` flagged in ``bad`` (a boolean mask): the first with its
+    line and fix, then up to :data:`MAX_SHOWN` in all with their lines, and how many there are."""
+    import numpy as np
+
+    rows = np.flatnonzero(np.asarray(bad, dtype=bool))
+    index, value = int(rows[0]), raw.iloc[int(rows[0])]
+    message = f"file {str(path)!r}, column {column!r}, {row_label(path, index)}: {problem} (value {value!r}); {fix}"
+    if len(rows) > 1:
+        shown = ", ".join(f"{row_label(path, int(i))} ({raw.iloc[int(i)]!r})" for i in rows[1:MAX_SHOWN])
+        rest = f", and {len(rows) - MAX_SHOWN} more" if len(rows) > MAX_SHOWN else ""
+        message += f". {len(rows)} values of this column fail the same way: also {shown}{rest}"
+    return DataValidationError(message, file=str(path), column=column, row=index, example=value)
 
 
 def coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
@@ -87,24 +99,22 @@ def coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
         values = pd.to_numeric(raw, errors="coerce")
         bad = present & values.isna()
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise fail(path, rule.name, i, raw.iloc[i], f"expected a number ({rule.type})",
+            raise fail(path, rule.name, bad.to_numpy(), raw, f"expected a number ({rule.type})",
                         "fix the value or declare the column as type 'string'")
         finite = values.dropna()
         if not np.isfinite(finite.to_numpy(dtype=float)).all():
-            i = int(np.argmax(~np.isfinite(values.fillna(0).to_numpy(dtype=float))))
-            raise fail(path, rule.name, i, raw.iloc[i], "value is infinite",
+            raise fail(path, rule.name, ~np.isfinite(values.fillna(0).to_numpy(dtype=float)), raw,
+                       "value is infinite",
                         "replace it with a finite number or leave it empty")
         if rule.type == "int":
             frac = values.notna() & (values.fillna(0) % 1 != 0)
             if frac.any():
-                i = int(np.argmax(frac.to_numpy()))
-                raise fail(path, rule.name, i, raw.iloc[i], "expected a whole number",
+                raise fail(path, rule.name, frac.to_numpy(), raw, "expected a whole number",
                             "fix the value or declare the column as type 'float'")
             huge = (values.abs().astype("float64") >= INT64_LIMIT).fillna(False)
             if huge.any():
-                i = int(np.argmax(huge.to_numpy(dtype=bool)))
-                raise fail(path, rule.name, i, raw.iloc[i], "whole number outside the 64-bit integer range",
+                raise fail(path, rule.name, huge.to_numpy(dtype=bool), raw,
+                           "whole number outside the 64-bit integer range",
                             "declare the column as type 'string' (ids, codes) or 'float' (quantities)")
             values = values.astype("Int64")
         else:
@@ -118,23 +128,20 @@ def coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
             values = lowered.map(mapping).astype("boolean")
             bad = present & values.isna()
             if bad.any():
-                i = int(np.argmax(bad.to_numpy()))
-                raise fail(path, rule.name, i, raw.iloc[i], "expected true/false",
+                raise fail(path, rule.name, bad.to_numpy(), raw, "expected true/false",
                             "use true, false, 1, 0, yes or no")
     elif rule.type == "timestamp":
         values = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
         bad = present & values.isna()
         if bad.any():
-            i = int(np.argmax(bad.to_numpy()))
-            raise fail(path, rule.name, i, raw.iloc[i], "expected an ISO 8601 timestamp",
+            raise fail(path, rule.name, bad.to_numpy(), raw, "expected an ISO 8601 timestamp",
                         "write it like 2024-01-31T12:00:00Z")
         values = values.astype("datetime64[us, UTC]")
     else:  # string, category
         values = raw.astype("string")
     nulls = values.isna()
     if not rule.nullable and nulls.any():
-        i = int(np.argmax(nulls.to_numpy()))
-        raise fail(path, rule.name, i, raw.iloc[i], "value is missing but the column is not nullable",
+        raise fail(path, rule.name, nulls.to_numpy(), raw, "value is missing but the column is not nullable",
                     "fill it in or declare nullable = true")
     if rule.min is not None or rule.max is not None:
         numeric = values.astype("float64")  # missing values are never out of bounds
@@ -144,14 +151,12 @@ def coerce(frame: pd.DataFrame, rule: ColumnRule, path: Path) -> pd.Series:
         if rule.max is not None:
             out |= (numeric > rule.max).fillna(False).to_numpy(dtype=bool)
         if out.any():
-            i = int(np.argmax(out))
-            raise fail(path, rule.name, i, raw.iloc[i],
+            raise fail(path, rule.name, out, raw,
                         f"value is outside [{rule.min}, {rule.max}]", "fix the value or widen the bounds")
     if rule.allowed is not None:
         bad = (values.notna() & ~values.isin(rule.allowed)).to_numpy(dtype=bool)
         if bad.any():
-            i = int(np.argmax(bad))
-            raise fail(path, rule.name, i, raw.iloc[i],
+            raise fail(path, rule.name, bad, raw,
                         f"value is not one of {list(rule.allowed)}", "fix the value or extend 'allowed'")
     return values
 
@@ -181,4 +186,17 @@ def validate_file(frame: pd.DataFrame, rules: tuple[ColumnRule, ...], path: Path
         raise DataValidationError(
             f"file {str(path)!r} has column(s) {extra} not in the schema; declare them under "
             "[datasets.<name>.columns] or drop them from the file", file=str(path), column=extra[0])
-    return pd.DataFrame({r.name: coerce(frame, r, path) for r in rules})
+    columns, problems = {}, []
+    for rule in rules:  # every column is checked: one run names every column that needs fixing
+        try:
+            columns[rule.name] = coerce(frame, rule, path)
+        except DataValidationError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        first = problems[0]
+        raise DataValidationError(f"{len(problems)} columns of {str(path)!r} do not fit the schema:\n"
+                                  + "\n".join(f"  - {p}" for p in problems),
+                                  file=first.file, column=first.column, row=first.row, example=first.example)
+    return pd.DataFrame(columns)
