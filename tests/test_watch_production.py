@@ -83,7 +83,7 @@ def test_an_approved_candidate_is_a_canary_first_then_promoted_on_live_traffic(c
     verdict = judged(ws, traffic)
     assert verdict.decision == "promote", verdict.reason
     assert [c.name for c in verdict.checks] == ["canary-traffic", "canary-error-rate", "canary-p99-latency",
-                                                "canary-output-shift"]
+                                                "canary-output-shift", "canary-agreement"]
     move, report = canary.finish(ws2, verdict)
     assert (move.alias, move.from_version, move.to_version) == ("production", before, v2.version)
     assert ws.registry.aliases("churn") == {"production": v2.version}  # canary cleared in the same step

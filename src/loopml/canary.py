@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from loopml import approvals, events, reports
+from loopml.artifacts import Predictor
+from loopml.canary_agreement import MAX_ROWS, agreement
 from loopml.capabilities import LogFlushingServing
 from loopml.config import RolloutConfig
 from loopml.context import shares_state
@@ -124,10 +126,27 @@ def disagreement(task: str, pairs: Sequence[tuple[Any, Any]], production_outputs
     return float(np.mean(np.abs(cand - prod) > 0.1 * iqr))
 
 
+def _paired_answers(records: Sequence[Mapping[str, Any]], candidate: int, shadow: bool,
+                    production_answers: Callable[[list[Mapping[str, Any]]], Sequence[Any]] | None) -> list[tuple]:
+    """(candidate's answer, production's) on the same rows: the mirrored pairs in shadow mode, else
+    the candidate's rows scored again by production (at most MAX_ROWS)."""
+    mine = [r for r in records if r.get("version") == candidate and bool(r.get("shadow")) == shadow
+            and "error" not in r]
+    if shadow:
+        return [(r.get("output"), r.get("primary_output")) for r in mine if "primary_output" in r]
+    rows = [r for r in mine if isinstance(r.get("inputs"), Mapping)][-MAX_ROWS:]
+    if production_answers is None or not rows:
+        return []
+    return list(zip([r.get("output") for r in rows], production_answers([dict(r["inputs"]) for r in rows]),
+                    strict=True))
+
+
 def judge(records: Sequence[Mapping[str, Any]], *, model: str, candidate: int, production: int, task: str,
           policy: RolloutConfig, latency_floor_ms: float, started_at: float, deadline_passed: bool,
-          now: float | None = None) -> CanaryVerdict:
-    """Compare candidate and production on the same window; see the module docstring."""
+          now: float | None = None,
+          production_answers: Callable[[list[Mapping[str, Any]]], Sequence[Any]] | None = None) -> CanaryVerdict:
+    """Compare candidate and production on the same window; see the module docstring.
+    ``production_answers`` scores rows with production (for agreement on the candidate's own rows)."""
     shadow = policy.mode == "shadow"
     prod = arm_stats(records, production, shadow=False)
     cand = arm_stats(records, candidate, shadow=shadow)
@@ -156,6 +175,12 @@ def judge(records: Sequence[Mapping[str, Any]], *, model: str, candidate: int, p
     checks.append(GateCheck("canary-output-shift", shift, policy.max_output_shift, shift <= policy.max_output_shift,
                             f"{'total variation' if task == 'multiclass' else 'KS distance'} {shift:.3f} between "
                             f"the answers of v{candidate} and v{production}"))
+    pairs = _paired_answers(records, candidate, shadow, production_answers)
+    if pairs:
+        agree = agreement(task, [c for c, _ in pairs], [p for _, p in pairs])
+        checks.append(GateCheck("canary-agreement", agree, policy.min_agreement, agree >= policy.min_agreement,
+                                f"{'kappa' if task == 'multiclass' else 'rank correlation'} {agree:.3f} between "
+                                f"v{candidate}'s answers and v{production}'s on the same {len(pairs)} rows"))
     disagree = None
     if shadow:
         pairs = [(r.get("output"), r.get("primary_output")) for r in records
@@ -213,7 +238,7 @@ def active(ws: Workspace, model_name: str) -> ActiveCanary | None:
                         rollout_of(ws, model_name))
 
 
-_KEPT = ("version", "shadow", "error", "latency_ms", "output", "primary_output")
+_KEPT = ("version", "shadow", "error", "latency_ms", "output", "primary_output", "inputs")
 
 
 class CanaryWindow:
@@ -259,10 +284,23 @@ def _judge(ws: Workspace, canary: ActiveCanary, window: CanaryWindow | None, now
     floor = cfg.gates.latency_p99_ms if cfg is not None else 25.0
     if window is None or window.since != canary.started_at:
         window = CanaryWindow(ws, canary.model, canary.started_at)
+    predictor = _production_predictor(ws, canary.model, canary.production)
     return judge(window.read(), model=canary.model, candidate=canary.candidate,
                  production=canary.production, task=task, policy=policy, latency_floor_ms=floor,
                  started_at=canary.started_at,
-                 deadline_passed=now - canary.started_at >= policy.max_wait_minutes * 60, now=now)
+                 deadline_passed=now - canary.started_at >= policy.max_wait_minutes * 60, now=now,
+                 production_answers=lambda rows: predictor.answer(predictor.predict_rows(rows))["predictions"])
+
+
+_PRODUCTION: dict[str, Predictor] = {}  # artifact sha256 -> loaded once per process, for every poll
+
+
+def _production_predictor(ws: Workspace, model: str, version: int) -> Predictor:
+    recorded = ws.registry.get(model, version)
+    if recorded.artifact_sha256 not in _PRODUCTION:
+        _PRODUCTION.clear()
+        _PRODUCTION[recorded.artifact_sha256] = Predictor.from_bytes(ws.store.get(recorded.artifact_key))
+    return _PRODUCTION[recorded.artifact_sha256]
 
 
 def finish(ws: Workspace, verdict: CanaryVerdict) -> tuple[PromotionEvent | None, str]:
