@@ -295,3 +295,21 @@ def test_history_keeps_a_long_reason_readable_and_whole(project: Path, capsys, m
     joined = "".join(line.strip(" │┃") for line in out.splitlines())
     assert path in joined  # wrapped if need be, never cut
     assert len(out.splitlines()) <= (4 if columns == 80 else 12)  # not a 30-line sliver
+
+
+def test_prefect_workers_draining_at_exit_are_not_reported_but_their_failures_are(capsys) -> None:
+    import logging
+
+    main(["--version"])
+    capsys.readouterr()
+    worker = logging.getLogger("EventsWorker")
+    kept = []
+    handler = logging.Handler()
+    handler.emit = kept.append
+    worker.addHandler(handler)
+    try:
+        worker.warning("Still processing items: 1 items remaining...")
+        worker.warning("Failed to send event")
+    finally:
+        worker.removeHandler(handler)
+    assert [r.getMessage() for r in kept] == ["Failed to send event"]

@@ -23,7 +23,7 @@ from loopml.cli import (  # noqa: F401 - registers commands
     runs_cmd,
     serve_cmd,
 )
-from loopml.cli.common import app, debugging, err
+from loopml.cli.common import app, debugging, err, quiet_prefect_drain
 from loopml.errors import LoopmlError
 
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ad hoc flow runs start a temporary Prefect server; its 20 s default start-up budget is too
     # tight for a fresh database on a busy small machine. An explicit setting still wins.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    quiet_prefect_drain()
     try:
         # Without standalone mode, click returns a command's typer.Exit code instead of raising it.
         code = app(args=argv, standalone_mode=False, prog_name="loopml")

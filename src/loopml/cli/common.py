@@ -171,3 +171,20 @@ def tracebacks_only_when_debugging() -> Iterator[None]:
     finally:
         for handler, formatter in wrapped:
             handler.setFormatter(formatter)
+
+
+class _DrainNoise(logging.Filter):
+    """Prefect's event and log workers say "Still processing items: 1 items remaining..." while a
+    command exits and they deliver what is queued: nothing is wrong and nothing is lost, so the
+    user is not told (their failures still are)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def quiet_prefect_drain() -> None:
+    for name in ("EventsWorker", "APILogWorker"):
+        worker_log = logging.getLogger(name)
+        if not any(isinstance(f, _DrainNoise) for f in worker_log.filters):
+            worker_log.addFilter(_DrainNoise())
+
