@@ -113,14 +113,10 @@ def _fast_dumps() -> Callable[[Any], bytes] | None:
 
 def finite(value: Any) -> bool:
     """No NaN or infinity in a float or a (nested) list of them."""
-    return _finite(value)
-
-
-def _finite(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, list):
-        return all(_finite(v) for v in value)
+        return all(finite(v) for v in value)
     return True
 
 
@@ -136,7 +132,7 @@ def encode(records: Iterable[PredictionRecord]) -> bytes:
         return "".join([_LINE(r) + "\n" for r in records]).encode()
     out = bytearray()
     for r in records:
-        if _finite(r.get("output")) and _finite(r.get("probabilities")) and _finite(r.get("primary_output")):
+        if finite(r.get("output")) and finite(r.get("probabilities")) and finite(r.get("primary_output")):
             try:
                 out += dumps(r)
             except TypeError:  # a type orjson refuses (orjson.JSONEncodeError is a TypeError)
