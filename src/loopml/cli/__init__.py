@@ -14,6 +14,7 @@ from rich.text import Text
 from loopml.cli import (  # noqa: F401 - registers commands
     approvals_cmd,
     audit_cmd,
+    ci_cmd,
     data_cmd,
     models_cmd,
     plugins_cmd,

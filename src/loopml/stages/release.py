@@ -34,7 +34,8 @@ def registered_version_of(ws: Workspace, candidate: Candidate) -> ModelVersion |
 
 
 def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport,
-                         report_key: str, baseline_version: int | None) -> tuple[ModelVersion, PromotionEvent | None]:
+                         report_key: str, baseline_version: int | None,
+                         promote: bool = True) -> tuple[ModelVersion, PromotionEvent | None]:
     """Register the candidate (approved or rejected); move production only if every gate passed.
 
     The move is a compare-and-set against the production version the candidate was validated
@@ -77,25 +78,36 @@ def register_and_promote(ws: Workspace, candidate: Candidate, report: GateReport
     if not report.passed:
         events.announce(ws, events.make_event(ws, events.REJECTED, model.name, model.version, reason, gates))
         return model, None
+    if not promote:  # judged and recorded (a pull request's gate): promotion is another step
+        return model, None
+    return model, release(ws, model, reason, report_sha, gates, baseline_version)
+
+
+def release(ws: Workspace, model: ModelVersion, reason: str, report_sha: str | None, gates: dict[str, Any],
+            baseline_version: int | None) -> PromotionEvent | None:
+    """Move an approved version toward production as the rollout says: straight (compare-and-set
+    against the production it was judged against) or as a canary; stops at "awaiting approval"
+    under an approval policy. None when nothing moved."""
+    cfg = pipeline_config(ws)
     policy = cfg.rollout
     if baseline_version is not None and policy.mode != "direct":
         current = production_model(ws, cfg.model_name)
         if current is None or current.version != baseline_version:
             log.warning("not starting a canary of %s: production moved from v%s to %s since validation",
                         model.ref, baseline_version, current.ref if current else "nothing")
-            return model, None
-        return model, canary.start(ws, model, reason=f"{reason}; {policy.mode} before production moves")
+            return None
+        return canary.start(ws, model, reason=f"{reason}; {policy.mode} before production moves")
     try:
         event = ws.registry.set_alias(cfg.model_name, PRODUCTION, model.version, expected=baseline_version,
                                       actor=current_actor(), reason=reason, evidence_sha256=report_sha)
     except StaleAliasError as exc:
         log.warning("not promoting %s: %s", model.ref, exc)
-        return model, None
+        return None
     except ApprovalRequiredError:  # the policy governs production: the loop stops at "awaiting approval"
         approvals.request(ws, model, PRODUCTION, expected=baseline_version, reason=reason)
-        return model, None
+        return None
     events.announce_move(ws, event, gates)
-    return model, event
+    return event
 
 
 def _gate_payload(report: GateReport, report_key: str) -> dict[str, Any]:
