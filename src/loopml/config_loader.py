@@ -33,7 +33,11 @@ def find_config_file(start: Path | None = None) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"LOOPML_CONFIG points at {env!r}, which is not a file")
         return path
-    here = (start or Path.cwd()).resolve()
+    try:
+        here = (start or Path.cwd()).resolve()
+    except FileNotFoundError:  # the folder the shell stands in was deleted (a re-created project)
+        raise ConfigError("the current folder no longer exists (was it deleted and made again?): `cd` into the "
+                          "project again, or pass --config PATH") from None
     for folder in (here, *here.parents):
         candidate = folder / CONFIG_FILE
         if candidate.is_file():
