@@ -246,7 +246,8 @@ def test_every_json_option_prints_one_parseable_document_even_with_long_values(
                  "validate": "test_rerun_rejected.py", "models request-promotion": "test_approvals.py",
                  "models approve": "test_approvals.py", "models reject": "test_approvals.py",
                  "models requests": "test_approvals.py", "reports list": "test_reports_command.py",
-                 "reports show": "test_reports_command.py", "ci": "test_ci_command.py"}
+                 "reports show": "test_reports_command.py", "ci": "test_ci_command.py",
+                 "render k8s": "test_gitops.py"}
     assert _json_commands() == set(commands) | set(elsewhere)  # a new --json command needs a line here
     for name, args in commands.items():
         code, out, err = run(capsys, *args, "--json")

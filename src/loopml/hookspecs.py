@@ -14,17 +14,14 @@ Two shapes of hooks:
   through pluggy, so ``@hookimpl(wrapper=True)`` implementations run around the others.
 
 Every lifecycle hook (and ``loopml_before_promotion``) also gets ``context``, a
-:class:`loopml.records.HookContext` with the project's name, profile, root, home and validated
-config; it is None only for ``loopml_on_error`` when the configuration itself failed to load. An
-implementation takes only the arguments it names, so older plugins without ``context`` still work.
+:class:`loopml.records.HookContext` with the project's name, profile, root, home, validated config
+and the plugins' settings; it is None only for ``loopml_on_error`` when the configuration failed to
+load. An implementation takes only the arguments it names (older plugins without ``context`` work).
 
 Implement hooks with ``loopml.hookimpl``::
 
-    from loopml.plugins import hookimpl
-
-    @hookimpl
-    def loopml_after_promotion(event):
-        notify_team(f"{event.name} v{event.to_version} is now {event.alias}")
+    @hookimpl  # from loopml.plugins import hookimpl
+    def loopml_after_promotion(event): notify_team(f"{event.name} v{event.to_version} is now {event.alias}")
 
 A misspelled hook name (``loopml_after_promoton``) is rejected when the plugin loads.
 """
@@ -70,8 +67,7 @@ def loopml_artifact_stores() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_artifact_stores():
-            return [BackendSpec("gcs", make_gcs_store, GcsOptions, uri_schemes=("gs",))]
+        def loopml_artifact_stores(): return [BackendSpec("gcs", make_gcs_store, GcsOptions, uri_schemes=("gs",))]
     """
 
 
@@ -86,8 +82,7 @@ def loopml_trackers() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_trackers():
-            return [BackendSpec("neptune", make_neptune_tracker, NeptuneOptions)]
+        def loopml_trackers(): return [BackendSpec("neptune", make_neptune_tracker, NeptuneOptions)]
     """
 
 
@@ -103,8 +98,7 @@ def loopml_registries() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_registries():
-            return [BackendSpec("postgres", make_pg_registry, PgOptions)]
+        def loopml_registries(): return [BackendSpec("postgres", make_pg_registry, PgOptions)]
     """
 
 
@@ -120,8 +114,7 @@ def loopml_feature_stores() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_feature_stores():
-            return [BackendSpec("feast", make_feast_store, FeastOptions)]
+        def loopml_feature_stores(): return [BackendSpec("feast", make_feast_store, FeastOptions)]
     """
 
 
@@ -136,8 +129,7 @@ def loopml_serving_backends() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_serving_backends():
-            return [BackendSpec("torchserve", make_torchserve, TorchServeOptions)]
+        def loopml_serving_backends(): return [BackendSpec("torchserve", make_torchserve, TorchServeOptions)]
     """
 
 
@@ -152,8 +144,7 @@ def loopml_monitors() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_monitors():
-            return [BackendSpec("prometheus", make_prom_monitor, PromOptions)]
+        def loopml_monitors(): return [BackendSpec("prometheus", make_prom_monitor, PromOptions)]
     """
 
 
@@ -169,8 +160,7 @@ def loopml_trainers() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_trainers():
-            return [BackendSpec("gbdt", make_gbdt_trainer, GbdtOptions)]
+        def loopml_trainers(): return [BackendSpec("gbdt", make_gbdt_trainer, GbdtOptions)]
     """
 
 
@@ -189,8 +179,7 @@ def loopml_gate_checks() -> list[BackendSpec]:
     Example::
 
         @hookimpl
-        def loopml_gate_checks():
-            return [BackendSpec("min-slice-auc", make_min_slice_check, MinSliceOptions)]
+        def loopml_gate_checks(): return [BackendSpec("min-slice-auc", make_min_slice_check, MinSliceOptions)]
     """
 
 
@@ -203,23 +192,16 @@ def loopml_gate_checks() -> list[BackendSpec]:
 def loopml_settings_model() -> type:
     """Declare this plugin's settings: the pydantic model of its ``[plugins.<name>]`` table.
 
-    When: once per workspace, when ``loopml.toml`` is opened (before any work starts).
-    Args: none.
-    Returns: a pydantic ``BaseModel`` class; give it ``extra="forbid"`` so a misspelled key is an
-    error. The validated settings reach the plugin's hooks as ``context.settings["<name>"]``, where
-    ``<name>`` is the plugin's name (its entry point, or its module for a project plugin).
+    When: once per workspace, when ``loopml.toml`` is opened (before any work starts). Args: none.
+    Returns: a pydantic ``BaseModel`` class (``extra="forbid"``: a misspelled key is an error); hooks
+    get the settings as ``context.settings["<name>"]`` (entry-point name, or a project plugin's module).
     Call semantics: every implementation is called; each model belongs to the plugin that returned it.
     Failure policy: a table that does not fit the model, a table for a plugin that declares no
     settings, or an implementation that raises stops the workspace from opening, naming the key.
     Example::
 
-        class FreezeSettings(BaseModel):
-            model_config = ConfigDict(extra="forbid")
-            until: str | None = None
-
         @hookimpl
-        def loopml_settings_model():
-            return FreezeSettings
+        def loopml_settings_model(): return FreezeSettings  # a pydantic model, extra="forbid"
     """
 
 
@@ -281,8 +263,7 @@ def loopml_after_model_trained(run: RunInfo, artifact_key: str, metrics: dict[st
     Example::
 
         @hookimpl
-        def loopml_after_model_trained(run, artifact_key, metrics):
-            log.info("run %s trained: %s", run.run_id, metrics)
+        def loopml_after_model_trained(run, artifact_key, metrics): log.info("run %s trained: %s", run.run_id, metrics)
     """
 
 
@@ -300,8 +281,7 @@ def loopml_after_validation(report: GateReport, context: HookContext | None) -> 
     Example::
 
         @hookimpl
-        def loopml_after_validation(report):
-            if not report.passed: chat.post(report.failed_checks[0].reason)
+        def loopml_after_validation(report): if not report.passed: chat.post(report.failed_checks[0].reason)
     """
 
 
@@ -317,8 +297,7 @@ def loopml_after_model_registered(model: ModelVersion, context: HookContext | No
     Example::
 
         @hookimpl
-        def loopml_after_model_registered(model):
-            audit.write(model.ref, model.dataset_version, model.git_commit)
+        def loopml_after_model_registered(model): audit.write(model.ref, model.dataset_version, model.git_commit)
     """
 
 
@@ -337,8 +316,7 @@ def loopml_after_promotion(event: PromotionEvent, context: HookContext | None) -
     Example::
 
         @hookimpl
-        def loopml_after_promotion(event):
-            grafana.annotate(f"{event.name} {event.action} to v{event.to_version}")
+        def loopml_after_promotion(event): grafana.annotate(f"{event.name} {event.action} to v{event.to_version}")
     """
 
 
@@ -355,8 +333,7 @@ def loopml_on_drift(report: DriftReport, context: HookContext | None) -> None:
     Example::
 
         @hookimpl
-        def loopml_on_drift(report):
-            pager.alert(f"drift on {', '.join(report.drifted_features)}")
+        def loopml_on_drift(report): pager.alert(f"drift on {', '.join(report.drifted_features)}")
     """
 
 
@@ -378,8 +355,7 @@ def loopml_on_event(event: LoopEvent, context: HookContext | None) -> None:
     Example::
 
         @hookimpl
-        def loopml_on_event(event):
-            if event.kind == "loopml.model.rolled-back":
+        def loopml_on_event(event): if event.kind == "loopml.model.rolled-back":
                 pager.alert(f"{event.project}/{event.model}: {event.reason}")
     """
 
@@ -396,8 +372,7 @@ def loopml_on_error(stage: str, error: BaseException, context: HookContext | Non
     Example::
 
         @hookimpl
-        def loopml_on_error(stage, error):
-            sentry_sdk.capture_exception(error)
+        def loopml_on_error(stage, error): sentry_sdk.capture_exception(error)
     """
 
 

@@ -20,6 +20,7 @@ from loopml.cli import (  # noqa: F401 - registers commands
     plugins_cmd,
     project_cmd,
     registry_cmd,
+    render_cmd,
     reports_cmd,
     runs_cmd,
     serve_cmd,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import webbrowser
 from typing import Annotated
 
 import typer
@@ -73,8 +74,6 @@ def reports_show(ref: RefArg, kind: KindOpt = None, config: ConfigOpt = None, pr
 @reports_app.command("open")
 def reports_open(ref: RefArg, kind: KindOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None) -> None:
     """Fetch a report and open it in the browser (prints its path where there is none)."""
-    import webbrowser
-
     _report, path, _url = _fetched(ref, kind, config, profile)
     opened = webbrowser.open(path.as_uri())  # type: ignore[attr-defined]
     out.print(f"{'opened' if opened else 'no browser here; open'} {path}", soft_wrap=True, highlight=False)

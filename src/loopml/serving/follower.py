@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -55,6 +56,8 @@ class RegistryFollower:
     swaps: list[tuple[float, dict[int, float]]] = field(default_factory=list)
     files: dict[int, str] = field(default_factory=dict)  # version -> the local artifact file it was loaded from
     failures: int = 0  # registry reads that failed in a row
+    pinned: int | None = None  # GitOps: serve this version only, whatever the aliases say
+    pinned_sha256: str | None = None  # ... and only if its artifact has this sha256
 
     @property
     def known_good_file(self) -> Path:
@@ -63,6 +66,8 @@ class RegistryFollower:
     def desired(self) -> tuple[dict[int, float], int | None]:
         """(traffic weights, shadow version) the aliases and the canary's recorded rollout call for
         (:func:`~loopml.serving.reconcile.routing_for`)."""
+        if self.pinned is not None:
+            return {self.pinned: 1.0}, None
         rollout: Rollout | None = rollout_of(self.ws, self.model)
         if self.canary_weight is not None and rollout is not None and rollout.mode == "canary":
             rollout = Rollout("canary", self.canary_weight) if self.canary_weight > 0 else None
@@ -177,7 +182,12 @@ class _CoreTarget:
     def load(self, version: int) -> None:
         model = self.follower.ws.registry.get(self.follower.model, version)
         path = artifact_file(self.follower.ws, model)
-        self.core.add_version(version, Predictor.from_bytes(path.read_bytes()))
+        data = path.read_bytes()
+        pin = self.follower.pinned_sha256
+        if pin is not None and hashlib.sha256(data).hexdigest() != pin:
+            raise ConfigError(f"refusing to serve {model.ref}: its artifact's sha256 is "
+                              f"{hashlib.sha256(data).hexdigest()}, the deployment pins {pin}")
+        self.core.add_version(version, Predictor.from_bytes(data))
         self.follower.files[version] = str(path)
 
     def route(self, weights: Mapping[int, float], shadow: int | None) -> None:
@@ -189,12 +199,18 @@ class _CoreTarget:
         self.follower.files.pop(version, None)
 
 
-def parse_target(target: str) -> tuple[str, str]:
-    """``churn@production`` -> ("churn", "production"); a bare name follows ``production``."""
+def parse_target(target: str) -> tuple[str, str, int | None]:
+    """``churn@production`` -> ("churn", "production", None); a bare name follows ``production``;
+    ``churn:3`` pins version 3 (alias "v3", nothing followed)."""
+    if ":" in target and "@" not in target:
+        name, _, raw = target.partition(":")
+        if not name or not raw.lstrip("v").isdigit():
+            raise ConfigError(f"{target!r}: pin a version as NAME:VERSION, e.g. churn:3")
+        return name, f"v{int(raw.lstrip('v'))}", int(raw.lstrip("v"))
     name, _, alias = target.partition("@")
     if not name:
         raise ConfigError(f"{target!r}: give a model as NAME@ALIAS, e.g. churn@production")
-    return name, alias or "production"
+    return name, alias or "production", None
 
 
 DEFAULT_PORT = 8080
@@ -203,13 +219,15 @@ DEFAULT_PORT = 8080
 def build_service(ws: Workspace, target: str, *, host: str | None = None, port: int | None = None,
                   token: str | None = None, canary_weight: float | None = None,
                   poll_seconds: float | None = None, insecure: bool = False,
-                  wait: bool = False) -> tuple[Any, RegistryFollower, Any]:
+                  wait: bool = False, sha256: str | None = None) -> tuple[Any, RegistryFollower, Any]:
     """(uvicorn server, follower, bound socket) for ``target``, defaults from ``[serving.options]``.
 
     A model or alias that does not exist is an error (``wait``: start anyway, serve the first
     version that gets the alias), as are an empty token and a non-loopback bind without a token
     (unless ``insecure``)."""
-    name, alias = parse_target(target)
+    name, alias, pinned = parse_target(target)
+    if sha256 is not None and pinned is None:
+        raise ConfigError("--sha256 pins an artifact: serve a version (NAME:VERSION), not an alias")
     options = ws.selected["serving"].options  # type: ignore[union-attr]
     if not isinstance(options, BuiltinServingOptions):
         options = BuiltinServingOptions()
@@ -225,7 +243,8 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
                                  segment_seconds=options.segment_seconds())
     entity, outage = None, None
     try:
-        entity = ws.registry.get(name, alias=alias).lineage.get("entity")
+        entity = (ws.registry.get(name, pinned) if pinned is not None else
+                  ws.registry.get(name, alias=alias)).lineage.get("entity")
     except RegistryUnavailableError as exc:  # serve what this machine served last, or wait a while
         outage = exc
         entity = read_known_good(known_good_file(ws, name, alias)).get("entity")
@@ -248,7 +267,8 @@ def build_service(ws: Workspace, target: str, *, host: str | None = None, port: 
         raise ConfigError(f"canary weight {canary_weight}: give a share from 0 (no canary traffic) up to, "
                           "not including, 1")
     follower = RegistryFollower(ws, core, name, alias, canary_weight=canary_weight,
-                                poll_seconds=options.poll_seconds if poll_seconds is None else poll_seconds)
+                                poll_seconds=options.poll_seconds if poll_seconds is None else poll_seconds,
+                                pinned=pinned, pinned_sha256=sha256.lower() if sha256 else None)
     if outage is None:
         follower.sync()  # load before accepting: the first request already finds the model
     elif not follower.serve_known_good():
