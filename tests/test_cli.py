@@ -247,7 +247,7 @@ def test_every_json_option_prints_one_parseable_document_even_with_long_values(
                  "models approve": "test_approvals.py", "models reject": "test_approvals.py",
                  "models requests": "test_approvals.py", "reports list": "test_reports_command.py",
                  "reports show": "test_reports_command.py", "ci": "test_ci_command.py",
-                 "render k8s": "test_gitops.py"}
+                 "render k8s": "test_gitops.py", "models copy": "test_environment_copy.py"}
     assert _json_commands() == set(commands) | set(elsewhere)  # a new --json command needs a line here
     for name, args in commands.items():
         code, out, err = run(capsys, *args, "--json")

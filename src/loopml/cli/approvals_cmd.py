@@ -99,3 +99,47 @@ def models_requests(name: Annotated[str | None, typer.Argument()] = None,
                       f"{len(r.approvals)}/{r.required}" + (f" ({', '.join(r.approvals)})" if r.approvals else ""),
                       r.requested_by, r.reason)
     out.print(table if found else "no " + ("" if all_states else "pending ") + "promotion requests")
+
+
+@models_app.command("copy")
+def models_copy(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION in this environment (--profile).")],
+    to: Annotated[str, typer.Option("--to", help="The target environment: a profile of this loopml.toml.")],
+    to_config: Annotated[str | None, typer.Option(help="The target's loopml.toml, if not this one.")] = None,
+    promote: Annotated[bool, typer.Option("--promote", help="Release the copy in the target when its gates "
+                                          "pass (its rollout and approval policy apply).")] = False,
+    config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Copy a version (artifact, its datasets, gate report, lineage) into another environment's registry
+    and store, verified by sha256; the target judges it with its own gates. Idempotent."""
+    import hashlib
+
+    from loopml.cli.models_cmd import _parse_model_ref
+    from loopml.environment_copy import copy_version
+    from loopml.stages.release import release
+
+    name, version, _ = _parse_model_ref(ref)
+    if version is None:
+        raise LoopmlError(f"say which version to copy, e.g. {name}:3")
+    source = workspace(config, profile)
+    target = workspace(to_config or config, to)
+    label = f"profile {profile}" if profile else str(source.config.source_file or "default")
+    done = copy_version(source, target, name, version, source_label=label)
+    move = None
+    if promote and done.target.status == "approved":
+        production = target.registry.aliases(name).get("production")
+        if production != done.target.version:
+            key = done.report_key or done.target.lineage.get("validation_report")
+            sha = hashlib.sha256(target.store.get(key)).hexdigest() if key else None
+            move = release(target, done.target, f"copied from {label} and approved by this environment's gates",
+                           sha, {"report": key}, production)
+    if as_json:
+        print_json({"source": done.source.ref, "target": done.target.ref, "created": done.created,
+                    "status": done.target.status, "report": done.report_key, "move": move})
+        return
+    verdict = ("already held there" if not done.created else
+               f"judged there: {done.target.status}" + ("" if done.report is None or done.report.passed else
+                                                        " (" + ", ".join(c.name for c in done.report.failed_checks)
+                                                        + ")"))
+    out.print(f"{done.source.ref} -> {to}: {done.target.ref}, {verdict}"
+              + (f"; {move.alias} -> v{move.to_version}" if move else ""), soft_wrap=True, highlight=False)

@@ -64,7 +64,7 @@ def rejudge(ws: Workspace, name: str, version: int) -> Rejudgement:
     report = evaluation.report
     status = "approved" if report.passed else "rejected"
     after = model
-    if status != model.status and model.status in ("approved", "rejected"):
+    if status != model.status and model.status in ("approved", "rejected", "candidate"):
         verdict = "all gates passed" if report.passed else "failed " + ", ".join(c.name for c in report.failed_checks)
         reason = f"re-judged against today's gates: {verdict} (report {key})"
         after = ws.registry.set_status(name, version, status, actor=current_actor(), reason=reason)
