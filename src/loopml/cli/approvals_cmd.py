@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 import typer
@@ -112,8 +113,6 @@ def models_copy(
 ) -> None:
     """Copy a version (artifact, its datasets, gate report, lineage) into another environment's registry
     and store, verified by sha256; the target judges it with its own gates. Idempotent."""
-    import hashlib
-
     from loopml.cli.models_cmd import _parse_model_ref
     from loopml.environment_copy import copy_version
     from loopml.stages.release import release
