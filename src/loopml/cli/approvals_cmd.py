@@ -104,7 +104,7 @@ def models_requests(name: Annotated[str | None, typer.Argument()] = None,
 
 @models_app.command("copy")
 def models_copy(
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION in this environment (--profile).")],
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION or NAME@ALIAS in this environment (--profile).")],
     to: Annotated[str, typer.Option("--to", help="The target environment: a profile of this loopml.toml.")],
     to_config: Annotated[str | None, typer.Option(help="The target's loopml.toml, if not this one.")] = None,
     promote: Annotated[bool, typer.Option("--promote", help="Release the copy in the target when its gates "
@@ -117,10 +117,12 @@ def models_copy(
     from loopml.environment_copy import copy_version
     from loopml.stages.release import release
 
-    name, version, _ = _parse_model_ref(ref)
-    if version is None:
-        raise LoopmlError(f"say which version to copy, e.g. {name}:3")
+    name, version, alias = _parse_model_ref(ref)
     source = workspace(config, profile)
+    if version is None and alias is not None:
+        version = source.registry.get(name, alias=alias).version
+    if version is None:
+        raise LoopmlError(f"say which version to copy, e.g. {name}:3 or {name}@production")
     target = workspace(to_config or config, to)
     label = f"profile {profile}" if profile else str(source.config.source_file or "default")
     done = copy_version(source, target, name, version, source_label=label)
