@@ -1,6 +1,6 @@
 """The canary catches a candidate that answers the right mix to the wrong rows: constant, shuffled
 and inverted models are rolled back on every task, a retrained one is promoted, each with a wide
-margin around ``min_agreement`` (0.5). Real models score the rows; only the bad candidates' answers
+margin around ``min_agreement`` (0.25). Real models score the rows; only the bad candidates' answers
 are made up, as a broken model would make them."""
 
 from __future__ import annotations
@@ -74,6 +74,6 @@ def test_constant_shuffled_and_inverted_candidates_fail_agreement_and_a_retraine
                         production_answers=lambda rs: answers(production, rs))
         check = next(c for c in verdict.checks if c.name == "canary-agreement")
         found[kind] = (verdict.decision, round(check.value, 3))
-    assert found["retrained"][0] == "promote" and found["retrained"][1] >= 0.75, found
+    assert found["retrained"][0] == "promote" and found["retrained"][1] >= 0.75, found  # 0.25 is the limit
     for kind in ("constant", "shuffled", "inverted"):
-        assert found[kind][0] == "rollback" and found[kind][1] <= 0.25, found
+        assert found[kind][0] == "rollback" and found[kind][1] <= 0.1, found

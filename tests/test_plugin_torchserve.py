@@ -56,7 +56,7 @@ class TestTorchServe(ServingBackendSuite):
         assert status == 400 and "token" in json.dumps(body).lower()  # TorchServe answers 400 without a token
         status, body = post_json(endpoint, {"rows": [self.GOOD]}, token=token)
         assert status == 200 and body["version"] == 1
-        status, body = post_json(endpoint, {"rows": [{**self.GOOD, "region": 5}]}, token=token)
+        status, body = post_json(endpoint, {"rows": [{**self.GOOD, "region": [5]}]}, token=token)
         assert status == 422 and "rows[0].region" in json.dumps(body)
         request = urllib.request.Request(endpoint, data=b"{oops", headers={"Content-Type": "application/json",
                                                                             "Authorization": f"Bearer {token}"})

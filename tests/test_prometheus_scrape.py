@@ -62,7 +62,7 @@ def test_prometheus_scrapes_requests_errors_latency_and_predictions(tmp_path: Pa
         wait_http(base + "/-/ready", timeout=60, log=tmp_path / "prometheus.log")
         for _ in range(20):
             assert post_json(server.url + "/predict", {"rows": [GOOD, GOOD]}, token=token)[0] == 200
-        assert post_json(server.url + "/predict", {"rows": [{**GOOD, "region": 5}]}, token=token)[0] == 422
+        assert post_json(server.url + "/predict", {"rows": [{**GOOD, "region": [5]}]}, token=token)[0] == 422
         with pytest.raises(urllib.error.HTTPError, match="401"):  # /metrics is not open without the token
             urllib.request.urlopen(server.url + "/metrics", timeout=10)
         deadline = time.monotonic() + 90

@@ -187,7 +187,7 @@ def test_metrics_count_requests_errors_and_predictions(served) -> None:
 
     url, _, _ = served
     assert post_json(url + "/predict", {"rows": [GOOD, GOOD]})[0] == 200
-    assert post_json(url + "/predict", {"rows": [{**GOOD, "contract": 3}]})[0] == 422
+    assert post_json(url + "/predict", {"rows": [{**GOOD, "contract": [3]}]})[0] == 422
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
     assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="422",version=""\} [1-9]', text)
     assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="200",version="\d+"\} [1-9]', text)
