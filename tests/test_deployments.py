@@ -154,6 +154,8 @@ def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
     assert {"loopml", "project:churn-example", "model:churn", "version:v1"} <= set(view["runs"]["pipeline-churn-v1"])
     assert any(name.startswith("train-churn-") for name in view["runs"])
     assert "register-churn-v1" in view["runs"]
+    [features] = [name for name in view["runs"] if name.startswith("features-activity-")]  # named, tagged too
+    assert "project:churn-example" in view["runs"][features]
     assert "](file://" in view["artifacts"]["churn-validation-report"]["data"]  # Prefect's link artifact
     assert "[validation report](file://" in view["artifacts"]["churn-validation"]["data"]
     assert view["artifacts"]["churn-training"]["type"] == "progress"

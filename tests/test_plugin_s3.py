@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import platform
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,9 @@ def test_objects_carry_a_content_type_so_browsers_and_tools_open_them(endpoint: 
     s3 = client(endpoint)
     cases = {"reports/churn/validation.html": "text/html; charset=utf-8", "datasets/labels/a.parquet":
              "application/vnd.apache.parquet", "models/churn/abc/train.json": "application/json",
-             "models/churn/abc/model.pt2": "application/zip", "misc/blob": "application/octet-stream"}
+             "models/churn/abc/model.pt2": "application/zip", "misc/blob": "application/octet-stream",
+             "exports/models/churn/1/MLmodel": "application/yaml", "exports/models/churn/1/python_env.yaml":
+             "application/yaml"}
     for i, (key, expected) in enumerate(cases.items()):
         info = store.put(key, f"content {i}".encode())
         head = s3.head_object(Bucket="content-types", Key=f"loopml/objects/{info.sha256[:2]}/{info.sha256}")
@@ -137,7 +140,7 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
     s3 = client(endpoint)
     listed = s3.list_objects_v2(Bucket="exports", Prefix="loopml/exports/models/churn/1/")["Contents"]
     names = {o["Key"].rsplit("/", 1)[1] for o in listed}
-    assert names == {"model.pt2", "MLmodel", "requirements.txt", "loopml.json", "model_card.md",
+    assert names == {"model.pt2", "MLmodel", "requirements.txt", "python_env.yaml", "loopml.json", "model_card.md",
                      "validation_report.html"}
     head = s3.head_object(Bucket="exports", Key="loopml/exports/models/churn/1/validation_report.html")
     assert head["ContentType"].startswith("text/html")
@@ -148,6 +151,12 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
     rows = drift_reference(ws, model).drop(columns=["model_output"], errors="ignore").head(20)
     expected = Predictor.from_bytes(ws.store.get(model.artifact_key)).predict_frame(pd.DataFrame(rows)).reshape(-1)
     got = mlflow.pyfunc.load_model(str(folder)).predict(rows)
+    from mlflow.utils.environment import _PythonEnv  # MLflow's own reader of the file it builds from
+
+    env = _PythonEnv.from_yaml(str(folder / "python_env.yaml"))
+    assert env.python == platform.python_version() and env.dependencies == ["-r requirements.txt"]
+    pins = (folder / "requirements.txt").read_text().split()
+    assert f"torch=={torch_version()}" in pins and all("==" in p for p in pins)  # what was validated, pinned
     assert list(got) == pytest.approx(list(expected), abs=1e-6)
 
 
@@ -289,3 +298,10 @@ def test_two_readers_of_a_quarantined_blob_both_read_it(endpoint: str) -> None:
 
     second.s3.restore = restored_first_by_the_other_reader
     assert second.get("k") == b"named bytes"
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+", 1)[0]
+

@@ -29,7 +29,7 @@ from loopml.errors import (
     ObjectExistsError,
     ObjectNotFoundError,
 )
-from loopml.keys import validate_key
+from loopml.keys import content_type, validate_key
 from loopml.records import ColumnSchema, DatasetVersion
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class DatasetCatalog:
             if self.store.exists(base + "manifest.json"):
                 remember()
                 return self._read_manifest(name, version_id), False
-            self.store.put(base + "data.parquet", out, metadata={"content-type": "application/parquet"})
+            self.store.put(base + "data.parquet", out, metadata={"content-type": content_type("data.parquet")})
             version = DatasetVersion(
                 name=name, id=version_id, row_count=sum(counts),
                 columns=tuple(ColumnSchema(r.name, r.type, r.nullable) for r in rules),

@@ -17,6 +17,7 @@ The export is written by the store's optional ``export`` verb; a store without i
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import platform
 from datetime import UTC, datetime
@@ -49,7 +50,8 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
         "artifact_path": export_path(model),
         "flavors": {
             "python_function": {"loader_module": "loopml_mlflow.pyfunc", "data": ARTIFACT_FILE,
-                                "python_version": platform.python_version(), "env": {"virtualenv": None}},
+                                "python_version": platform.python_version(),
+                                "env": {"virtualenv": "python_env.yaml"}},
             "loopml": {"artifact": ARTIFACT_FILE, "format": signature.format, "task": signature.task,
                        "loopml_version": __version__},
         },
@@ -58,8 +60,34 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
         "signature": {"inputs": json.dumps(inputs), "outputs": json.dumps(output), "params": None},
         "metadata": {"loopml_ref": model.ref, "loopml_sha256": model.artifact_sha256},
     }
-    body["flavors"]["python_function"].pop("env")
     return yaml.safe_dump(body, sort_keys=False)
+
+
+def _installed(distribution: str) -> str | None:
+    """The installed version of ``distribution`` without a local build tag (``2.13.0+cpu`` is
+    ``2.13.0`` on an index), or None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution).split("+", 1)[0]
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def requirements_txt() -> str:
+    """What the export needs, pinned to the versions it was validated with on this machine."""
+    pins = [f"loopml=={__version__}"]
+    for name in ("torch", "numpy", "pandas", "pyarrow", "mlflow"):
+        version = _installed(name)
+        if version is not None:
+            pins.append(f"{name}=={version}")
+    return "\n".join(pins) + "\n"
+
+
+def python_env_yaml() -> str:
+    """MLflow's ``python_env.yaml``: the Python it was validated on, and the pinned requirements
+    (``mlflow models serve --env-manager virtualenv`` builds from it)."""
+    build = [f"{name}=={v}" if (v := _installed(name)) else name for name in ("pip", "setuptools", "wheel")]
+    return (f"python: {platform.python_version()}\nbuild_dependencies:\n"
+            + "".join(f"  - {b}\n" for b in build) + "dependencies:\n  - -r requirements.txt\n")
 
 
 def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None = None) -> str | None:
@@ -74,7 +102,8 @@ def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None =
     files: dict[str, bytes] = {
         ARTIFACT_FILE: artifact,
         "MLmodel": mlmodel_yaml(model, signature).encode(),
-        "requirements.txt": f"loopml>={__version__}\ntorch\npandas\nmlflow\n".encode(),
+        "requirements.txt": requirements_txt().encode(),
+        "python_env.yaml": python_env_yaml().encode(),
         "loopml.json": json.dumps({"ref": model.ref, "status": model.status, "sha256": model.artifact_sha256,
                                    "run_id": model.run_id, "dataset_version": model.dataset_version,
                                    "git_commit": model.git_commit, "lineage": model.lineage},

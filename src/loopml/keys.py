@@ -58,7 +58,9 @@ def prefect_artifact_key(name: str) -> str:
 
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json", ".jsonl": "application/x-ndjson",
                   ".md": "text/markdown; charset=utf-8", ".parquet": "application/vnd.apache.parquet",
-                  ".csv": "text/csv", ".png": "image/png", ".pt2": "application/zip", ".txt": "text/plain"}
+                  ".csv": "text/csv", ".png": "image/png", ".pt2": "application/zip", ".txt": "text/plain",
+                  ".yaml": "application/yaml", ".yml": "application/yaml"}
+_BY_NAME = {"MLmodel": "application/yaml"}  # MLflow's model file has no extension: it is YAML
 
 
 def content_type(key: str, metadata: dict[str, str] | None = None) -> str:
@@ -68,5 +70,7 @@ def content_type(key: str, metadata: dict[str, str] | None = None) -> str:
     if given:
         return given
     name = key.rsplit("/", 1)[-1]
+    if name in _BY_NAME:
+        return _BY_NAME[name]
     suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return _CONTENT_TYPES.get(suffix, "application/octet-stream")
