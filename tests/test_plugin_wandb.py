@@ -75,6 +75,8 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
     kinds = {a["type"]: a for a in content["artifact_records"]}
     assert set(kinds) == {"model", "model-card", "report"}
     assert kinds["model"]["name"] == "churn-model" and kinds["model"]["files"] == ["model.pt2"]
+    assert kinds["report"]["name"] == "churn-validation_report.html"  # a collection per model, not per file
+    assert kinds["model-card"]["name"] == "churn-model_card.md" and kinds["model-card"]["files"] == ["model_card.md"]
     assert "loopml.registry_version=churn:v1" in content["tags"]
     assert all(len(tag) <= 64 for tag in content["tags"])
     assert "loopml.fingerprint" in content["config"]["loopml_tags"]  # too long for a tag: in the config

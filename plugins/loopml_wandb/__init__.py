@@ -143,9 +143,11 @@ class WandbTracker:
         logged = self._artifacts.setdefault(run_id, {})
         if logged.get(target) == digest:
             return
-        artifact = wandb.Artifact(_artifact_name(target), type=_artifact_type(target))
+        run = self._run(run_id)
+        model = run.config.get("loopml_experiment")  # one collection per model, not one for every model
+        artifact = wandb.Artifact(_artifact_name(f"{model}-{target}" if model else target), type=_artifact_type(target))
         artifact.add_file(str(path), name=target)
-        self._run(run_id).log_artifact(artifact)
+        run.log_artifact(artifact)
         logged[target] = digest
 
     def log_model(self, run_id: str, path: Path, name: str | None = None) -> None:
