@@ -45,11 +45,11 @@ def _allowed(kind: str) -> bool:
     return bool(marks & ({kind, "slow"} | IMPLIES.get(kind, set())))
 
 
-def _unmarked(kind: str) -> None:
+def _unmarked(kind: str, what: str = "") -> None:
     if not _allowed(kind):
         item = _current[-1]
-        pytest.fail(f"{item.nodeid} {STARTS[kind]} but is not marked @pytest.mark.{kind}; mark it so "
-                    "`make test-fast` leaves it out", pytrace=False)
+        pytest.fail(f"{item.nodeid} {STARTS[kind]}{what} but is not marked @pytest.mark.{kind}; mark it so "
+                    "`make test-fast` leaves it out", pytrace=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     def guarded_popen(self, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
         program = Path(str(args[0] if isinstance(args, list | tuple) else args).split()[0]).name
         if program not in QUICK_COMMANDS:
-            _unmarked("subprocess")
+            _unmarked("subprocess", f" ({str(args)[:200]})")
         popen_init(self, args, *rest, **kwargs)
 
     def guarded_listen(self, *args):  # type: ignore[no-untyped-def]

@@ -16,7 +16,8 @@ import pytest
 
 from loopml.records import LoopEvent, PromotionEvent
 from loopml.testing import MonitorSuite
-from loopml_grafana import GrafanaMonitor, GrafanaMonitorOptions, dashboard, dashboard_uid
+from loopml_grafana import GrafanaMonitor, GrafanaMonitorOptions, dashboard
+from loopml_grafana.dashboard import DASHBOARD_UID, schema_problems
 
 ROOT = Path(__file__).parent.parent
 
@@ -107,40 +108,69 @@ def test_promotions_provision_the_dashboard_once_and_become_annotations(grafana:
     monitor.on_promotion(PromotionEvent("churn", "production", 2, 3, "promote", "loopml-canary", "canary passed"))
     monitor.on_promotion(PromotionEvent("churn", "production", 3, 2, "rollback", "me", "manual rollback"))
     monitor.on_event(event("loopml.drift.checked", 2, "quiet"))  # not annotated
-    uid = dashboard_uid("shop", "churn")
+    uid = DASHBOARD_UID  # one dashboard for every project and model
     assert set(FakeGrafana.folders) == {"loopml"}
     assert FakeGrafana.dashboards[uid]["version"] == 1 and FakeGrafana.dashboards[uid]["folderUid"] == "loopml"
     assert [a["tags"][-1] for a in FakeGrafana.annotations] == ["started", "promoted", "rolled-back"]
     assert all(a["dashboardUID"] == uid for a in FakeGrafana.annotations)
     assert "canary passed" in FakeGrafana.annotations[1]["text"]
+    assert all({"loopml", "project:shop", "model:churn"} <= set(a["tags"]) for a in FakeGrafana.annotations)
     assert set(FakeGrafana.auth) == {"Bearer glsa_secret"}
     # A second process (another flow run) overwrites the dashboard rather than failing.
     GrafanaMonitor(GrafanaMonitorOptions(url=grafana), "shop").provision("churn")
     assert FakeGrafana.dashboards[uid]["version"] == 2
 
 
-@pytest.mark.server
-def test_the_dashboard_fits_grafanas_schema_and_covers_the_overview(grafana: str) -> None:
-    from grafana_foundation_sdk.cog.encoder import JSONEncoder
-    from grafana_foundation_sdk.models.dashboard import Dashboard
+def nulls(value, path="$"):
+    if value is None:
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in nulls(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in nulls(v, f"{path}[{i}]")]
+    return []
 
-    board = dashboard("shop", "churn")
-    # through the schema's own model and back
-    again = json.loads(json.dumps(Dashboard.from_json(board), cls=JSONEncoder))
-    assert again["panels"] == board["panels"] and again["uid"] == board["uid"]
+
+def test_the_dashboard_fits_grafanas_schema_and_covers_every_project() -> None:
+    board = dashboard()
+    assert schema_problems(board) == []  # every key and value is the schema's own, typed as it says
+    assert nulls(board) == [] and "style" not in board  # no "options": null, no deprecated style
+    ids = [p["id"] for p in board["panels"]]
+    assert ids == list(range(1, len(ids) + 1))
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert list(variables) == ["datasource", "project", "model", "version"]
+    assert variables["version"]["multi"] and variables["version"]["includeAll"]
+    assert '$project' in variables["model"]["query"] and '$model' in variables["version"]["query"]
     titles = [p["title"] for p in board["panels"]]
     for wanted in ("Traffic by version", "p99 latency", "Errors", "Drift: test statistic", "Live performance"):
         assert any(t.startswith(wanted) for t in titles), titles
     kinds = {p["title"].split(":")[0]: p["type"] for p in board["panels"]}
     assert kinds["Drift"] == "heatmap"
-    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
-    assert "loopml_request_latency_seconds_bucket" in exprs and 'project="shop"' in exprs
-    assert board["annotations"]["list"][0]["target"]["tags"] == ["loopml", "model:churn"]
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert not any('"demo"' in e or '"churn"' in e for e in exprs)  # nothing fixed to one project
+    assert all("$model" in e for e in exprs)
+    assert any('loopml_requests_total{model="$model",version=~"$version",status=~"5.."}' in e and "by (version)" in e
+               for e in exprs)  # 5xx split by version
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in board["panels"])
+    assert board["annotations"]["list"][0]["target"]["tags"] == ["loopml", "project:$project", "model:$model"]
 
 
-def test_the_shipped_example_dashboard_is_what_the_plugin_generates() -> None:
-    shipped = json.loads((ROOT / "deployments" / "grafana" / "dashboards" / "loopml-demo-churn.json").read_text())
-    assert shipped == dashboard("demo", "churn"), "regenerate: python -m loopml_grafana demo churn > …"
+def test_the_schema_check_names_what_grafana_would_not_read() -> None:
+    for change, expected in [
+        (lambda b: b["panels"][0]["options"]["legend"].update(bogus=1), "options.legend.bogus: not in the schema"),
+        (lambda b: b["panels"][2]["gridPos"].update(w="12"), "grid_pos.w"),
+        (lambda b: b["panels"][0]["options"]["legend"].update(displayMode="huge"), "display_mode"),
+        (lambda b: b["panels"][1].update(options=None), "cannot read it"),
+        (lambda b: b["panels"][3].update(style="dark"), "panels[3].style: not in the schema"),
+    ]:
+        board = dashboard()
+        change(board)
+        assert any(expected in p for p in schema_problems(board)), (expected, schema_problems(board))
+
+
+def test_the_shipped_dashboard_is_what_the_plugin_generates() -> None:
+    shipped = json.loads((ROOT / "deployments" / "grafana" / "dashboards" / "loopml.json").read_text())
+    assert shipped == dashboard(), "regenerate: python -m loopml_grafana > deployments/grafana/dashboards/loopml.json"
 
 
 @pytest.mark.server

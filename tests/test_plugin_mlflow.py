@@ -108,6 +108,10 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     assert len(gated) >= 3 and {k: run.data.metrics[k] for k in gated} == pytest.approx(gated)
     assert {"model_card.md", "validation_report.html", "model.pt2"} <= {a.path for a in client.list_artifacts(
         run.info.run_id)}
+    # Artifacts went through the server to its store, never to the trainer's disk.
+    assert client.get_experiment_by_name("churn").artifact_location.startswith("mlflow-artifacts:")
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert not (tmp_path / ".loopml" / "mlflow-artifacts").exists()
 
     # The model: an MLflow model with a pyfunc flavour, loaded by MLflow, answering like loopml.
     rows = pd.DataFrame(drift_reference(ws, v1)).drop(columns=["model_output"], errors="ignore").head(20)
@@ -133,32 +137,66 @@ def test_the_loop_on_an_mlflow_server_is_native_to_mlflow(server, tmp_path: Path
     assert client.get_registered_model("churn").aliases == {"production": "1"}
     versions = {mv.version: mv.tags for mv in client.search_model_versions("name = 'churn'")}
     assert {v: t["loopml.version"] for v, t in versions.items()} == {"1": "1", "2": "2"}
+    datasets = candidate.dataset_versions
+    assert versions["1"]["loopml.dataset.labels"] == datasets["labels"]
+    assert versions["1"]["loopml.dataset.features"] == datasets["features"]
+    assert versions["1"]["loopml.dataset_version"] == f"{datasets['features']}, {datasets['labels']}"
+    assert datasets["features"].startswith("activity@") and datasets["labels"].startswith("labels@")
+    signature = mlflow.models.get_model_info("models:/churn@production").signature
+    assert {c.name: c.type.name for c in signature.inputs.inputs} == {
+        "tenure_months": "long", "monthly_charges": "double", "support_calls": "long",  # as the dataset declares
+        "contract": "string", "region": "string"}
 
     # MLflow's own server for the model: `mlflow models serve` answers like loopml.
     import json
     import os
     import shutil
     import sys
+    import urllib.error
     import urllib.request
 
     from servers import free_port, start, stop, wait_http
 
+    # From another folder, with the trainer's project gone: only the server holds the model.
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    shutil.move(tmp_path / ".loopml", elsewhere / "trainer-home-moved-away")
     port = free_port()
     exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     proc = start([exe, "models", "serve", "-m", "models:/churn@production", "--env-manager", "local",
-                  "--host", "127.0.0.1", "--port", str(port)], tmp_path / "serve.log",
+                  "--host", "127.0.0.1", "--port", str(port)], elsewhere / "serve.log",
                  env={**os.environ, "MLFLOW_TRACKING_URI": server,  # its uvicorn is beside the python
-                      "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
+                      "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
+                 cwd=elsewhere)
+
+    def invoke(body: bytes, content_type: str) -> tuple[int, object]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    def predictions(answer: object) -> list[float]:
+        return [a if isinstance(a, float) else a["prediction"] for a in answer["predictions"]]
+
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, log=tmp_path / "serve.log")
-        body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answered = json.loads(response.read())["predictions"]
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, log=elsewhere / "serve.log")
+        as_json = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
+        status, answered = invoke(as_json, "application/json")
+        assert status == 200, answered
+        status, from_csv = invoke(rows.to_csv(index=False).encode(), "text/csv")
+        assert status == 200, from_csv
+        wrong = rows.head(2).astype({"tenure_months": object})
+        wrong.loc[:, "tenure_months"] = "many"
+        status, refused = invoke(json.dumps({"dataframe_split": json.loads(wrong.to_json(orient="split",
+                                                                                         index=False))}).encode(),
+                                 "application/json")
     finally:
         stop(proc)
-    assert [a if isinstance(a, float) else a["prediction"] for a in answered] == pytest.approx(list(expected), abs=1e-6)
+    assert predictions(answered) == pytest.approx(list(expected), abs=1e-6)
+    assert predictions(from_csv) == pytest.approx(list(expected), abs=1e-6)
+    assert status == 400 and "tenure_months" in json.dumps(refused)  # the signature's types, enforced
 
 
 def test_credentials_reach_the_server_but_never_the_environment(tmp_path: Path, monkeypatch) -> None:

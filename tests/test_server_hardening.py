@@ -408,6 +408,43 @@ def test_request_latency_covers_reading_the_body_and_every_status_is_counted(pre
     assert metric('loopml_requests_total{model="churn",route="unrouted",status="400",version=""}') == 1
 
 
+class FailingModel:
+    """A served version whose model raises on valid rows (a corrupted weight, an op that fails)."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def predict_rows(self, rows):
+        raise RuntimeError("the model failed")
+
+
+@pytest.mark.server
+def test_server_errors_and_refusals_are_counted_against_the_version_they_were_routed_to(predictor) -> None:
+    """A dashboard splits 5xx by version: a model that raises is a 500 of its own version, a row
+    refused after routing a 422 of that version; the server keeps serving the good version."""
+    srv = ModelServer("churn").start()
+    srv.add_version(1, predictor)
+    srv.add_version(2, FailingModel(predictor))
+    try:
+        srv.set_traffic({2: 1.0})
+        status, answer = exchange(srv, request("POST", "/predict", rows(GOOD)))
+        assert status == 500 and "RuntimeError" in json.dumps(answer)
+        assert exchange(srv, request("POST", "/predict", rows({**GOOD, "tenure_months": "many"})))[0] == 422
+        srv.set_traffic({1: 1.0})
+        assert exchange(srv, request("POST", "/predict", rows(GOOD)))[0] == 200
+        text = urllib_get(srv.url + "/metrics")
+    finally:
+        srv.stop()
+    counted = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+               if line.startswith("loopml_requests_total{")}
+    assert counted == {'loopml_requests_total{model="churn",route="/predict",status="500",version="2"}': 1,
+                       'loopml_requests_total{model="churn",route="/predict",status="422",version="2"}': 1,
+                       'loopml_requests_total{model="churn",route="/predict",status="200",version="1"}': 1}
+
+
 @pytest.mark.server
 def test_a_port_in_use_is_one_clear_error(tmp_path) -> None:
     import socket

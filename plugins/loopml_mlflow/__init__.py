@@ -56,7 +56,7 @@ class MlflowOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     tracking_uri: str | None = None  # default: sqlite:///<home>/mlflow.db
-    artifact_location: str | None = None  # default: <home>/mlflow-artifacts (new experiments only)
+    artifact_location: str | None = None  # default: the server's (proxied); <home>/mlflow-artifacts for a file store
     experiment_prefix: str = ""
     username: str | None = None
     password: SecretStr | None = None
@@ -267,6 +267,17 @@ class MlflowTracker:
         return [self.get_run(r.data.tags[RUN_ID_TAG]) for r in runs]
 
 
+def dataset_tags(model: Any) -> dict[str, str]:
+    """Every dataset a version was built on: ``loopml.dataset.<role>`` each, as on the run, and
+    ``loopml.dataset_version`` naming them all (``activity@…, labels@…``)."""
+    datasets = dict(model.lineage.get("datasets") or {})
+    if not datasets and model.dataset_version:
+        datasets = {"labels": model.dataset_version}
+    tags = {f"loopml.dataset.{role}": ref for role, ref in sorted(datasets.items())}
+    tags["loopml.dataset_version"] = ", ".join(ref for _, ref in sorted(datasets.items()))
+    return tags
+
+
 def _standard_tags(run: RunInfo) -> dict[str, str]:
     """MLflow's own tags for who ran what from where (shown in its UI's User and Source columns)."""
     try:
@@ -326,7 +337,7 @@ class RegistryMirror:
         return self.client.create_model_version(
             name, source, run_id=mlflow_run, model_id=model_id,
             tags={VERSION_TAG: str(model.version), "loopml.status": model.status,
-                  "loopml.artifact_sha256": model.artifact_sha256, "loopml.dataset_version": model.dataset_version},
+                  "loopml.artifact_sha256": model.artifact_sha256, **dataset_tags(model)},
             description=f"loopml {model.ref}: {model.status}")
 
     def move_alias(self, event: Any) -> None:
@@ -378,7 +389,11 @@ def _factory(options: MlflowOptions, ctx: Any) -> MlflowTracker:
     if uri is None:
         ctx.home.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{ctx.home / 'mlflow.db'}"
-    root = options.artifact_location or (ctx.home / "mlflow-artifacts").resolve().as_uri()
+    root = options.artifact_location
+    if root is None and not uri.startswith(("http://", "https://")):
+        root = (ctx.home / "mlflow-artifacts").resolve().as_uri()  # beside the SQLite file, not ./mlruns
+    # A tracking server decides where artifacts go (its --artifacts-destination, proxied over HTTP as
+    # mlflow-artifacts:/): a path on the trainer's disk would reach no other machine.
     return MlflowTracker(options, uri, root)
 
 

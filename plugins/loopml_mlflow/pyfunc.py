@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from loopml.artifacts import Predictor
+from loopml.exports import mlflow_signature_json, python_env_yaml, requirements_txt
 
 ARTIFACT_FILE = "model.pt2"
 
@@ -43,16 +44,12 @@ def _load_pyfunc(data_path: str) -> LoopmlPyfuncModel:
 
 
 def mlflow_signature(signature: Any) -> Any:
-    """An MLflow ModelSignature from a loopml Signature: the input columns by name, the output.
-
-    Inputs are typed ``Any``: loopml's own encoder converts ints, floats and strings exactly as the
-    server does, while MLflow's enforcement would refuse an int column for a float feature."""
+    """An MLflow ModelSignature from a loopml Signature (:func:`loopml.exports.mlflow_signature_json`:
+    numeric ``long`` or ``double`` as declared, categorical ``string``), so MLflow enforces
+    types and reads CSV."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    inputs = [ColSpec(AnyType(), name) for name in (*signature.numeric, *signature.categorical)]
-    output = ColSpec("string" if signature.task == "multiclass" else "double", "prediction")
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema([output]))
+    return ModelSignature.from_dict(mlflow_signature_json(signature))
 
 
 def write_model_folder(folder: Path, artifact: bytes, *, run_id: str | None, model_id: str | None,
@@ -68,9 +65,10 @@ def write_model_folder(folder: Path, artifact: bytes, *, run_id: str | None, mod
     model = Model(artifact_path=artifact_path, run_id=run_id, model_uuid=model_id, model_id=model_id,
                   signature=mlflow_signature(predictor.signature),
                   metadata={"loopml_task": predictor.signature.task})
-    add_to_model(model, loader_module=__name__, data=ARTIFACT_FILE)
+    add_to_model(model, loader_module=__name__, data=ARTIFACT_FILE, python_env="python_env.yaml")
     model.add_flavor("loopml", artifact=ARTIFACT_FILE, format=predictor.signature.format,
                      task=predictor.signature.task, mlflow_version=mlflow.__version__)
     model.save(str(folder / "MLmodel"))
-    (folder / "requirements.txt").write_text("loopml\ntorch\npandas\n")
+    (folder / "requirements.txt").write_text(requirements_txt())  # what was validated, pinned
+    (folder / "python_env.yaml").write_text(python_env_yaml())
     return folder

@@ -59,6 +59,7 @@ class Signature:
     classes: tuple[str, ...] = ("0", "1")
     format: str = FORMAT
     baseline: Mapping[str, Any] = field(default_factory=dict)  # a typical training row: explanations start here
+    integer: tuple[str, ...] = ()  # numeric features declared ``int`` in their dataset (MLflow types them ``long``)
     _lookups: tuple[dict[str, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class Signature:
                "vocabularies": dict(self.vocabularies), "task": self.task, "classes": list(self.classes)}
         if self.baseline:
             raw["baseline"] = dict(self.baseline)
+        if self.integer:
+            raw["integer"] = list(self.integer)
         return json.dumps(raw, sort_keys=True)
 
     @classmethod
@@ -92,7 +95,8 @@ class Signature:
         task = raw.get("task", "binary")
         return cls(tuple(raw["numeric"]), tuple(raw["categorical"]), raw["vocabularies"], task,
                    tuple(raw.get("classes", ("0", "1") if task == "binary" else ())),
-                   raw.get("format", "loopml.torchscript/0"), dict(raw.get("baseline") or {}))
+                   raw.get("format", "loopml.torchscript/0"), dict(raw.get("baseline") or {}),
+                   tuple(raw.get("integer") or ()))
 
     def with_baseline(self, numeric: np.ndarray, codes: np.ndarray) -> Signature:
         """This signature with a typical training row (each number's mean, each category's most

@@ -38,14 +38,24 @@ def export_path(model: ModelVersion) -> str:
     return f"models/{model.name}/{model.version}"
 
 
+def mlflow_signature_json(signature: Any) -> dict[str, str]:
+    """MLflow's signature of a loopml model, as ``MLmodel`` stores it: numeric features ``long``
+    when their dataset declares them ``int``, else ``double``; categorical ones ``string``; the
+    output ``double`` (a score or a value) or ``string`` (a class). MLflow enforces it on every
+    input and parses CSV bodies with these types, so a category stored as ``0``/``1`` reaches the
+    model as the text ingest stored."""
+    inputs = [{"type": "long" if name in signature.integer else "double", "name": name, "required": True}
+              for name in signature.numeric]
+    inputs += [{"type": "string", "name": name, "required": True} for name in signature.categorical]
+    output = [{"type": "string" if signature.task == "multiclass" else "double", "name": "prediction",
+               "required": True}]
+    return {"inputs": json.dumps(inputs), "outputs": json.dumps(output)}
+
+
 def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
     """An MLflow ``MLmodel`` file, written without importing MLflow."""
     import yaml
 
-    inputs = [{"type": "any", "name": name, "required": True}
-              for name in (*signature.numeric, *signature.categorical)]
-    output = [{"type": "string" if signature.task == "multiclass" else "double", "name": "prediction",
-               "required": True}]
     body = {
         "artifact_path": export_path(model),
         "flavors": {
@@ -57,7 +67,7 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
         },
         "model_uuid": model.artifact_sha256[:32],
         "utc_time_created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
-        "signature": {"inputs": json.dumps(inputs), "outputs": json.dumps(output), "params": None},
+        "signature": {**mlflow_signature_json(signature), "params": None},
         "metadata": {"loopml_ref": model.ref, "loopml_sha256": model.artifact_sha256},
     }
     return yaml.safe_dump(body, sort_keys=False)

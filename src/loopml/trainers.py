@@ -58,11 +58,13 @@ class TrainRequest:
     classes: tuple[str, ...]
     seed: int = 7
     on_epoch: EpochCallback | None = field(default=None, compare=False)
+    integer: tuple[str, ...] = ()  # numeric features whose dataset declares them ``int``
 
     def signature(self) -> Signature:
         """The signature of a model trained on these rows (vocabularies from the training rows)."""
         vocabs = {c: sorted(self.frame[c].dropna().astype(str).unique().tolist()) for c in self.categorical}
-        return Signature(self.numeric, self.categorical, vocabs, self.task, self.classes)
+        return Signature(self.numeric, self.categorical, vocabs, self.task, self.classes,
+                         integer=tuple(c for c in self.numeric if c in self.integer))
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from loopml.serving.requests import (
     DRAIN_LIMIT,
     REQUEST_ID_PATTERN,
     VERSION_PATTERN,
+    ModelFailed,
     RequestError,
     ServerLimits,
     parse_json,
@@ -141,7 +142,13 @@ def build_app(core: ServingCore, *, on_startup: Sequence[Callable[[], Any]] = ()
                 headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
                 if exc.status in (408, 413):
                     headers["Connection"] = "close"
+                if exc.version is not None:
+                    headers["X-Model-Version"] = str(exc.version)
                 response = error(exc.status, str(exc), headers)
+            except ModelFailed as exc:  # the model raised on valid input: a 500 of that version
+                log.error("version %s of %s failed on %s", exc.version, name, route, exc_info=exc.cause)
+                response = error(500, f"internal error: {type(exc.cause).__name__}",
+                                 {"X-Model-Version": str(exc.version)})
             except Exception as exc:  # a bug, not the client's fault: say so, keep serving
                 log.exception("internal error on %s", route)
                 response = error(500, f"internal error: {type(exc).__name__}")

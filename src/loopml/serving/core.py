@@ -17,7 +17,7 @@ from loopml.artifacts import Predictor, Signature
 from loopml.errors import LoopmlError
 from loopml.serving.metrics import ServerMetrics
 from loopml.serving.online import LocalLookup
-from loopml.serving.requests import INT64, RequestError, ServerLimits, short, validate_rows
+from loopml.serving.requests import INT64, ModelFailed, RequestError, ServerLimits, short, validate_rows
 from loopml.serving.routing import Routing
 
 
@@ -204,13 +204,17 @@ class ServingCore:
                                     f"served: {sorted(routing.predictors)}")
         predictor = routing.predictors[version]
         extra = (self.entity,) if self.entity else ()
-        lookups = self._entity_rows(payload) if self.feature_lookup is not None else []
-        if lookups and isinstance(self.feature_lookup, LocalLookup):  # microseconds: a thread hop costs more
-            payload = self._fill_online_features(payload, lookups, predictor.signature)
-        elif lookups:  # only rows that carry just the entity id need the online store (off the event loop)
-            payload = await asyncio.to_thread(self._fill_online_features, payload, lookups, predictor.signature)
-        rows = validate_rows(payload, predictor.signature, max_rows=self.limits.max_rows, extra_allowed=extra,
-                             max_string_chars=self.limits.max_string_chars)
+        try:
+            lookups = self._entity_rows(payload) if self.feature_lookup is not None else []
+            if lookups and isinstance(self.feature_lookup, LocalLookup):  # microseconds: a thread hop costs more
+                payload = self._fill_online_features(payload, lookups, predictor.signature)
+            elif lookups:  # only rows that carry just the entity id need the online store (off the event loop)
+                payload = await asyncio.to_thread(self._fill_online_features, payload, lookups, predictor.signature)
+            rows = validate_rows(payload, predictor.signature, max_rows=self.limits.max_rows, extra_allowed=extra,
+                                 max_string_chars=self.limits.max_string_chars)
+        except RequestError as exc:  # refused after routing: the version it was meant for is known
+            exc.version = version
+            raise
         self._bind_loop()
         t0 = time.perf_counter()
         self._inflight += 1
@@ -222,7 +226,7 @@ class ServingCore:
             answer = predictor.answer(scores)
         except Exception as exc:  # the model failed on valid input: count it against its version
             self._log_failure(version, rows, exc, request_id)
-            raise
+            raise ModelFailed(version, exc) from exc
         finally:
             self._inflight -= 1
         elapsed = time.perf_counter() - t0

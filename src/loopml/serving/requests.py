@@ -23,11 +23,22 @@ _BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\x02\x02")
 
 
 class RequestError(Exception):
-    """A client error: HTTP status and a message that names the problem."""
+    """A client error: HTTP status and a message that names the problem; ``version``: the model
+    version the request was routed to before it was refused (its metrics carry it), if any."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, version: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.version = version
+
+
+class ModelFailed(Exception):
+    """The model raised on valid input: answered 500 and counted against ``version``."""
+
+    def __init__(self, version: int, cause: BaseException) -> None:
+        super().__init__(f"version {version} failed: {type(cause).__name__}: {cause}")
+        self.version = version
+        self.cause = cause
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,10 @@ def train(ws: Workspace, labels: DatasetVersion, features: DatasetVersion, train
         return Candidate(cfg.model_name, fingerprint, base + ARTIFACT_NAME, meta["sha256"], meta["run_id"],
                          meta["metrics"], meta["params"], datasets, skipped=True)
 
+    declared = ws.config.datasets[cfg.features.dataset].columns if cfg.features.dataset in ws.config.datasets else {}
     request = TrainRequest(train_frame, cfg.label, view.numeric, view.categorical, cfg.task, classes,
-                           seed=cfg.training.seed)
+                           seed=cfg.training.seed,
+                           integer=tuple(c for c in view.numeric if c in declared and declared[c].type == "int"))
     check_request(request)
     run = RunInfo(uuid.uuid4().hex, experiment=cfg.model_name, name=f"train-{cfg.model_name}-{fingerprint[:8]}",
                   tags={"loopml.dataset.labels": labels.ref, "loopml.dataset.features": features.ref,
