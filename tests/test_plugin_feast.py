@@ -95,18 +95,28 @@ def test_online_features_equal_the_offline_features_used_for_training(tmp_path: 
 
 
 def test_the_repo_is_a_feast_repo_that_feasts_own_cli_plans_applies_and_materializes(tmp_path: Path) -> None:
-    """What loopml applied is what the repo's files define: a team running Feast's CLI in the
-    repo changes nothing of loopml's (no deletions), and can materialize and read it."""
+    """What loopml applied is what the repo's files define, in paths relative to the repo: a team
+    copies (or commits) it elsewhere, and Feast's CLI there plans no change twice after an apply,
+    materializes, and loopml reads what Feast wrote. Names and types are the project's own."""
     import os
     import shutil
     import subprocess
     import sys
 
+    from feast import FeatureStore
+    from feast.types import Float64, Int64
+
+    from loopml_feast import FeastOptions, _factory
+
     data = churn.generate(300, seed=5)
-    store = make_store(tmp_path)
+    store = _factory(FeastOptions(), BackendContext("churn-example", tmp_path, tmp_path / ".loopml"))
     store.apply(VIEW, data.activity)
-    repo = store.repo
-    assert (repo / "feature_store.yaml").is_file() and (repo / f"loopml_{VIEW.name}.py").is_file()
+    assert (store.repo / "feature_store.yaml").is_file() and (store.repo / f"loopml_{VIEW.name}.py").is_file()
+    assert str(tmp_path) not in (store.repo / "feature_store.yaml").read_text()
+    assert str(tmp_path) not in (store.repo / f"loopml_{VIEW.name}.py").read_text()
+    repo = tmp_path.parent / f"{tmp_path.name}-copied" / "feast"
+    shutil.copytree(store.repo, repo)
+    shutil.rmtree(store.repo)  # only the copy is left
     feast = shutil.which("feast", path=os.path.dirname(sys.executable)) or "feast"
     env = {**os.environ, "FEAST_USAGE": "False"}
 
@@ -117,13 +127,22 @@ def test_the_repo_is_a_feast_repo_that_feasts_own_cli_plans_applies_and_material
 
     plan = cli("plan")
     assert "No changes to registry" in plan and "Deleted" not in plan, plan  # the files match the registry
-    assert VIEW.name in cli("feature-views", "list")
     cli("apply")
+    for _ in range(2):
+        plan = cli("plan")
+        assert "No changes to registry" in plan and "Updated" not in plan and "Created" not in plan, plan
+    assert VIEW.name in cli("feature-views", "list")
+    feast_store = FeatureStore(repo_path=str(repo))
+    assert feast_store.project == "churn_example"  # the loopml project's name, as Feast spells names
+    types = {f.name: f.dtype for f in feast_store.get_feature_view(VIEW.name).schema}
+    assert types["tenure_months"] == Int64 and types["support_calls"] == Int64  # declared int
+    assert types["monthly_charges"] == Float64
     end = data.activity["event_timestamp"].max()
     cli("materialize", (end - timedelta(days=40)).isoformat(), end.isoformat())
     ids = data.labels["customer_id"].head(20).tolist()
-    online = make_store(tmp_path).online_features(VIEW.name, ids)  # loopml reads what Feast wrote
-    assert online["monthly_charges"].notna().any()
+    reader = _factory(FeastOptions(repo_path=repo), BackendContext("churn-example", tmp_path, tmp_path / ".loopml"))
+    online = reader.online_features(VIEW.name, ids)  # loopml reads what Feast wrote, from the copy
+    assert online["monthly_charges"].notna().any() and online["tenure_months"].notna().any()
 
 
 TEAM_REPO = '''

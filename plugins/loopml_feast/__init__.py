@@ -11,13 +11,16 @@ leakage can be audited: it is never later than the row's label time.
 
 The repo is a complete Feast repo a team can use with Feast's own CLI: ``feature_store.yaml`` and a
 definitions file per view (``loopml_<view>.py``) describing exactly what loopml applied, so
-``feast plan`` in the repo shows no deletions and ``feast apply`` / ``feast materialize`` work. A
+``feast plan`` in the repo shows no deletions and ``feast apply`` / ``feast materialize`` work. Its
+paths are relative to the repo, so it can be committed or copied; the Feast project is named after
+the loopml project, and integer features are ``Int64``. A
 Redis connection string is never written to disk: the YAML reads it from
 ``$LOOPML_FEAST_REDIS_CONNECTION_STRING``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,7 +39,7 @@ class FeastOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     repo_path: Path | None = None  # default: <home>/feast
-    project: str = "loopml"
+    project: str | None = None  # default: the loopml project's name, as Feast spells names (churn_example)
     registry: str | None = None  # default: <repo_path>/registry.db; e.g. s3://bucket/feast/registry.db
     redis_connection_string: SecretStr | None = None  # e.g. "redis.internal:6379,password=…"; default: SQLite
     feature_service: str | None = None  # use this service of the team's own repo at repo_path (read only)
@@ -45,12 +48,13 @@ class FeastOptions(BaseModel):
 class FeastFeatureStore:
     """A loopml FeatureStore over ``feast.FeatureStore`` (local provider)."""
 
-    def __init__(self, options: FeastOptions, repo_path: Path) -> None:
+    def __init__(self, options: FeastOptions, repo_path: Path, project: str = "loopml") -> None:
         from feast import FeatureStore
         from feast.repo_config import RepoConfig
 
         self.repo = repo_path.resolve()
         self.options = options
+        self.project = options.project or feast_name(project)
         self.views: dict[str, LoopmlView] = {}
         if options.feature_service is not None:  # the team's repo: read it, never write to it
             if not (self.repo / "feature_store.yaml").is_file():
@@ -65,13 +69,12 @@ class FeastFeatureStore:
             online: dict[str, Any] = {"type": "redis",
                                       "connection_string": options.redis_connection_string.get_secret_value()}
         else:
-            online = {"type": "sqlite", "path": str(self.repo / "online.db")}
-        self.options = options
-        self.config = RepoConfig(project=options.project, provider="local",
-                                 registry=options.registry or str(self.repo / "registry.db"),
+            online = {"type": "sqlite", "path": "online.db"}  # paths relative to the repo, as in its files
+        self.config = RepoConfig(project=self.project, provider="local",
+                                 registry=options.registry or "registry.db",
                                  online_store=online, offline_store={"type": "file"}, repo_path=self.repo,
                                  entity_key_serialization_version=3)
-        self.store = FeatureStore(config=self.config)
+        self.store = FeatureStore(repo_path=str(self.repo), config=self.config)  # relative paths resolve here
         self._write_repo_config()
         self.views: dict[str, LoopmlView] = {}
 
@@ -124,8 +127,9 @@ class FeastFeatureStore:
         view.check_source(source)
         frame = source[[view.entity, view.timestamp, *view.features]].copy()
         frame[view.timestamp] = pd.to_datetime(frame[view.timestamp], utc=True)
+        integers = tuple(n for n in view.numeric if pd.api.types.is_integer_dtype(frame[n]))
         for name in view.numeric:
-            frame[name] = frame[name].astype("float64")
+            frame[name] = frame[name].astype("Int64" if name in integers else "float64")
         for name in view.categorical:
             frame[name] = frame[name].astype("string")
         frame[self.stamp(view)] = frame[view.timestamp]
@@ -139,18 +143,18 @@ class FeastFeatureStore:
         entity = Entity(name=view.entity, join_keys=[view.entity],
                         value_type=ValueType.INT64 if integer_ids else ValueType.STRING)
         schema = [Field(name=view.entity, dtype=Int64 if integer_ids else String),
-                  *(Field(name=n, dtype=Float64) for n in view.numeric),
+                  *(Field(name=n, dtype=Int64 if n in integers else Float64) for n in view.numeric),
                   *(Field(name=n, dtype=String) for n in view.categorical),
                   Field(name=self.stamp(view), dtype=UnixTimestamp)]
         feast_view = FeastView(
             name=view.name, entities=[entity], ttl=view.ttl or timedelta(0), schema=schema, online=True,
-            source=FileSource(name=f"{view.name}_source", path=str(path), timestamp_field=view.timestamp),
+            source=FileSource(name=f"{view.name}_source", path=source_path(view), timestamp_field=view.timestamp),
             tags={"loopml.entity": view.entity, "loopml.timestamp": view.timestamp,
                   "loopml.numeric": ",".join(view.numeric), "loopml.categorical": ",".join(view.categorical)})
         self.store.apply([entity, feast_view])
         self.views[view.name] = view
         _write_atomically(self.repo / f"loopml_{view.name}.py",
-                          definitions(view, path, integer_ids, entity.name))
+                          definitions(view, integer_ids, entity.name, integers))
 
     def _write_repo_config(self) -> None:
         """``feature_store.yaml``: the same configuration loopml uses, for Feast's CLI."""
@@ -160,9 +164,9 @@ class FeastFeatureStore:
             online: dict[str, Any] = {"type": "redis",
                                       "connection_string": "${LOOPML_FEAST_REDIS_CONNECTION_STRING}"}
         else:
-            online = {"type": "sqlite", "path": str(self.repo / "online.db")}
-        body = {"project": self.options.project, "provider": "local",
-                "registry": self.options.registry or str(self.repo / "registry.db"),
+            online = {"type": "sqlite", "path": "online.db"}
+        body = {"project": self.project, "provider": "local",  # paths relative to this file: commit and copy it
+                "registry": self.options.registry or "registry.db",
                 "online_store": online, "offline_store": {"type": "file"},
                 "entity_key_serialization_version": 3}
         _write_atomically(self.repo / "feature_store.yaml",
@@ -233,11 +237,24 @@ class FeastFeatureStore:
         return frame[[view.entity, *view.features]]
 
 
-def definitions(view: LoopmlView, path: Path, integer_ids: bool, entity: str) -> str:
+def feast_name(name: str) -> str:
+    """A loopml name as a Feast project name (letters, digits, underscores; SQLite tables take no
+    hyphen): ``churn-example`` -> ``churn_example``."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name).lstrip("_")
+    return cleaned or "loopml"
+
+
+def source_path(view: LoopmlView) -> str:
+    """Where a view's rows live, relative to the repo (Feast resolves it there): a repo copied or
+    committed elsewhere reads its own copy."""
+    return f"data/{view.name}.parquet"
+
+
+def definitions(view: LoopmlView, integer_ids: bool, entity: str, integers: tuple[str, ...] = ()) -> str:
     """Python definitions Feast's CLI reads: the objects loopml applied, equal field by field."""
     ttl = int(view.ttl.total_seconds()) if view.ttl else 0
     fields = [f"        Field(name={view.entity!r}, dtype={'Int64' if integer_ids else 'String'}),",
-              *(f"        Field(name={n!r}, dtype=Float64)," for n in view.numeric),
+              *(f"        Field(name={n!r}, dtype={'Int64' if n in integers else 'Float64'})," for n in view.numeric),
               *(f"        Field(name={n!r}, dtype=String)," for n in view.categorical),
               f"        Field(name={view.name + '__event_timestamp'!r}, dtype=UnixTimestamp),"]
     tags = {"loopml.entity": view.entity, "loopml.timestamp": view.timestamp,
@@ -254,7 +271,7 @@ def definitions(view: LoopmlView, path: Path, integer_ids: bool, entity: str) ->
         f"{view.entity} = Entity(name={entity!r}, join_keys=[{view.entity!r}], "
         f"value_type=ValueType.{'INT64' if integer_ids else 'STRING'})",
         "",
-        f"{view.name}_source = FileSource(name={view.name + '_source'!r}, path={str(path)!r}, "
+        f"{view.name}_source = FileSource(name={view.name + '_source'!r}, path={source_path(view)!r}, "
         f"timestamp_field={view.timestamp!r})",
         "",
         f"{view.name} = FeatureView(",
@@ -283,7 +300,7 @@ def _plain(value: Any) -> Any:
 
 
 def _factory(options: FeastOptions, ctx: Any) -> FeastFeatureStore:
-    return FeastFeatureStore(options, ctx.resolve(options.repo_path, "feast"))
+    return FeastFeatureStore(options, ctx.resolve(options.repo_path, "feast"), ctx.project)
 
 
 @hookimpl
