@@ -43,13 +43,13 @@ def judge_canary(config: str | None = None, profile: str | None = None,
         logger.warning("the canary of %s ended before it was judged (aliases moved by someone else)", name)
         return None
     key = canary.store_report(ws, verdict)
-    path = save_report(ws, key, ws.store.get(key).decode())
+    save_report(ws, key, ws.store.get(key).decode())
     rows = "\n".join(f"| {c.name} | {'-' if c.value is None else f'{c.value:.4g}'} | "
                      f"{'-' if c.threshold is None else f'{c.threshold:.4g}'} | {'pass' if c.passed else '**FAIL**'} "
                      f"| {c.reason} |" for c in verdict.checks)
     publish_markdown(f"{name}-canary", f"# Canary of {name} v{verdict.candidate}: {verdict.decision.upper()}\n\n"
                      f"{verdict.reason}\n\n| check | value | limit | verdict | reason |\n|---|---|---|---|---|\n{rows}"
-                     f"\n\nReport with plots: {report_link(ws, key, path, f'{name}-canary-report', 'canary report')}",
+                     f"\n\nReport with plots: {report_link(ws, key, f'{name}-canary-report', 'canary report')}",
                      "canary verdict")
     (logger.info if verdict.decision == "promote" else logger.warning)(
         "%s v%s: %s", name, verdict.candidate, verdict.reason)

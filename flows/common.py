@@ -18,7 +18,7 @@ from prefect.settings import temporary_settings
 from prefect.states import State
 
 from loopml import openlineage
-from loopml.capabilities import LinkingStore, LinkingTracker
+from loopml.capabilities import LinkingTracker
 from loopml.context import Workspace
 from loopml.keys import prefect_artifact_key
 from loopml.plugins import get_plugin_manager
@@ -149,20 +149,19 @@ def save_report(ws: Workspace, key: str, html: str) -> Path:
     return path
 
 
-def report_link(ws: Workspace, key: str, path: Path, artifact_key: str, title: str) -> str:
-    """A link to a stored report that opens from the Prefect UI: a presigned URL when the store can
-    make one (S3), else the copy on this machine. Published as a Prefect link artifact too; returns
-    the markdown link."""
+def report_link(ws: Workspace, key: str, artifact_key: str, title: str) -> str:
+    """Where to read a stored report, as markdown: a link when the store gives one another machine
+    opens (a presigned S3 URL; also published as a Prefect link artifact), and always the command
+    that fetches it from the store. Never a ``file://`` path on the worker."""
     from prefect.artifacts import create_link_artifact
 
-    linking = ws.ability(ws.store, LinkingStore)
-    try:
-        url = linking.url(key) if linking is not None else path.resolve().as_uri()
-    except Exception:
-        url = path.resolve().as_uri()
-    create_link_artifact(key=prefect_artifact_key(artifact_key), link=url, link_text=title,
-                         description=f"{title} ({key} in {ws.store.uri})")
-    return f"[{title}]({url})"
+    from loopml.report_index import pointer_markdown, shareable_url
+
+    url = shareable_url(ws, key)
+    if url is not None:
+        create_link_artifact(key=prefect_artifact_key(artifact_key), link=url, link_text=title,
+                             description=f"{title} ({key} in {ws.store.uri})")
+    return pointer_markdown(ws, key, title)
 
 
 def tracker_links(ws: Workspace, run_id: str) -> str:
@@ -188,6 +187,9 @@ def gate_markdown(report: GateReport, link: str, tracked: str = "") -> str:
         value = "-" if c.value is None else f"{c.value:.4g}"
         threshold = "-" if c.threshold is None else f"{c.threshold:.4g}"
         lines.append(f"| {c.name} | {value} | {threshold} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
+    if report.importance:
+        lines += ["", "| feature | permutation importance |", "|---|---|",
+                  *(f"| {name} | {value:.4g} |" for name, value in report.importance.items())]
     lines += ["", f"Full report with plots: {link}"] + (["", tracked] if tracked else [])
     return "\n".join(lines)
 

@@ -44,7 +44,7 @@ def monitor(since: float | None = None, config: str | None = None,
                          f"# Drift check: {report.reason}\n\n{drift_window_text(report, len(current))}\n\n"
                          "| feature | test | statistic | Holm p | verdict |"
                          f"\n|---|---|---|---|---|\n{rows}\n\nReport with plots: "
-                         f"{report_link(ws, key, path, f'{cfg.model_name}-drift-report', 'drift report')}",
+                         f"{report_link(ws, key, f'{cfg.model_name}-drift-report', 'drift report')}",
                          "drift of live inputs vs training data")
         if any(r.get("entity") is not None for r in window.records):
             skew = performance.skew(ws, window.records)

@@ -20,14 +20,14 @@ def live_performance(config: str | None = None, profile: str | None = None,
     cfg = pipeline_config(ws)
     frame = ws.datasets.load(ws.datasets.get(labels)) if labels else None
     result, key = performance.live_performance(ws, frame)
-    path = save_report(ws, key, ws.store.get(key).decode())
+    save_report(ws, key, ws.store.get(key).decode())
     rows = "\n".join(f"| v{v.version} | {v.labels} | {v.metrics.get(result.primary, float('nan')):.4f} | "
                      f"{'-' if v.holdout is None else f'{v.holdout:.4f}'} |" for v in result.versions)
     publish_markdown(f"{cfg.model_name}-performance",
                      f"# Live performance: {'DEGRADED' if result.degraded else 'ok'}\n\n{result.reason}\n\n"
                      f"| version | labels | live {result.primary} | holdout |\n|---|---|---|---|\n{rows}\n\n"
                      "Report with plots: "
-                     f"{report_link(ws, key, path, f'{cfg.model_name}-performance-report', 'report')}",
+                     f"{report_link(ws, key, f'{cfg.model_name}-performance-report', 'performance report')}",
                      "live performance from delayed labels")
     (logger.warning if result.degraded else logger.info)("%s", result.reason)
     return result

@@ -34,7 +34,7 @@ def validate(candidate: Candidate, labels: DatasetVersion, config: str | None = 
     path = save_report(ws, key, html)
     for check in report.checks:
         logger.info("%s %s: %s", "PASS" if check.passed else "FAIL", check.name, check.reason)
-    link = report_link(ws, key, path, f"{report.model_name}-validation-report", "validation report")
+    link = report_link(ws, key, f"{report.model_name}-validation-report", "validation report")
     publish_markdown(f"{report.model_name}-validation",
                      gate_markdown(report, link, tracker_links(ws, candidate.run_id)),
                      f"gates for {report.candidate}")

@@ -156,8 +156,10 @@ def test_pipeline_deployment_runs_on_the_worker(prefect_stack) -> None:
     assert "register-churn-v1" in view["runs"]
     [features] = [name for name in view["runs"] if name.startswith("features-activity-")]  # named, tagged too
     assert "project:churn-example" in view["runs"][features]
-    assert "](file://" in view["artifacts"]["churn-validation-report"]["data"]  # Prefect's link artifact
-    assert "[validation report](file://" in view["artifacts"]["churn-validation"]["data"]
+    validation = view["artifacts"]["churn-validation"]["data"]  # the gate table, readable in the UI
+    assert "| auc |" in validation and "| feature | permutation importance |" in validation
+    assert "file://" not in validation and "loopml reports show reports/churn/" in validation
+    assert "churn-validation-report" not in view["artifacts"]  # no link a local store cannot give
     assert view["artifacts"]["churn-training"]["type"] == "progress"
     assert float(view["artifacts"]["churn-training"]["data"]) == 100.0
     # The store's gc deployment runs on the worker too, and takes nothing a key refers to.

@@ -158,6 +158,16 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
     pins = (folder / "requirements.txt").read_text().split()
     assert f"torch=={torch_version()}" in pins and all("==" in p for p in pins)  # what was validated, pinned
     assert list(got) == pytest.approx(list(expected), abs=1e-6)
+    # What a Prefect artifact links to: a presigned URL that opens without S3 credentials.
+    import urllib.request
+
+    from loopml.report_index import pointer_markdown, shareable_url
+
+    url = shareable_url(ws, key)
+    assert url is not None and url.startswith(endpoint)
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/html") and b"<html" in response.read().lower()
+    assert pointer_markdown(ws, key, "validation report").startswith(f"[validation report]({url})")
 
 
 def blob_count(store) -> int:

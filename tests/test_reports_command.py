@@ -42,3 +42,12 @@ def test_reports_are_listed_by_version_and_kind_and_fetched_to_the_home(tmp_path
     assert code == 2 and "no canary report of churn:1" in said and "Traceback" not in said
     code, said = run(capsys, "reports", "list", "--kind", "fairness")
     assert code == 2 and "choose one of: validation, canary" in said
+    # A Prefect artifact names no file:// path of the worker: the command that fetches the report.
+    from loopml.context import Workspace
+    from loopml.report_index import pointer_markdown, shareable_url
+
+    ws = Workspace.open(config)
+    key = model.lineage["validation_report"]
+    assert shareable_url(ws, key) is None
+    assert pointer_markdown(ws, key, "validation report") == (
+        f"`loopml reports show {key}` (stored as `{key}`)")

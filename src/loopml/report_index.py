@@ -116,3 +116,27 @@ def copy_out(ws: Workspace, report: StoredReport) -> Path:
     if not path.exists() or path.read_bytes() != data:
         path.write_bytes(data)
     return path
+
+
+def shareable_url(ws: Workspace, key: str) -> str | None:
+    """A link to a stored report that opens on another machine (a presigned S3 URL), or None when
+    the store gives none: a ``file://`` path on the machine that wrote it is no link for anyone else."""
+    from loopml.capabilities import LinkingStore
+
+    linking = ws.ability(ws.store, LinkingStore)
+    if linking is None:
+        return None
+    try:
+        url = linking.url(key)
+    except Exception:  # a link is a convenience: the report itself stays in the store
+        return None
+    return url if url.startswith(("https://", "http://")) else None
+
+
+def pointer_markdown(ws: Workspace, key: str, title: str) -> str:
+    """Where to read the full report, as markdown for a Prefect artifact: the shareable link when
+    there is one, and always the command that fetches it from the store on any machine."""
+    url = shareable_url(ws, key)
+    store = "" if ws.store.uri.startswith("file://") else f" in `{ws.store.uri}`"  # a worker's path helps no one
+    fetch = f"`loopml reports show {key}` (stored as `{key}`{store})"
+    return f"[{title}]({url}); or {fetch}" if url else fetch

@@ -42,19 +42,11 @@ def reports_list(model: Annotated[str | None, typer.Argument(help="MODEL or MODE
 
 
 def _fetched(ref: str, kind: str | None, config: ConfigOpt, profile: ProfileOpt) -> tuple[object, object, str | None]:
-    from loopml.capabilities import LinkingStore
-    from loopml.report_index import copy_out, find_report
+    from loopml.report_index import copy_out, find_report, shareable_url
 
     ws = workspace(config, profile)
     report = find_report(ws, ref, kind=kind)
-    linking = ws.ability(ws.store, LinkingStore)
-    url = None
-    if linking is not None:
-        try:
-            url = linking.url(report.key)
-        except Exception:  # a link is a convenience: the copy on this machine is the answer
-            url = None
-    return report, copy_out(ws, report), url
+    return report, copy_out(ws, report), shareable_url(ws, report.key)
 
 
 @reports_app.command("show")
