@@ -70,7 +70,7 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
     _v1, _ = register_and_promote(ws, candidate, evaluation.report, key, baseline)
     tracker = next(t for t in ws.trackers if t.name == "wandb")
 
-    content = read_run_file(tracker.run_file(candidate.run_id))
+    content = read_run_file(tracker.run_files(candidate.run_id)[0])  # the training run itself
     assert content["exit_code"] == 0
     kinds = {a["type"]: a for a in content["artifact_records"]}
     assert set(kinds) == {"model", "model-card", "report"}
@@ -85,12 +85,21 @@ def test_the_loop_logs_everything_to_w_and_b_before_the_run_finishes(tmp_path: P
     assert len(content["history"]["train_loss"]) > 1
     assert "is finished" not in caplog.text  # nothing was sent to a finished run
 
-    # The promotion moved the model artifact's alias: a short promotion run logged the same bytes.
-    [promotion] = sorted((tmp_path / ".loopml" / "wandb").glob("offline-run-*-promote-churn-v1-production-*"))
-    record = read_run_file(next(promotion.glob("run-*.wandb")))["artifact_records"][0]
+    # The promotion moved the model artifact's alias from the training run itself (resumed), not
+    # from a run of its own: W&B holds one run per training.
+    folders = sorted((tmp_path / ".loopml" / "wandb").glob("offline-run-*"))
+    run_ids = {read_run_file(next(f.glob("run-*.wandb")))["run_id"] for f in folders}
+    assert run_ids == {candidate.run_id}, folders
+    segments = tracker.run_files(candidate.run_id)
+    assert len(segments) == 2  # the training, then the alias move
+    record = read_run_file(segments[-1])["artifact_records"][0]
     assert record["type"] == "model" and record["name"] == "churn-model"
     assert {"production", "loopml-v1"} <= set(record["aliases"])
     assert record["digest"] == kinds["model"]["digest"]  # the same artifact version as training's
     moved = ws.registry.set_alias("churn", "canary", 1, expected=None, actor="t", reason="try")
     events.announce(ws, events.promotion_event(ws, moved), subject=moved)
-    assert list((tmp_path / ".loopml" / "wandb").glob("offline-run-*-promote-churn-v1-canary-*"))
+    segments = tracker.run_files(candidate.run_id)
+    assert len(segments) == 3 and "canary" in read_run_file(segments[-1])["artifact_records"][0]["aliases"]
+    run = tracker.get_run(candidate.run_id)  # the segments read back as one run
+    assert run.status == "FINISHED" and "loopml.registry_version" in run.tags and len(run.metrics["train_loss"]) > 1
+    assert {r.run_id for r in tracker.list_runs()} == {candidate.run_id}

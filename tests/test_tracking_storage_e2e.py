@@ -88,8 +88,11 @@ def test_pipeline_logs_to_mlflow_and_wandb_and_stores_in_s3(endpoint: str, tmp_p
     assert "churn:v1 (approved)" in Path(card).read_text()
 
     # W&B, through its own run-file schema: the same run id, config and metric history.
-    (run_file,) = (home / "wandb").glob(f"offline-run-*-{model.run_id}/run-{model.run_id}.wandb")
-    content = read_run_file(run_file)
+    segments = sorted((home / "wandb").glob(f"offline-run-*-{model.run_id}*/run-{model.run_id}.wandb"))
+    assert len(segments) == 2  # the training run, then the same run resumed to move the production alias
+    assert {read_run_file(f)["run_id"] for f in (home / "wandb").glob("offline-run-*/run-*.wandb")} == {model.run_id}
+    assert "production" in read_run_file(segments[-1])["artifact_records"][0]["aliases"]
+    content = read_run_file(segments[0])
     assert content["config"]["epochs"] == "10" and len(content["history"]["train_loss"]) == 10
     assert content["exit_code"] == 0
     # Registration's card and report reached the training run before it finished.

@@ -11,8 +11,9 @@ a ``model-card``.
 A W&B run cannot change once finished, and loopml adds the model card, the validation report and
 the registry version after training. So ``end_run`` of a successful run keeps it open until the
 loop calls ``flush`` after registration (or the process exits); a failed run finishes at once. A
-call for a run finished in another process goes to a follow-up run (job type ``registration``,
-grouped with it), never to W&B's "run is finished" warning.
+call for a run finished in another process resumes that run (the same W&B run id; offline, a new
+folder that ``wandb sync`` appends to it), never W&B's "run is finished" warning and never another
+run. Alias moves are logged the same way, from the run that trained the version.
 
 ``mode = "offline"`` (or ``WANDB_MODE=offline``) writes real run files under ``dir`` with no
 network; ``wandb sync`` uploads them later. The API key comes from config (a secret) or the
@@ -29,7 +30,6 @@ import os
 import struct
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,17 +85,11 @@ class WandbTracker:
         return wandb.Settings(**kwargs)
 
     def _run(self, run_id: str) -> Any:
-        """The open W&B run to log to: the run itself, or a follow-up if it finished elsewhere."""
-        import wandb
-
+        """The open W&B run to log to: the run itself, or the run resumed if it finished elsewhere."""
         if run_id in self._runs and run_id not in self._finished:
             return self._runs[run_id]
-        if run_id not in self._followups:
-            self._followups[run_id] = wandb.init(
-                project=self.project, entity=self.options.entity, id=f"{run_id}-registration",
-                name=f"{run_id[:8]}-registration", group=run_id, job_type="registration", dir=str(self.dir),
-                mode=self.options.mode, resume="allow", reinit="create_new", settings=self._settings(),
-                config={"loopml_run_id": run_id})
+        if run_id not in self._followups:  # the same run, resumed: W&B shows one run, not two
+            self._followups[run_id] = resume(self, run_id)
             self._on_exit()
         return self._followups[run_id]
 
@@ -144,7 +138,7 @@ class WandbTracker:
         if logged.get(target) == digest:
             return
         run = self._run(run_id)
-        model = run.config.get("loopml_experiment")  # one collection per model, not one for every model
+        model = run.config.get("loopml_experiment") or self._experiment(run_id)  # a collection per model
         artifact = wandb.Artifact(_artifact_name(f"{model}-{target}" if model else target), type=_artifact_type(target))
         artifact.add_file(str(path), name=target)
         run.log_artifact(artifact)
@@ -213,17 +207,31 @@ class WandbTracker:
             time.sleep(0.05)
         log.warning("W&B run %s: run file not complete after %.0f s", run_id, timeout)
 
-    def run_file(self, run_id: str) -> Path:
-        """The run's local ``.wandb`` transaction log (offline or online)."""
-        matches = sorted(self.dir.glob(f"wandb/*-{run_id}/run-{run_id}.wandb"))
-        if not matches:
+    def _experiment(self, run_id: str) -> str | None:
+        """The model a run trained, from its first run file (a resumed run starts with no config)."""
+        try:
+            return read_run_file(self.run_files(run_id)[0])["config"].get("loopml_experiment")
+        except (FileNotFoundError, ValueError, struct.error):
+            return None
+
+    def run_files(self, run_id: str) -> list[Path]:
+        """The run's local ``.wandb`` transaction logs, oldest first: the run, then each time it
+        was resumed (registration in another process, an alias move). ``wandb sync`` sends them
+        all to the one run."""
+        found = [(_segment_order(f.parent.name, run_id), f) for f in self.dir.glob(f"wandb/*/run-{run_id}.wandb")
+                 if not f.parent.is_symlink()]  # latest-run points at one of them
+        if not found:
             raise FileNotFoundError(f"no W&B run directory for {run_id} under {self.dir / 'wandb'}")
-        return matches[-1]
+        return [f for _, f in sorted(found)]
+
+    def run_file(self, run_id: str) -> Path:
+        """The newest ``.wandb`` transaction log of the run (the one being written)."""
+        return self.run_files(run_id)[-1]
 
     def get_run(self, run_id: str) -> RunRecord:
         """Read a run back from its local W&B transaction log (works offline)."""
         self.flush(run_id)
-        content = read_run_file(self.run_file(run_id))
+        content = merged([read_run_file(f) for f in self.run_files(run_id)])
         config = content["config"]
         tags = dict(config.get("loopml_tags", {}))
         params = {k: str(v) for k, v in config.items()
@@ -236,7 +244,7 @@ class WandbTracker:
                          tuple(content["artifacts"]))
 
     def list_runs(self, experiment: str | None = None) -> list[RunRecord]:
-        ids = sorted({p.name.split("-")[-1] for p in self.dir.glob("wandb/*run-*") if p.is_dir()})
+        ids = sorted({f.stem.removeprefix("run-") for f in self.dir.glob("wandb/*run-*/run-*.wandb")})
         runs = [self.get_run(i) for i in ids]
         return [r for r in runs if experiment is None or r.experiment == experiment]
 
@@ -313,6 +321,7 @@ def read_run_file(path: Path) -> dict[str, Any]:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["name"] = rec.run.display_name
+            out["run_id"] = rec.run.run_id
             out["tags"] = list(rec.run.tags)
             out["start"] = rec.run.start_time.seconds + rec.run.start_time.nanos / 1e9
             _apply_config(out["config"], rec.run.config)
@@ -349,18 +358,27 @@ def _factory(options: WandbOptions, ctx: Any) -> WandbTracker:
     return WandbTracker(options, ctx.project, ctx.resolve(options.dir, ""))
 
 
-def publish_alias(tracker: WandbTracker, model: Any, alias: str, artifact: bytes) -> str:
-    """Log the model's bytes again as the ``model`` artifact with ``alias`` from a short
-    ``promotion`` run: W&B finds the version with the same digest and moves the alias to it.
-    Returns the promotion run's id."""
+def resume(tracker: WandbTracker, run_id: str) -> Any:
+    """The W&B run ``run_id`` again, to log what happened after it finished (its registration in
+    another process, an alias move): the same run in W&B, not a new one. Offline, W&B writes a new
+    run folder with the same id, which ``wandb sync`` appends to the run."""
     import wandb
 
-    run_id = f"promote-{model.name}-v{model.version}-{alias}-{uuid.uuid4().hex[:6]}"
-    run = wandb.init(project=tracker.project, entity=tracker.options.entity, id=run_id,
-                     name=f"{alias}: {model.ref}", group=model.run_id, job_type="promotion",
-                     dir=str(tracker.dir), mode=tracker.options.mode, reinit="create_new",
-                     settings=tracker._settings(),
-                     config={"loopml_model": model.ref, "loopml_alias": alias, "loopml_run_id": model.run_id})
+    return wandb.init(project=tracker.project, entity=tracker.options.entity, id=run_id, dir=str(tracker.dir),
+                      mode=tracker.options.mode, resume="allow", reinit="create_new", settings=tracker._settings())
+
+
+def publish_alias(tracker: WandbTracker, model: Any, alias: str, artifact: bytes) -> str:
+    """Move the ``model`` artifact's ``alias`` to this version from the run that trained it (resumed):
+    the same bytes logged again with the alias, which W&B resolves to the existing version (same
+    digest), so no new version and no new run. W&B's SDK always adds ``latest`` to what a run logs;
+    only its online API moves an alias without logging, and offline there is no API. A version with
+    no training run (registered by hand) uses one run per model, ``<model>-registry``. Returns the
+    W&B run id."""
+    import wandb
+
+    run_id = model.run_id or f"{_artifact_name(model.name)}-registry"
+    run = resume(tracker, run_id)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.pt2"
@@ -373,6 +391,29 @@ def publish_alias(tracker: WandbTracker, model: Any, alias: str, artifact: bytes
     finally:
         run.finish()
     return run_id
+
+
+def _segment_order(folder: str, run_id: str) -> tuple[str, int]:
+    """Order of a run's folders: ``offline-run-<time>-<id>`` and, resumed in the same second,
+    ``…-<id>-<n>``."""
+    head, _, suffix = folder.rpartition(f"-{run_id}")
+    return head, int(suffix[1:]) if suffix[1:].isdigit() else 0
+
+
+def merged(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run from the files of its segments (oldest first): name and start of the first, config
+    and summary updated in order, history, tags and artifacts of all, the exit of the last."""
+    out = dict(segments[0], config={}, history={}, tags=[], artifacts=[], artifact_records=[], summary={})
+    for part in segments:
+        out["config"].update(part["config"])
+        out["summary"].update(part.get("summary", {}))
+        for key, points in part["history"].items():
+            out["history"].setdefault(key, []).extend(points)
+        out["tags"] += [t for t in part["tags"] if t not in out["tags"]]
+        out["artifacts"] += part["artifacts"]
+        out["artifact_records"] += part.get("artifact_records", [])
+        out["exit_code"] = part["exit_code"]
+    return out
 
 
 @hookimpl
