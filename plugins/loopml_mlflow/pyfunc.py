@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from loopml.artifacts import Predictor
-from loopml.exports import mlflow_signature_json, python_env_yaml, requirements_txt
+from loopml.exports import conda_yaml, mlflow_signature_json, python_env_yaml, requirements_txt
 
 ARTIFACT_FILE = "model.pt2"
 
@@ -65,10 +65,12 @@ def write_model_folder(folder: Path, artifact: bytes, *, run_id: str | None, mod
     model = Model(artifact_path=artifact_path, run_id=run_id, model_uuid=model_id, model_id=model_id,
                   signature=mlflow_signature(predictor.signature),
                   metadata={"loopml_task": predictor.signature.task})
-    add_to_model(model, loader_module=__name__, data=ARTIFACT_FILE, python_env="python_env.yaml")
+    add_to_model(model, loader_module=__name__, data=ARTIFACT_FILE, conda_env="conda.yaml",
+                 python_env="python_env.yaml")
     model.add_flavor("loopml", artifact=ARTIFACT_FILE, format=predictor.signature.format,
                      task=predictor.signature.task, mlflow_version=mlflow.__version__)
     model.save(str(folder / "MLmodel"))
     (folder / "requirements.txt").write_text(requirements_txt())  # what was validated, pinned
     (folder / "python_env.yaml").write_text(python_env_yaml())
+    (folder / "conda.yaml").write_text(conda_yaml())
     return folder

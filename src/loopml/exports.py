@@ -61,7 +61,7 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
         "flavors": {
             "python_function": {"loader_module": "loopml_mlflow.pyfunc", "data": ARTIFACT_FILE,
                                 "python_version": platform.python_version(),
-                                "env": {"virtualenv": "python_env.yaml"}},
+                                "env": {"conda": "conda.yaml", "virtualenv": "python_env.yaml"}},
             "loopml": {"artifact": ARTIFACT_FILE, "format": signature.format, "task": signature.task,
                        "loopml_version": __version__},
         },
@@ -74,16 +74,18 @@ def mlmodel_yaml(model: ModelVersion, signature: Any) -> str:
 
 
 def _installed(distribution: str) -> str | None:
-    """The installed version of ``distribution`` without a local build tag (``2.13.0+cpu`` is
-    ``2.13.0`` on an index), or None when it is not installed."""
+    """The installed version of ``distribution``, its local build tag kept, or None when it is not
+    installed. ``torch==2.13.0`` would take PyPI's CUDA build (5.5 GB of environment, measured) where
+    ``2.13.0+cpu`` was validated; the pin says which build (pip finds it on PyTorch's CPU index,
+    ``PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu``, or a wheel house)."""
     try:
-        return importlib.metadata.version(distribution).split("+", 1)[0]
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
 def requirements_txt() -> str:
-    """What the export needs, pinned to the versions it was validated with on this machine."""
+    """What the export needs, pinned to the versions (and builds) it was validated with here."""
     pins = [f"loopml=={__version__}"]
     for name in ("torch", "numpy", "pandas", "pyarrow", "mlflow"):
         version = _installed(name)
@@ -100,6 +102,19 @@ def python_env_yaml() -> str:
             + "".join(f"  - {b}\n" for b in build) + "dependencies:\n  - -r requirements.txt\n")
 
 
+def conda_yaml() -> str:
+    """MLflow's ``conda.yaml``: the same pins for conda. MLflow reads an ``env`` entry only when it
+    names both files (``mlflow models serve --env-manager virtualenv`` fails with ``KeyError:
+    'conda'`` otherwise)."""
+    import yaml
+
+    pip = _installed("pip")
+    body = {"name": "mlflow-env", "channels": ["conda-forge"],
+            "dependencies": [f"python={platform.python_version()}", f"pip<={pip}" if pip else "pip",
+                             {"pip": requirements_txt().split()}]}
+    return yaml.safe_dump(body, sort_keys=False)
+
+
 def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None = None) -> str | None:
     """Write the readable export of ``model``; returns its folder's URI (None: the store has no
     ``export`` verb). Idempotent: the same version always exports the same files."""
@@ -114,6 +129,7 @@ def export_model(ws: Workspace, model: ModelVersion, report: GateReport | None =
         "MLmodel": mlmodel_yaml(model, signature).encode(),
         "requirements.txt": requirements_txt().encode(),
         "python_env.yaml": python_env_yaml().encode(),
+        "conda.yaml": conda_yaml().encode(),
         "loopml.json": json.dumps({"ref": model.ref, "status": model.status, "sha256": model.artifact_sha256,
                                    "run_id": model.run_id, "dataset_version": model.dataset_version,
                                    "git_commit": model.git_commit, "lineage": model.lineage},
