@@ -23,6 +23,7 @@ from loopml.context import Workspace
 from loopml.keys import prefect_artifact_key
 from loopml.plugins import get_plugin_manager
 from loopml.records import GateReport
+from loopml.report_index import pointer_markdown, shareable_url
 
 
 def label_run(ws: Workspace, name: str, **labels: object) -> None:
@@ -154,8 +155,6 @@ def report_link(ws: Workspace, key: str, artifact_key: str, title: str) -> str:
     opens (a presigned S3 URL; also published as a Prefect link artifact), and always the command
     that fetches it from the store. Never a ``file://`` path on the worker."""
     from prefect.artifacts import create_link_artifact
-
-    from loopml.report_index import pointer_markdown, shareable_url
 
     url = shareable_url(ws, key)
     if url is not None:

@@ -189,7 +189,8 @@ def test_metrics_count_requests_errors_and_predictions(served) -> None:
     assert post_json(url + "/predict", {"rows": [GOOD, GOOD]})[0] == 200
     assert post_json(url + "/predict", {"rows": [{**GOOD, "contract": [3]}]})[0] == 422
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="422",version=""\} [1-9]', text)
+    # refused after routing: counted against the version it was routed to
+    assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="422",version="\d+"\} [1-9]', text)
     assert re.search(r'loopml_requests_total\{model="churn",route="/predict",status="200",version="\d+"\} [1-9]', text)
     assert re.search(r'loopml_prediction_rows_total\{model="churn",version="\d+"\} [2-9]', text)
     assert "loopml_request_latency_seconds_bucket" in text and "loopml_prediction_value_bucket" in text

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,8 @@ class FeastFeatureStore:
                   Field(name=self.stamp(view), dtype=UnixTimestamp)]
         feast_view = FeastView(
             name=view.name, entities=[entity], ttl=view.ttl or timedelta(0), schema=schema, online=True,
-            source=FileSource(name=f"{view.name}_source", path=source_path(view), timestamp_field=view.timestamp),
+            source=stamped(FileSource(name=f"{view.name}_source", path=source_path(view),
+                                      timestamp_field=view.timestamp)),
             tags={"loopml.entity": view.entity, "loopml.timestamp": view.timestamp,
                   "loopml.numeric": ",".join(view.numeric), "loopml.categorical": ",".join(view.categorical)})
         self.store.apply([entity, feast_view])
@@ -244,6 +245,18 @@ def feast_name(name: str) -> str:
     return cleaned or "loopml"
 
 
+SOURCE_STAMP = datetime(2024, 1, 1, tzinfo=UTC)
+"""The created/updated time of every source loopml defines. Feast stamps a ``FileSource`` with the
+moment the object is built, and a view's source travels with that stamp: once a view has been
+materialized, ``feast plan`` compares the repo's sources field by field and reports every view
+"Updated" for the stamp alone. A fixed stamp, written in the repo's files too, makes the two equal."""
+
+
+def stamped(source: Any) -> Any:
+    source.created_timestamp = source.last_updated_timestamp = SOURCE_STAMP
+    return source
+
+
 def source_path(view: LoopmlView) -> str:
     """Where a view's rows live, relative to the repo (Feast resolves it there): a repo copied or
     committed elsewhere reads its own copy."""
@@ -263,7 +276,7 @@ def definitions(view: LoopmlView, integer_ids: bool, entity: str, integers: tupl
         f'"""Feature view {view.name!r}, written by loopml (`loopml run` re-applies it): edit the loopml',
         'config, not this file, or loopml will write it again."""',
         "",
-        "from datetime import timedelta",
+        "from datetime import datetime, timedelta, timezone",
         "",
         "from feast import Entity, FeatureView, Field, FileSource, ValueType",
         "from feast.types import Float64, Int64, String, UnixTimestamp",
@@ -273,6 +286,10 @@ def definitions(view: LoopmlView, integer_ids: bool, entity: str, integers: tupl
         "",
         f"{view.name}_source = FileSource(name={view.name + '_source'!r}, path={source_path(view)!r}, "
         f"timestamp_field={view.timestamp!r})",
+        "# loopml's fixed stamp: Feast would stamp the source with the time this file is read, and plan",
+        "# would then report the view updated after every materialization",
+        f"{view.name}_source.created_timestamp = {view.name}_source.last_updated_timestamp = "
+        f"datetime({SOURCE_STAMP.year}, {SOURCE_STAMP.month}, {SOURCE_STAMP.day}, tzinfo=timezone.utc)",
         "",
         f"{view.name} = FeatureView(",
         f"    name={view.name!r},",

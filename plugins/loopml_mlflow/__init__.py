@@ -25,11 +25,8 @@ written to a run.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -43,6 +40,7 @@ from loopml.context import BackendContext
 from loopml.plugins import hookimpl
 from loopml.records import MetricPoint, RunInfo, RunRecord
 from loopml.specs import BackendSpec
+from loopml_mlflow.tags import dataset_tags, standard_tags
 
 RUN_ID_TAG = "loopml.run_id"
 MODEL_ID_TAG = "loopml.mlflow_model_id"
@@ -126,7 +124,7 @@ class MlflowTracker:
         except KeyError:
             pass
         created = self.client.create_run(experiment_id, run_name=run.name,
-                                         tags={RUN_ID_TAG: run.run_id, **_standard_tags(run), **dict(run.tags)})
+                                         tags={RUN_ID_TAG: run.run_id, **standard_tags(run), **dict(run.tags)})
         self._runs[run.run_id] = created.info.run_id
         self._log_dataset_inputs(created.info.run_id, run)
 
@@ -265,32 +263,6 @@ class MlflowTracker:
         runs = self.client.search_runs([e.experiment_id for e in experiments],
                                        filter_string=f"tags.`{RUN_ID_TAG}` != ''") if experiments else []
         return [self.get_run(r.data.tags[RUN_ID_TAG]) for r in runs]
-
-
-def dataset_tags(model: Any) -> dict[str, str]:
-    """Every dataset a version was built on: ``loopml.dataset.<role>`` each, as on the run, and
-    ``loopml.dataset_version`` naming them all (``activity@…, labels@…``)."""
-    datasets = dict(model.lineage.get("datasets") or {})
-    if not datasets and model.dataset_version:
-        datasets = {"labels": model.dataset_version}
-    tags = {f"loopml.dataset.{role}": ref for role, ref in sorted(datasets.items())}
-    tags["loopml.dataset_version"] = ", ".join(ref for _, ref in sorted(datasets.items()))
-    return tags
-
-
-def _standard_tags(run: RunInfo) -> dict[str, str]:
-    """MLflow's own tags for who ran what from where (shown in its UI's User and Source columns)."""
-    try:
-        user = os.environ.get("LOOPML_ACTOR") or getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        user = "unknown"
-    flow_run = os.environ.get("PREFECT__FLOW_RUN_ID")
-    tags = {"mlflow.user": user, "mlflow.source.type": "JOB" if flow_run else "LOCAL",
-            "mlflow.source.name": f"prefect flow run {flow_run}" if flow_run else Path(sys.argv[0] or "loopml").name}
-    commit = run.tags.get("loopml.git_commit", "")
-    if commit and commit != "unknown":
-        tags["mlflow.source.git.commit"] = commit
-    return tags
 
 
 class RegistryMirror:

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loopml.capabilities import LinkingStore
 from loopml.errors import LoopmlError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -121,8 +122,6 @@ def copy_out(ws: Workspace, report: StoredReport) -> Path:
 def shareable_url(ws: Workspace, key: str) -> str | None:
     """A link to a stored report that opens on another machine (a presigned S3 URL), or None when
     the store gives none: a ``file://`` path on the machine that wrote it is no link for anyone else."""
-    from loopml.capabilities import LinkingStore
-
     linking = ws.ability(ws.store, LinkingStore)
     if linking is None:
         return None
