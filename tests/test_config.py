@@ -250,6 +250,20 @@ def test_a_profile_that_changes_the_trainer_replaces_its_options(project: Path) 
     assert quick.trainer == "mlp" and quick.options == {"hidden_units": 32, "epochs": 1}
 
 
+def test_a_profile_that_changes_the_task_replaces_the_gates_in_its_metrics_units(project: Path) -> None:
+    write(project, '[pipeline]\nmodel_name = "m"\ntask = "binary"\nentity = "e"\nlabels_dataset = "l"\n'
+                   'label = "y"\nlabel_timestamp = "t"\n[pipeline.features]\ndataset = "f"\n'
+                   '[pipeline.gates]\nthresholds = { auc = 0.7 }\nmax_fairness_gap = 0.12\nregression_margin = 0.02\n'
+                   '[profiles.spend.pipeline]\nmodel_name = "spend"\ntask = "regression"\nlabel = "v"\n'
+                   '[profiles.spend.pipeline.gates]\nthresholds = { r2 = 0.1 }\n'
+                   '[profiles.strict.pipeline.gates]\nthresholds = { auc = 0.8 }\n')
+    spend = load_config(profile="spend").pipeline.gates  # an AUC threshold is no gate of a regression
+    assert spend.thresholds == {"r2": 0.1} and spend.max_fairness_gap is None
+    assert spend.regression_margin == 0.02  # task-free gates still merge
+    strict = load_config(profile="strict").pipeline.gates  # same task: the tables merge as before
+    assert strict.thresholds == {"auc": 0.8} and strict.max_fairness_gap == 0.12
+
+
 def test_explain_names_where_each_value_came_from(tmp_path, monkeypatch, capsys) -> None:
     from loopml.cli import main
 

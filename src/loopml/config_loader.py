@@ -178,8 +178,18 @@ REPLACED_WITH_THEIR_BACKEND = (("pipeline", "model", "trainer", "options"), ("re
 which belonged to the backend it replaced (a base MLP's ``hidden_units`` is no option of a team's module)."""
 
 
+TASK_BOUND_GATES = ("thresholds", "max_fairness_gap")
+"""Gates in the units of one task's metrics (``auc = 0.7``, an AUC gap): a profile that changes the
+task gets none of the base's, as a profile that changes the trainer gets none of its options."""
+
+
 def _without_replaced_sections(base: dict[str, Any], profile: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
+    pipeline, changed = out.get("pipeline"), profile.get("pipeline")
+    if (isinstance(pipeline, dict) and isinstance(changed, Mapping) and "task" in changed
+            and changed["task"] != pipeline.get("task") and isinstance(pipeline.get("gates"), dict)):
+        for gate in TASK_BOUND_GATES:
+            pipeline["gates"].pop(gate, None)
     for *path, chooser, options in REPLACED_WITH_THEIR_BACKEND:
         base_section, profile_section = out, profile
         for part in path:

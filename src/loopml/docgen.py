@@ -100,7 +100,9 @@ def configuration_markdown() -> str:
            "(`[trackers.mlflow]`); every other backend is chosen by `backend = \"name\"` with `options`. A "
            "profile merges into the file key by key, except that a profile choosing another trainer "
            "(`pipeline.model.trainer`) or backend (`registry`, `feature_store`, `serving`) replaces that "
-           "section's `options`: they belonged to what it replaced. An unknown key that resembles a known one "
+           "section's `options`: they belonged to what it replaced; likewise a profile that changes "
+           "`pipeline.task` gets none of the base's `gates.thresholds` or `gates.max_fairness_gap`, which "
+           "are in the units of the other task's metrics. An unknown key that resembles a known one "
            "is named with it (`did you mean 'max_fairness_gap'?`).", ""]
     for path, cls_name in TABLES:
         model = getattr(config, cls_name)
