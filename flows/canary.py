@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import emits_lineage, label_run, on_failure, publish_markdown, report_link, save_report, workspace
 from loopml import approvals, canary
+from loopml.reports import checks_markdown
 from loopml.serving.reconcile import policy_of
 from loopml.stages.project import pipeline_config
 
@@ -44,11 +45,9 @@ def judge_canary(config: str | None = None, profile: str | None = None,
         return None
     key = canary.store_report(ws, verdict)
     save_report(ws, key, ws.store.get(key).decode())
-    rows = "\n".join(f"| {c.name} | {'-' if c.value is None else f'{c.value:.4g}'} | "
-                     f"{'-' if c.threshold is None else f'{c.threshold:.4g}'} | {'pass' if c.passed else '**FAIL**'} "
-                     f"| {c.reason} |" for c in verdict.checks)
+    rows = "\n".join(checks_markdown(verdict.checks, limit="limit"))
     publish_markdown(f"{name}-canary", f"# Canary of {name} v{verdict.candidate}: {verdict.decision.upper()}\n\n"
-                     f"{verdict.reason}\n\n| check | value | limit | verdict | reason |\n|---|---|---|---|---|\n{rows}"
+                     f"{verdict.reason}\n\n{rows}"
                      f"\n\nReport with plots: {report_link(ws, key, f'{name}-canary-report', 'canary report')}",
                      "canary verdict")
     (logger.info if verdict.decision == "promote" else logger.warning)(

@@ -24,6 +24,7 @@ from loopml.keys import prefect_artifact_key
 from loopml.plugins import get_plugin_manager
 from loopml.records import GateReport
 from loopml.report_index import pointer_markdown, shareable_url
+from loopml.reports import checks_markdown
 
 
 def label_run(ws: Workspace, name: str, **labels: object) -> None:
@@ -160,7 +161,7 @@ def report_link(ws: Workspace, key: str, artifact_key: str, title: str) -> str:
     if url is not None:
         create_link_artifact(key=prefect_artifact_key(artifact_key), link=url, link_text=title,
                              description=f"{title} ({key} in {ws.store.uri})")
-    return pointer_markdown(ws, key, title)
+    return pointer_markdown(ws, key, title, url)
 
 
 def tracker_links(ws: Workspace, run_id: str) -> str:
@@ -181,11 +182,7 @@ def gate_markdown(report: GateReport, link: str, tracked: str = "") -> str:
     """The gate table as Prefect markdown; ``link`` is a markdown link (or a path) to the HTML report."""
     lines = [f"# Validation of {report.model_name}: {'PASSED' if report.passed else 'REJECTED'}",
              f"**{report.candidate}** vs production **{report.baseline or 'none'}**", "",
-             "| check | value | threshold | verdict | reason |", "|---|---|---|---|---|"]
-    for c in report.checks:
-        value = "-" if c.value is None else f"{c.value:.4g}"
-        threshold = "-" if c.threshold is None else f"{c.threshold:.4g}"
-        lines.append(f"| {c.name} | {value} | {threshold} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
+             *checks_markdown(report.checks)]
     if report.importance:
         lines += ["", "| feature | permutation importance |", "|---|---|",
                   *(f"| {name} | {value:.4g} |" for name, value in report.importance.items())]

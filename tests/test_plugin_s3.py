@@ -167,7 +167,7 @@ def test_an_approved_model_is_exported_as_plain_files_mlflow_loads_from_s3(endpo
     assert url is not None and url.startswith(endpoint)
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.headers["Content-Type"].startswith("text/html") and b"<html" in response.read().lower()
-    assert pointer_markdown(ws, key, "validation report").startswith(f"[validation report]({url})")
+    assert pointer_markdown(ws, key, "validation report", url).startswith(f"[validation report]({url})")
 
 
 def blob_count(store) -> int:

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 from loopml import approvals
-from loopml.context import current_actor
+from loopml.reports import checks_markdown
 from loopml.stages.data import apply_features, frames, ingest
 from loopml.stages.project import pipeline_config, production_model
+from loopml.stages.rejudge import record_verdict
 from loopml.stages.release import register_and_promote, registered_version_of, release
 from loopml.stages.training import train
 from loopml.stages.validation import validate
@@ -83,11 +84,7 @@ def run(ws: Workspace, *, promote: bool = True, say: Callable[[str], None] = pri
 
 def _judged_again(ws: Workspace, model: ModelVersion, report: GateReport, report_key: str,
                   baseline_version: int | None, promote: bool) -> tuple[ModelVersion, PromotionEvent | None]:
-    status = "approved" if report.passed else "rejected"
-    if model.status != status:
-        verdict = "all gates passed" if report.passed else "failed " + ", ".join(c.name for c in report.failed_checks)
-        model = ws.registry.set_status(model.name, model.version, status, actor=current_actor(),
-                                       reason=f"judged again by loopml ci: {verdict} (report {report_key})")
+    model = record_verdict(ws, model, report, report_key, by="judged again by loopml ci")
     production = production_model(ws, model.name)
     if not (report.passed and promote) or (production is not None and production.version == model.version):
         return model, None
@@ -121,10 +118,6 @@ def _measured(check: object) -> str:
     return f"value {value!r}, threshold {threshold!r}: {getattr(check, 'reason', '')}"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def summary_markdown(result: CiResult, report_files: list[Path]) -> str:
     """The job summary: the verdict, what it was judged against, every check, where the reports are."""
     verdict = "APPROVED" if result.report.passed else "REJECTED"
@@ -134,11 +127,7 @@ def summary_markdown(result: CiResult, report_files: list[Path]) -> str:
     lines = [f"## loopml gate: {result.model.ref} {verdict}", "",
              f"Judged against {result.baseline or 'no production model (absolute gates only)'}; {moved}. "
              f"Training {'reused (inputs unchanged)' if result.reused else 'ran'}; {result.seconds:.1f} s.", "",
-             "| check | verdict | value | threshold | reason |", "|---|---|---|---|---|"]
-    for c in result.report.checks:
-        value = "-" if c.value is None else f"{c.value:.4g}" if isinstance(c.value, float) else str(c.value)
-        limit = "-" if c.threshold is None else f"{c.threshold:.4g}"
-        lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {value} | {limit} | {_cell(c.reason)} |")
+             *checks_markdown(result.report.checks)]
     if report_files:
         lines += ["", "Reports: " + ", ".join(f"`{p}`" for p in report_files)]
     return "\n".join(lines) + "\n"

@@ -132,10 +132,9 @@ def shareable_url(ws: Workspace, key: str) -> str | None:
     return url if url.startswith(("https://", "http://")) else None
 
 
-def pointer_markdown(ws: Workspace, key: str, title: str) -> str:
-    """Where to read the full report, as markdown for a Prefect artifact: the shareable link when
-    there is one, and always the command that fetches it from the store on any machine."""
-    url = shareable_url(ws, key)
+def pointer_markdown(ws: Workspace, key: str, title: str, url: str | None = None) -> str:
+    """Where to read the full report, as markdown for a Prefect artifact: ``url`` (from
+    :func:`shareable_url`) when there is one, and always the command that fetches it from the store."""
     store = "" if ws.store.uri.startswith("file://") else f" in `{ws.store.uri}`"  # a worker's path helps no one
     fetch = f"`loopml reports show {key}` (stored as `{key}`{store})"
     return f"[{title}]({url}); or {fetch}" if url else fetch

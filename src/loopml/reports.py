@@ -112,3 +112,14 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "-" if v is None else str(v)
+
+
+def checks_markdown(checks: Sequence[Any], limit: str = "threshold") -> list[str]:
+    """Gate or canary checks as a markdown table (Prefect artifacts, CI job summaries): each check,
+    its verdict, measured value, limit and reason."""
+    lines = [f"| check | verdict | value | {limit} | reason |", "|---|---|---|---|---|"]
+    for c in checks:
+        reason = c.reason.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {_fmt(c.value)} | {_fmt(c.threshold)} "
+                     f"| {reason} |")
+    return lines

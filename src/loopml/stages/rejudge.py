@@ -62,10 +62,18 @@ def rejudge(ws: Workspace, name: str, version: int) -> Rejudgement:
         apply_features(scratch, copy_dataset_version(ws, scratch, datasets["features"]))
         evaluation, key, _ = validate(ws, candidate, labels, rows_from=scratch)
     report = evaluation.report
-    status = "approved" if report.passed else "rejected"
     after = model
-    if status != model.status and model.status in ("approved", "rejected", "candidate"):
-        verdict = "all gates passed" if report.passed else "failed " + ", ".join(c.name for c in report.failed_checks)
-        reason = f"re-judged against today's gates: {verdict} (report {key})"
-        after = ws.registry.set_status(name, version, status, actor=current_actor(), reason=reason)
+    if model.status in ("approved", "rejected", "candidate"):
+        after = record_verdict(ws, model, report, key, by="re-judged against today's gates")
     return Rejudgement(model, after, report, key)
+
+
+def record_verdict(ws: Workspace, model: ModelVersion, report: GateReport, report_key: str, *, by: str) -> ModelVersion:
+    """Move a version's status to what a new gate report says, the verdict and report in the
+    history (``by``: who judged, e.g. "judged again by loopml ci"); unchanged when it already agrees."""
+    status = "approved" if report.passed else "rejected"
+    if status == model.status:
+        return model
+    verdict = "all gates passed" if report.passed else "failed " + ", ".join(c.name for c in report.failed_checks)
+    return ws.registry.set_status(model.name, model.version, status, actor=current_actor(),
+                                  reason=f"{by}: {verdict} (report {report_key})")
